@@ -1,0 +1,1 @@
+"""phm.runtime: text generation over exported artifacts (ONNX Runtime and TensorRT backends)."""

@@ -1,0 +1,1 @@
+"""phm.trt_plugins: Triton PHM kernels, their AOT build and the TensorRT IPluginV3 plugins."""
