@@ -1,0 +1,131 @@
+"""PHM checkpoint dir: a Hugging Face model dir + phm_config.json, PHM cores instead of dense MLPs.
+
+    out/
+      config.json, generation_config.json, tokenizer files …   (as save_pretrained writes them)
+      model.safetensors          every weight; PHM layers as `<path>.cores` (d_out/n, B, d_in/n)
+                                 and `<path>.bias`, no dense weight for them
+      phm_config.json            {"format_version", "phm": PHMConfig, "layers": [PHMTarget…],
+                                  "blocks": [MLPBlock…] (MLP structure the exporter rewrites)}
+
+`save_phm_checkpoint` writes atomically (temp dir + rename); `load(dir)` rebuilds the model. A plain
+HF model dir (no phm_config.json) loads as the dense model, so the dense baseline goes through the
+same pipeline. Weights are read with safetensors only (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .arch import find_mlp_blocks
+from .fsutil import atomic_dir
+from .hypercomplex import PHMLinear
+from .inject import CONFIG_FORMAT_VERSION, PHMConfig, PHMResidualLinear, PHMTarget
+
+__all__ = ["PHM_CONFIG_NAME", "load", "read_phm_config", "save_phm_checkpoint"]
+
+PHM_CONFIG_NAME = "phm_config.json"
+WEIGHTS_NAME = "model.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
+
+
+def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTarget], out_dir: str | Path,
+                        source_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write a PHM-only model (call drop_dense first; merge LoRA first) as a checkpoint dir.
+
+    Non-weight files of `source_dir` (tokenizer, processor, chat template …) are copied along.
+    """
+    out_dir = Path(out_dir)
+    if any(isinstance(m, PHMResidualLinear) for m in model.modules()):
+        raise ValueError("model still holds dense+PHM wrappers: call drop_dense(model) before saving")
+    blocks = [asdict(b) for b in find_mlp_blocks(model, config.towers)]
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        if source_dir is not None:
+            for f in Path(source_dir).iterdir():
+                if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and not f.name.endswith(".index.json"):
+                    shutil.copy2(f, tmp / f.name)
+        model.config.architectures = [type(model).__name__]  # what load() instantiates
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None and hasattr(model, "can_generate") \
+                and model.can_generate():
+            model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        doc = {"format_version": CONFIG_FORMAT_VERSION, "phm": config.to_dict(),
+               "layers": [asdict(t) for t in targets], "blocks": blocks}
+        (tmp / PHM_CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def read_phm_config(model_dir: str | Path) -> dict | None:
+    """The parsed phm_config.json of a checkpoint dir, or None for a plain HF model dir."""
+    path = Path(model_dir) / PHM_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if doc.get("format_version") != CONFIG_FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {doc.get('format_version')!r} is not supported "
+                         f"(expected {CONFIG_FORMAT_VERSION})")
+    return doc
+
+
+def _model_class(model_dir: Path):
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{model_dir} is not a Hugging Face model dir: {str(e).splitlines()[0]}") from None
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if cls is None:
+        raise ValueError(f"{model_dir}/config.json names no architecture transformers knows ({names})")
+    return cls, config
+
+
+def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Rebuild the model of a checkpoint dir (PHM or plain HF) in eval mode.
+
+    Raises ValueError with one clear line for a missing/corrupt dir or weights file.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"model dir {model_dir} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} has no config.json: not a Hugging Face model dir")
+    cls, config = _model_class(model_dir)
+    doc = read_phm_config(model_dir)
+    if doc is None:
+        try:
+            model = cls.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, SafetensorError, RuntimeError) as e:
+            raise ValueError(f"cannot load weights of {model_dir}: {str(e).splitlines()[0]}") from None
+        return model.eval()
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ValueError(f"{model_dir} has no {WEIGHTS_NAME}")
+    phm_cfg = PHMConfig.from_dict(doc["phm"])
+    model = cls(config)
+    for t in (PHMTarget(**layer) for layer in doc["layers"]):
+        try:
+            model.get_submodule(t.name)
+        except AttributeError:
+            raise ValueError(f"{PHM_CONFIG_NAME} names layer {t.name}, which the model does not have") from None
+        parent, _, child = t.name.rpartition(".")
+        setattr(model.get_submodule(parent), child,
+                PHMLinear(t.in_features, t.out_features, n=phm_cfg.n, num_bases=t.num_bases, bias=t.bias,
+                          bases=phm_cfg.bases))
+    try:
+        load_model(model, str(weights), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise ValueError(f"cannot load {weights}: {str(e).splitlines()[0]}") from None
+    return model.to(dtype).eval()

@@ -1,0 +1,84 @@
+"""Tiny random-weight models of real architectures (real transformers classes, small configs).
+
+For structure tests of substitution, checkpointing, export and runtime: they exercise the real
+module trees and forward code, but their weights are random, so they are not fidelity evidence.
+
+    model = tiny_model("qwen2_5_vl", seed=0)
+    path = save_tiny_model("llama", tmp_path / "llama")   # a HF model dir (save_pretrained)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "save_tiny_model"]
+
+VOCAB = 256
+_TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_MROPE = {"rope_type": "default", "type": "mrope", "mrope_section": [2, 1, 1]}
+
+
+def _config(arch: str):
+    import transformers as tf
+
+    if arch == "llama":
+        return tf.LlamaConfig(**_TEXT, tie_word_embeddings=True)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**_TEXT)
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                             bos_token_id=1, eos_token_id=2)
+    if arch == "bert":
+        return tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=128)
+    if arch == "qwen2_vl":
+        return tf.Qwen2VLConfig(
+            text_config=dict(_TEXT, rope_scaling=_MROPE),
+            vision_config=dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=4, patch_size=4,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            image_token_id=VOCAB - 1, video_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3,
+            vision_end_token_id=VOCAB - 4)
+    if arch == "qwen2_5_vl":
+        return tf.Qwen2_5_VLConfig(
+            text_config=dict(_TEXT, rope_scaling=_MROPE),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2, window_size=16,
+                               fullatt_block_indexes=[1]),
+            image_token_id=VOCAB - 1, video_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3,
+            vision_end_token_id=VOCAB - 4)
+    if arch == "llava":
+        return tf.LlavaConfig(
+            text_config=dict(_TEXT, model_type="llama"),
+            vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                               projection_dim=32),
+            image_token_id=VOCAB - 1)
+    raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
+
+
+TINY_ARCHS = ("llama", "qwen2", "gpt2", "bert", "qwen2_vl", "qwen2_5_vl", "llava")
+_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel",
+            "bert": "BertModel", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration"}
+
+
+def tiny_config(arch: str):
+    return _config(arch)
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny model of `arch` with deterministic random weights, fp32, eval mode."""
+    import transformers as tf
+
+    config = _config(arch)
+    torch.manual_seed(seed)
+    return getattr(tf, _CLASSES[arch])(config).eval()
+
+
+def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+    out_dir = Path(out_dir)
+    tiny_model(arch, seed).save_pretrained(out_dir)
+    return out_dir
