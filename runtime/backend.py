@@ -1,0 +1,46 @@
+"""The Backend protocol every runtime engine implements, and the helpers they share.
+
+A backend owns one model's weights and its KV cache; the generation loop (generate.py) drives it
+through three calls and knows nothing else about it:
+
+    reset()                                   forget the KV cache
+    prefill(input_ids, attention_mask, images=None) -> logits of the last position, (batch, vocab)
+    decode(next_ids, attention_mask)          -> logits, (batch, vocab); next_ids (batch, 1)
+
+Token tensors are numpy int64; `attention_mask` always covers past + new tokens (left padding
+for batch > 1). Position ids are derived from the mask here, once, for every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Backend", "BackendError", "position_ids_from_mask"]
+
+
+class BackendError(RuntimeError):
+    """A backend cannot run this request (wrong input kind, engine/plugin mismatch, …): one line."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def reset(self) -> None: ...
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, images: dict | None = None) -> np.ndarray: ...
+
+    def decode(self, next_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+def position_ids_from_mask(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Positions of the last `new_tokens` columns: cumulative count of real tokens − 1 (pads → 0).
+
+    >>> position_ids_from_mask(np.array([[0, 1, 1, 1]]), 3).tolist()
+    [[0, 1, 2]]
+    """
+    pos = np.cumsum(attention_mask, axis=-1) - 1
+    pos = np.where(attention_mask == 0, 0, pos)
+    return pos[:, -new_tokens:].astype(np.int64)

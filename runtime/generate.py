@@ -1,0 +1,89 @@
+"""The generation loop: prefill once, then decode token by token, over any Backend.
+
+    result = generate(backend, input_ids, GenerationConfig(max_new_tokens=32))
+    result.tokens        # (batch, n_new) int64, pad_id after a row stopped
+    result.timings       # prefill ms, decode tokens/s, peak RSS
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend
+from .sampling import SamplingConfig, sample_next
+
+__all__ = ["GenerationConfig", "GenerationResult", "Timings", "generate"]
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    stop_ids: tuple = ()            # generation of a row ends after it emits one of these
+    pad_id: int = 0                 # written after a row has stopped
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        self.stop_ids = tuple(int(i) for i in self.stop_ids)
+
+
+@dataclass
+class Timings:
+    prefill_ms: float
+    prompt_tokens: int
+    decode_ms: float
+    decode_tokens: int
+    peak_rss_mb: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else float("nan")
+
+    def line(self) -> str:
+        return (f"prefill {self.prefill_ms:.1f} ms ({self.prompt_tokens} tok), decode "
+                f"{self.decode_tokens_per_s:.1f} tok/s ({self.decode_tokens} tok), peak RSS {self.peak_rss_mb:.0f} MB")
+
+
+@dataclass
+class GenerationResult:
+    tokens: np.ndarray              # (batch, n_new)
+    timings: Timings
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, attention_mask: np.ndarray | None = None,
+             images: dict | None = None) -> GenerationResult:
+    """Prompt (batch, seq) -> new tokens. Decode timing covers every decode step (all but the first token)."""
+    input_ids = np.asarray(input_ids, dtype=np.int64)
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, seq) with seq ≥ 1, got shape {input_ids.shape}")
+    mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+    rng = np.random.default_rng(cfg.sampling.seed)
+    backend.reset()
+    t0 = time.perf_counter()
+    logits = backend.prefill(input_ids, mask, images)
+    prefill_ms = (time.perf_counter() - t0) * 1e3
+    batch = input_ids.shape[0]
+    done = np.zeros(batch, dtype=bool)
+    stops = np.array(cfg.stop_ids, dtype=np.int64)
+    out = []
+    t1 = time.perf_counter()
+    for step in range(cfg.max_new_tokens):
+        nxt = np.where(done, cfg.pad_id, sample_next(logits, cfg.sampling, rng))
+        out.append(nxt)
+        done |= np.isin(nxt, stops)
+        if done.all() or step == cfg.max_new_tokens - 1:
+            break
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        logits = backend.decode(nxt[:, None], mask)
+    decode_ms = (time.perf_counter() - t1) * 1e3
+    timings = Timings(prefill_ms, int(input_ids.size), decode_ms, max(len(out) - 1, 0) * batch, _peak_rss_mb())
+    return GenerationResult(np.stack(out, axis=1), timings)
