@@ -1,0 +1,36 @@
+"""Calibration data loading: default set, JSONL, TXT, image folders, clear errors."""
+
+import pytest
+
+from phm.export.calib_data import load_calibration_data
+
+
+def test_default_set_ships_varied_prompts():
+    samples = load_calibration_data()
+    assert len(samples) == 48 and len({s.text for s in samples}) == 48
+    assert all(s.image is None for s in samples)
+
+
+def test_jsonl_txt_and_image_folder(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n\n{"text": "with image", "image": "cat.png"}\n')
+    (tmp_path / "b.txt").write_text("first\n\nsecond\n")
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG")
+    (tmp_path / "cat.txt").write_text("a cat on a mat")
+    samples = load_calibration_data(tmp_path)
+    texts = [s.text for s in samples]
+    assert texts == ["hello", "with image", "first", "second", "a cat on a mat"]
+    assert samples[1].image == (tmp_path / "cat.png").resolve()
+    assert len(load_calibration_data(tmp_path, limit=2)) == 2
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "is empty"),
+    (lambda p: (p / "x.jsonl").write_text("{bad\n") and p / "x.jsonl", "x.jsonl:1: not valid JSON"),
+    (lambda p: (p / "y.jsonl").write_text('{"prompt": 1}\n') and p / "y.jsonl", "needs a \"text\" string"),
+    (lambda p: (p / "z.jsonl").write_text('{"text": "t", "image": "no.png"}\n') and p / "z.jsonl", "does not exist"),
+    (lambda p: (p / "w.csv").write_text("a,b") and p / "w.csv", "expected a folder, a .jsonl or a .txt"),
+])
+def test_bad_calibration_data(tmp_path, setup, message):
+    with pytest.raises(ValueError, match=message):
+        load_calibration_data(setup(tmp_path))
