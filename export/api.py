@@ -113,11 +113,11 @@ def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: 
     return out, report
 
 
-def _check(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() < (1 << 31) - (1 << 24):
-        onnx.checker.check_model(model)
-    else:
+def _check(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    if external:  # the checker resolves external data relative to the file
         onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(model)
 
 
 def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,
@@ -171,7 +171,7 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
                 _externalize(trt_model, data)  # same tensors, same offsets: one shared data file
             _save_onnx(ort_model, tmp / f"{name}.onnx")
             _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
-            _check(ort_model, tmp / f"{name}.onnx")
+            _check(ort_model, tmp / f"{name}.onnx", data is not None)
 
             stage(f"reference outputs for {spec.kind} (PyTorch)")
             model.float()
