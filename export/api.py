@@ -39,6 +39,7 @@ from . import engine as trt_engine
 from . import manifest as mf
 from .config import ExportConfig
 from .graphs import export_graph, graph_specs, text_config
+from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
 from .refs import inputs_json, reference_feeds, run_results_json, run_torch
 from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units
@@ -92,10 +93,12 @@ def _externalize(model: onnx.ModelProto, data_path: Path) -> None:
     write_external_data_tensors(model, str(data_path.parent))
 
 
-def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: bool):
+def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: bool, fp16: bool):
     graph = gs.import_onnx(model)
     linears = fuse_phm_linear(graph)
     ffns = fuse_phm_ffn(graph)
+    if fp16:
+        upcast_softmax(graph, tensor_types(attach_functions(gs.export_onnx(graph))))
     units = phm_units(graph)
     report = mlp_report(kind, units, blocks, layers, towers)
     bad = not_rewritten(report)
@@ -137,6 +140,10 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
     stage(f"loading {model_dir}")
     doc = read_phm_config(model_dir) if model_dir.is_dir() else None
     model = _merge_lora(load(model_dir), model_dir)
+    # Eager attention: its softmax runs in fp32 and casts back (what --fp16 must keep), and it is the
+    # MatMul-Softmax-MatMul pattern TensorRT fuses; the TorchScript exporter's SDPA symbolic leaves
+    # fp16 attention outputs in fp32, which breaks fp16 graphs (GPT-2, BERT).
+    model.set_attn_implementation("eager")
     dtype = torch.float16 if config.fp16 else torch.float32
     float_np = np.float16 if config.fp16 else np.float32
     layers = doc["layers"] if doc else []
@@ -160,7 +167,8 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
             shutil.rmtree(trace_dir)
 
             stage(f"rewriting {spec.kind} MLPs into PHM ops")
-            rewritten, report = _rewrite(spec.kind, traced, blocks, layers, spec.towers, config.strict)
+            rewritten, report = _rewrite(spec.kind, traced, blocks, layers, spec.towers, config.strict,
+                                       config.fp16)
             reports += report
             ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
             name = spec.kind
