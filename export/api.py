@@ -42,7 +42,7 @@ from .graphs import export_graph, graph_specs, text_config
 from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
 from .refs import inputs_json, reference_feeds, run_results_json, run_torch
-from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units
+from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units, share_tied_weights
 from .verify import mlp_report, not_rewritten
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,26 @@ class ExportError(ValueError):
 
 
 def _merge_lora(model, model_dir: Path):
-    """Merge a peft LoRA adapter shipped in the model dir (the trainer merges before saving)."""
+    """Merge a peft LoRA adapter shipped in the model dir (the trainer merges before saving).
+
+    transformers loads an adapter_config.json next to the weights by itself (its peft
+    integration); otherwise (PHM checkpoints are built, not from_pretrained) peft loads it.
+    """
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
+    if getattr(model, "_hf_peft_config_loaded", False):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        merged = 0
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, module.get_base_layer())
+                merged += 1
+        model._hf_peft_config_loaded = False
+        log.info("merged %d LoRA layers into their base weights", merged)
+        return model
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -97,6 +114,7 @@ def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: 
     graph = gs.import_onnx(model)
     linears = fuse_phm_linear(graph)
     ffns = fuse_phm_ffn(graph)
+    share_tied_weights(graph)
     if fp16:
         upcast_softmax(graph, tensor_types(attach_functions(gs.export_onnx(graph))))
     units = phm_units(graph)

@@ -25,7 +25,7 @@ from phm.trt_plugins import spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PHMUnit", "const_value", "fuse_phm_ffn", "fuse_phm_linear", "phm_units"]
+__all__ = ["PHMUnit", "const_value", "fuse_phm_ffn", "fuse_phm_linear", "phm_units", "share_tied_weights"]
 
 
 def const_value(t: gs.Tensor) -> np.ndarray | None:
@@ -347,3 +347,27 @@ def phm_units(graph: gs.Graph) -> list[PHMUnit]:
             projs.append((role, n * k, n * m, b))
         units.append(PHMUnit(node.op, node.name, projs, node.attrs["activation"], node.attrs["mlp_type"]))
     return units
+
+
+def share_tied_weights(graph: gs.Graph) -> int:
+    """Tied input/output embeddings: the exporter writes the LM head as a second, transposed copy
+    of the embedding matrix (a MatMul constant equal to the Gather table's transpose). Feed that
+    MatMul from Transpose(table) instead, so the weights are stored once (TensorRT folds it)."""
+    tables = [n.inputs[0] for n in graph.nodes if n.op == "Gather" and isinstance(n.inputs[0], gs.Constant)
+              and n.inputs[0].values.ndim == 2]
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "MatMul"]:
+        w = node.inputs[1]
+        if not isinstance(w, gs.Constant) or w.values.ndim != 2:
+            continue
+        for table in tables:
+            if table.values.shape == w.values.shape[::-1] and np.array_equal(table.values.T, w.values):
+                shared = gs.Variable(f"{table.name}.transposed", dtype=table.dtype)
+                graph.nodes.append(gs.Node("Transpose", name=f"{table.name}/transpose", attrs={"perm": [1, 0]},
+                                           inputs=[table], outputs=[shared]))
+                node.inputs[1] = shared
+                count += 1
+                break
+    graph.cleanup().toposort()
+    log.info("share_tied_weights: %d LM head(s) now read the embedding table", count)
+    return count

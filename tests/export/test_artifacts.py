@@ -184,3 +184,15 @@ def test_external_data_is_shared_by_both_files(store, tmp_path):
     ref = _polygraphy(art, "decoder")
     assert ref.returncode == 0
     assert np.isfinite(sess.run(None, feeds)[0]).all()
+
+
+def test_tied_embedding_is_stored_once(store):
+    """Tiny Llama ties lm_head to embed_tokens: the ONNX keeps one 256×32 table, not two."""
+    from onnx import numpy_helper
+
+    art = store.artifacts("llama", False)
+    model = onnx.load(str(art / "decoder.trt.onnx"))
+    tables = [i for i in model.graph.initializer if sorted(i.dims) == [32, 256]]
+    assert len(tables) == 1
+    stored = sum(numpy_helper.to_array(i).size for i in model.graph.initializer)
+    assert stored <= manifest(art)["params"]["params_after"]
