@@ -129,7 +129,7 @@ def phm_tile(x_ptr, cores_ptr, scales_ptr, bases_ptr, stride_xt, T, M, K, NUM_BA
             kx = k0 + STEP * kk + part                  # input columns within each block x_j
             kx_mask = kx < K
             kc = k0 // STEP + kk                        # core columns (bytes for int4)
-            kc_mask = kc * STEP < K
+            kc_mask = kc < K // STEP
             x3 = _load_x(x_ptr, stride_xt, t_offs, t_mask, K, kx, kx_mask, N)  # (BT, N_j, BKP)
             if MIX_W:
                 w = tl.zeros((N, BLOCK_M, N, BKP), dtype=tl.float32)        # W block (i, r, j, c)
