@@ -50,7 +50,8 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
 }
 
 int main(void) {
-    phm_driver_api api = {fake_err, fake_dev, fake_attr, fake_load, fake_get, fake_setattr, fake_launch};
+    phm_driver_api api = {fake_err, fake_dev, fake_attr, fake_load, fake_get, fake_setattr, fake_launch,
+                          NULL, NULL, NULL};
     phm_kernels_set_driver_for_testing(&api);
     int family, dtype, wfmt, n, tokens, rows, k, nb, group, aligned;
     static char buf[1 << 16] __attribute__((aligned(256)));

@@ -219,3 +219,32 @@ def test_empty_batch(device):
     y = phm_linear(torch.randn(0, 16, device=device), torch.randn(4, 2, 8, device=device),
                    basis_family(2, 2).to(device))
     assert y.shape == (0, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["float", "int8", "int4"])
+@pytest.mark.parametrize("num_bases", [1, 2, 3, 4])
+@pytest.mark.parametrize("t", [1, 7, 16, 17, 256, 2048, 4096])
+def test_gpu_native_large(fmt, num_bases, t):
+    """Natively on a GPU (JIT): realistic widths, T up to 4096, every regime and precision."""
+    torch.manual_seed(t + num_bases)
+    n, k, m, g = 2, 512, 1024, 128
+    bases = basis_family(n, num_bases).cuda()
+    cores = torch.randn(m, num_bases, k, device="cuda") * 0.05
+    bias = torch.randn(n * m, device="cuda").half()
+    x = torch.randn(t, n * k, device="cuda").half()
+    if fmt == "float":
+        stored, scales, deq = cores.half(), None, cores.half()
+    elif fmt == "int8":
+        stored, scales = quant.quantize_cores_int8(cores)
+        deq = quant.dequantize_cores_int8(stored, scales)
+    else:
+        stored, scales = quant.quantize_cores_int4(cores, g)
+        deq = quant.dequantize_cores_int4(stored, scales, g)
+    y = phm_linear(x, stored, bases, bias, scales, fmt, g if fmt == "int4" else 0, activation="silu")
+    assert rel_err(y, ref_linear(x, deq, bases, bias, "silu")) <= TOL[torch.float16]
+    gc, uc = cores.half(), (cores * 0.5).half()
+    if fmt == "float":
+        h = phm_gate_up(x, gc, uc, bases)
+        ref = F.silu(ref_linear(x, gc, bases)) * ref_linear(x, uc, bases)
+        assert rel_err(h, ref) <= TOL[torch.float16]

@@ -13,13 +13,16 @@ typedef struct {
     __typeof__(&cuLibraryGetKernel) libraryGetKernel;
     __typeof__(&cuKernelSetAttribute) kernelSetAttribute;
     __typeof__(&cuLaunchKernel) launchKernel;
+    __typeof__(&cuMemAlloc) memAlloc;      /* only phm_device_upload / phm_device_free use these */
+    __typeof__(&cuMemcpyHtoD) memcpyHtoD;
+    __typeof__(&cuMemFree) memFree;
 } phm_driver_api;
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 /* Tests only: replace the driver (NULL restores dlopen). Not thread-safe against launches. */
-void phm_kernels_set_driver_for_testing(const phm_driver_api* api);
+__attribute__((visibility("default"))) void phm_kernels_set_driver_for_testing(const phm_driver_api* api);
 #ifdef __cplusplus
 }
 #endif

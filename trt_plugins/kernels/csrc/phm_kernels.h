@@ -14,11 +14,14 @@
 #define PHM_KERNELS_H
 
 #include <cuda.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#define PHM_API __attribute__((visibility("default")))
 
 typedef enum { PHM_DTYPE_FP32 = 0, PHM_DTYPE_FP16 = 1 } phm_dtype;
 typedef enum { PHM_WFMT_FLOAT = 0, PHM_WFMT_INT8 = 1, PHM_WFMT_INT4 = 2 } phm_wfmt;
@@ -55,16 +58,20 @@ typedef struct {
     phm_wfmt weight_format;
 } phm_gate_up_args;
 
-CUresult phm_linear_launch(CUstream stream, const phm_linear_args* args);
-CUresult phm_gate_up_launch(CUstream stream, const phm_gate_up_args* args);
+PHM_API CUresult phm_linear_launch(CUstream stream, const phm_linear_args* args);
+PHM_API CUresult phm_gate_up_launch(CUstream stream, const phm_gate_up_args* args);
 
 /* 1 if cubins for sm_<sm> (e.g. 87, 90) are embedded in this build. */
-int phm_kernels_have_arch(int sm);
+PHM_API int phm_kernels_have_arch(int sm);
 /* The kernel a launch with these parameters would pick (for logs and tests), or NULL. */
-const char* phm_kernels_select_name(int family, int sm, phm_dtype dtype, phm_wfmt wfmt, int n,
+PHM_API const char* phm_kernels_select_name(int family, int sm, phm_dtype dtype, phm_wfmt wfmt, int n,
                                     int tokens, int num_bases, int aligned);
+/* Synchronous device allocation + copy for small constant tables (the plugins' bases), done once
+ * per execution context outside any stream capture; phm_device_free(0) is a no-op. */
+PHM_API CUresult phm_device_upload(const void* host, size_t bytes, CUdeviceptr* out);
+PHM_API CUresult phm_device_free(CUdeviceptr ptr);
 /* Human-readable reason of the last failed call on this thread ("" if none). */
-const char* phm_kernels_last_error(void);
+PHM_API const char* phm_kernels_last_error(void);
 
 #define PHM_FAMILY_LINEAR 0
 #define PHM_FAMILY_GATE_UP 1

@@ -54,10 +54,13 @@ static const phm_driver_api* driver(void) {
             PHM_RESOLVE(libraryGetKernel, cuLibraryGetKernel);
             PHM_RESOLVE(kernelSetAttribute, cuKernelSetAttribute);
             PHM_RESOLVE(launchKernel, cuLaunchKernel);
+            PHM_RESOLVE(memAlloc, cuMemAlloc);
+            PHM_RESOLVE(memcpyHtoD, cuMemcpyHtoD);
+            PHM_RESOLVE(memFree, cuMemFree);
 #undef PHM_RESOLVE
             if (g_api.getErrorString && g_api.ctxGetDevice && g_api.deviceGetAttribute &&
                 g_api.libraryLoadData && g_api.libraryGetKernel && g_api.kernelSetAttribute &&
-                g_api.launchKernel)
+                g_api.launchKernel && g_api.memAlloc && g_api.memcpyHtoD && g_api.memFree)
                 g_api_state = 1;
         }
     }
@@ -226,4 +229,25 @@ CUresult phm_gate_up_launch(CUstream stream, const phm_gate_up_args* a) {
                       (void*)&a->stride_x, (void*)&a->stride_h, (void*)&a->has_bias, (void*)&a->activation};
     return launch(stream, PHM_FAMILY_GATE_UP, a->dtype, a->weight_format, a->n, a->tokens, a->f, a->k,
                   a->num_bases, a->group_size, aligned, params, (int)(sizeof params / sizeof params[0]));
+}
+
+CUresult phm_device_upload(const void* host, size_t bytes, CUdeviceptr* out) {
+    const phm_driver_api* api = driver();
+    if (!api || !api->memAlloc) return fail(CUDA_ERROR_NOT_INITIALIZED, "%s", "libcuda.so.1 could not be loaded");
+    *out = 0;
+    CUresult rc = api->memAlloc(out, bytes);
+    if (rc == CUDA_SUCCESS) rc = api->memcpyHtoD(*out, host, bytes);
+    if (rc != CUDA_SUCCESS) {
+        if (*out) api->memFree(*out);
+        *out = 0;
+        return fail(rc, "device upload of %zu bytes failed", bytes);
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult phm_device_free(CUdeviceptr ptr) {
+    const phm_driver_api* api = driver();
+    if (!ptr) return CUDA_SUCCESS;
+    if (!api || !api->memFree) return CUDA_ERROR_NOT_INITIALIZED;
+    return api->memFree(ptr);
 }
