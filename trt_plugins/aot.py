@@ -184,6 +184,35 @@ def compile_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
     return [by_symbol[s.symbol] for s in specs]
 
 
+def source_fingerprint() -> str:
+    """Hash of everything a cubin depends on: kernel sources, tile configs, Triton version."""
+    import hashlib
+
+    import triton
+
+    h = hashlib.sha256(triton.__version__.encode())
+    kdir = Path(__file__).resolve().parent / "kernels"
+    for name in ("phm_linear.py", "phm_ffn.py", "configs.py"):
+        h.update((kdir / name).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_results(specs: list[KernelSpec], out_dir: Path) -> bool:
+    """True when out_dir already holds sources generated for exactly these specs from the current
+    kernel sources (phm-build-plugins then skips the compile)."""
+    manifest = out_dir / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text())
+    except ValueError:
+        return False
+    return (data.get("fingerprint") == source_fingerprint()
+            and [k["symbol"] for k in data.get("kernels", [])] == [s.symbol for s in specs]
+            and all((out_dir / f"img_{s.symbol}.c").is_file() for s in specs))
+
+
 def _c_bytes(data: bytes) -> str:
     lines = []
     for i in range(0, len(data), 24):
@@ -241,5 +270,5 @@ def write_sources(specs: list[KernelSpec], results: list[dict], out_dir: Path) -
     _write_atomic(out_dir / "sources.cmake", "set(PHM_GENERATED_SOURCES\n"
                   + "\n".join(f"    ${{CMAKE_CURRENT_LIST_DIR}}/{p.name}" for p in files) + "\n)\n")
     _write_atomic(out_dir / "manifest.json", json.dumps(
-        {"format_version": 1, "kernels": manifest}, indent=1))
+        {"format_version": 1, "fingerprint": source_fingerprint(), "kernels": manifest}, indent=1))
     return files

@@ -95,11 +95,14 @@ def _run(cmd: list[str], what: str) -> None:
 def build_plugins(cfg: BuildConfig) -> BuildResult:
     """AOT-compile all kernels for cfg.archs, then CMake-build the launcher (+ plugin) libraries."""
     specs = aot.all_specs(cfg.archs)
-    log.info("compiling %d kernel specialisations for %s", len(specs),
-             ", ".join(f"sm_{a}" for a in cfg.archs))
-    results = aot.compile_specs(specs, cfg.jobs)
     gen = cfg.out_dir / "generated"
-    aot.write_sources(specs, results, gen)
+    if aot.cached_results(specs, gen):
+        log.info("reusing %d kernels in %s (kernel sources unchanged)", len(specs), gen)
+    else:
+        log.info("compiling %d kernel specialisations for %s", len(specs),
+                 ", ".join(f"sm_{a}" for a in cfg.archs))
+        results = aot.compile_specs(specs, cfg.jobs)
+        aot.write_sources(specs, results, gen)
     result = BuildResult(kernels=len(specs), generated_dir=gen)
 
     cmake = shutil.which(cfg.cmake)
