@@ -49,13 +49,12 @@ def test_golden_every_config(case, dtype, device):
         y = phm_linear(x.to(device, dtype), cores.to(device, dtype), case["bases"].to(device),
                        None if bias is None else bias.to(device, dtype), config=cfg)
         assert y.dtype == dtype and y.shape == case["y"].shape
-        if dtype == torch.float32:
-            err = rel_err(y, case["y"])
-        else:   # fp16 inputs are rounded: compare with the exact math on the rounded operands
-            err = max(rel_err(y, case["y"]) / 2,
-                      rel_err(y, ref_linear(x.to(dtype), cores.to(dtype), case["bases"],
-                                            None if bias is None else bias.to(dtype))))
+        err = rel_err(y, case["y"])   # against the float64 golden output itself
         assert err <= TOL[dtype], f"{case['name']} config={name}: rel err {err:.2e}"
+        if dtype == torch.float16:    # and against the exact math on the fp16-rounded operands
+            err = rel_err(y, ref_linear(x.to(dtype), cores.to(dtype), case["bases"],
+                                        None if bias is None else bias.to(dtype)))
+            assert err <= 2e-3, f"{case['name']} config={name}: rel err {err:.2e} (rounded operands)"
 
 
 @pytest.mark.parametrize("n,num_bases", [(2, 1), (2, 2), (2, 3), (2, 4), (4, 2), (4, 5)])
