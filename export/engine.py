@@ -40,12 +40,24 @@ def unavailable_reason() -> str | None:
 
 
 def plugin_library(artifacts: Path, target: str) -> Path | None:
-    """$PHM_PLUGINS, else <artifacts>/plugins/<target>/libphm_plugins.so, if it exists."""
+    """$PHM_PLUGINS, else <artifacts>/plugins/<target>/lib/libphm_trt_plugins.so, if it exists."""
     from .manifest import PLUGIN_LIBRARY
 
     env = os.environ.get("PHM_PLUGINS")
     path = Path(env) if env else artifacts / "plugins" / target / PLUGIN_LIBRARY
     return path if path.is_file() else None
+
+
+def _load_plugins(trt, plugin_lib: Path) -> None:
+    """Register our creators: the `_dyn` twin through the registry (it exports getCreators), else
+    dlopen the static library (REGISTER_TENSORRT_PLUGIN at load, as trtexec --staticPlugins does)."""
+    dyn = plugin_lib.with_name(plugin_lib.stem + "_dyn" + plugin_lib.suffix)
+    if dyn.is_file():
+        trt.get_plugin_registry().load_library(str(dyn))
+    else:
+        import ctypes
+
+        ctypes.CDLL(str(plugin_lib), mode=ctypes.RTLD_GLOBAL)
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profile: dict, plugin_lib: Path | None,
@@ -56,7 +68,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict, plugin_lib: 
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     if plugin_lib is not None:
-        trt.get_plugin_registry().load_library(str(plugin_lib))
+        _load_plugins(trt, plugin_lib)
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):

@@ -20,7 +20,9 @@ __all__ = ["MANIFEST_VERSION", "PLUGIN_LIBRARY", "TOLERANCES", "commands", "file
            "profile_shapes", "versions"]
 
 MANIFEST_VERSION = 1
-PLUGIN_LIBRARY = "libphm_plugins.so"   # what `phm-build-plugins --out DIR` puts in DIR
+# What `phm-build-plugins --arch SM --out DIR` writes: DIR/lib/libphm_trt_plugins.so (static registration:
+# trtexec --staticPlugins, polygraphy --plugins) and DIR/lib/libphm_trt_plugins_dyn.so (loadLibrary).
+PLUGIN_LIBRARY = "lib/libphm_trt_plugins.so"
 # (atol, rtol) of the reference comparisons, per precision, per backend. ORT fp32 is the tested
 # acceptance bound; the fp16 ORT bound is what tests/export measures against the fp32 torch
 # reference on the tiny models; TensorRT bounds are starting points to confirm on the device.
@@ -128,7 +130,8 @@ def commands_sh(cmds: dict, config: ExportConfig) -> str:
     lines = [
         "#!/usr/bin/env bash",
         f"# TensorRT engines and reference checks for target {config.target} ({config.sm}); run from this dir.",
-        f"# Plugin library: phm-build-plugins --arch {config.sm} --out plugins/{config.target}",
+        f"# Plugin library: phm-build-plugins --arch {config.sm} --out plugins/{config.target}"
+        f"  (or set PHM_PLUGINS)",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         f'PLUGINS="${{PHM_PLUGINS:-plugins/{config.target}/{PLUGIN_LIBRARY}}}"',
