@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 OPSET = 17
 VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")
 ENCODER_TYPES = ("bert",)
+DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+SUPPORTED_TYPES = DECODER_TYPES + VLM_TYPES + ENCODER_TYPES
 
 
 def text_config(model: nn.Module):
@@ -147,6 +149,8 @@ def vision_grid(model: nn.Module) -> torch.Tensor:
 def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -> list[GraphSpec]:
     """The graphs a model exports to, with trace-time sample inputs."""
     model_type = model.config.model_type
+    if model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"no ONNX export path for model_type {model_type!r}; supported: {', '.join(SUPPORTED_TYPES)}")
     gen = torch.Generator().manual_seed(0)
     if model_type in ENCODER_TYPES:
         ids = torch.randint(3, text_config(model).vocab_size, (batch, seq), generator=gen)

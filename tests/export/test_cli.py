@@ -74,3 +74,12 @@ def test_config_validation():
     with pytest.raises(ValueError, match="calib_data"):
         ExportConfig(calib_data="x.jsonl")
     assert ExportConfig(fp16=True).precision == "fp16"
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path):
+    from phm.trainer.tiny_models import save_tiny_model
+
+    model = save_tiny_model("llava", tmp_path / "llava")
+    result, lines = _run([model, "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, "no ONNX export path for model_type 'llava'")
+    assert not (tmp_path / "out").exists()
