@@ -19,8 +19,20 @@ __all__ = ["tensor_types", "upcast_softmax"]
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every value ONNX shape inference can type (PHM nodes via their functions)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    """Element type of every value ONNX shape inference can type (PHM nodes via their functions).
+
+    Runs on a copy whose large initializers are data-less references (inference needs dims and
+    types only), so it also works for models over protobuf's 2 GiB limit.
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for init in light.graph.initializer:
+        if len(init.raw_data) > 4096:
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            del init.external_data[:]
+            init.external_data.add(key="location", value="stripped-for-shape-inference")
+    inferred = onnx.shape_inference.infer_shapes(light)
     values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     return {v.name: v.type.tensor_type.elem_type for v in values}
 
