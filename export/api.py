@@ -219,7 +219,7 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
         hf = tmp / "hf"
         hf.mkdir()
         for f in sorted(model_dir.iterdir()):
-            if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES):
+            if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != "adapter_config.json":
                 shutil.copy2(f, hf / f.name)
         cmds = mf.commands(graphs, config)
         atomic_write_text(tmp / "commands.sh", mf.commands_sh(cmds, config))
