@@ -1,0 +1,266 @@
+"""`export_model(model_dir, config, out_dir) -> Path`: checkpoint dir → artifacts dir.
+
+    out/
+      <kind>.onnx          ONNX Runtime file: PHM nodes + their reference functions (kind: decoder,
+                           encoder, vision, embed — whatever the architecture has)
+      <kind>.trt.onnx      TensorRT file: the same graph without model.functions
+      <kind>.onnx.data     external initializers of both, when the graph is large
+      <kind>.inputs.json   Polygraphy inputs (decoder: prefill + one decode step)
+      <kind>.ref.json      Polygraphy RunResults of the PyTorch model on those inputs
+      manifest.json        versions, I/O contract, precision, PHM layers, MLP report, sizes, hashes, commands
+      commands.sh          trtexec / polygraphy commands for the target
+      export_config.json   the ExportConfig used
+      hf/                  config, tokenizer, phm_config.json … of the model dir (what a runtime needs)
+      engines/             TensorRT engines, only where `import tensorrt` works
+
+Everything is assembled in a temporary sibling dir and renamed into place at the end, so a failed
+export leaves nothing behind. The same input gives byte-identical ONNX files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+from phm.trainer import PHMLinear, load, read_phm_config
+from phm.trainer.arch import find_mlp_blocks
+from phm.trainer.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text
+
+from . import engine as trt_engine
+from . import manifest as mf
+from .config import ExportConfig
+from .graphs import export_graph, graph_specs, text_config
+from .precision import tensor_types, upcast_softmax
+from .reference import attach_functions, strip_functions
+from .refs import inputs_json, reference_feeds, run_results_json, run_torch
+from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units, share_tied_weights
+from .verify import mlp_report, not_rewritten
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExportError", "export_model"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".index.json")
+
+
+class ExportError(ValueError):
+    """A known reason an export cannot be done (the CLI prints it in one line)."""
+
+
+def _merge_lora(model, model_dir: Path):
+    """Merge a peft LoRA adapter shipped in the model dir (the trainer merges before saving).
+
+    transformers loads an adapter_config.json next to the weights by itself (its peft
+    integration); otherwise (PHM checkpoints are built, not from_pretrained) peft loads it.
+    """
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    if getattr(model, "_hf_peft_config_loaded", False):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        merged = 0
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, module.get_base_layer())
+                merged += 1
+        model._hf_peft_config_loaded = False
+        log.info("merged %d LoRA layers into their base weights", merged)
+        return model
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+    return model
+
+
+def param_counts(model: torch.nn.Module, bits: int) -> dict:
+    """Parameters and weight bytes of the model as exported and of its dense twin."""
+    after = sum(p.numel() for p in model.parameters())
+    phm = [m.cost for m in model.modules() if isinstance(m, PHMLinear)]
+    mlp_after = sum(c.params for c in phm)
+    mlp_before = sum(c.dense_params for c in phm)
+    before = after - mlp_after + mlp_before
+    return {"params_before": before, "params_after": after, "phm_params": mlp_after,
+            "phm_dense_params": mlp_before, "weight_bytes_before": before * bits // 8,
+            "weight_bytes_after": after * bits // 8, "param_ratio": after / before}
+
+
+def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Serialise atomically (initializers may already point at an external data file)."""
+    atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+
+
+def _externalize(model: onnx.ModelProto, data_path: Path) -> None:
+    """Move large initializers to `data_path` (one file, deterministic offsets), in place."""
+    from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
+
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data_path.name,
+                                   size_threshold=1024)
+    write_external_data_tensors(model, str(data_path.parent))
+
+
+def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: bool, fp16: bool):
+    graph = gs.import_onnx(model)
+    linears = fuse_phm_linear(graph)
+    ffns = fuse_phm_ffn(graph)
+    share_tied_weights(graph)
+    if fp16:
+        upcast_softmax(graph, tensor_types(attach_functions(gs.export_onnx(graph))))
+    units = phm_units(graph)
+    report = mlp_report(kind, units, blocks, layers, towers)
+    bad = not_rewritten(report)
+    done = sum(s.rewritten for s in report)
+    log.info("%s: %d PHM projections, %d fused into PHMFFN; MLPs rewritten %d/%d (%d configured)",
+             kind, linears, ffns, done, len(report), sum(s.configured for s in report))
+    for s in report:
+        log.info("  %-45s %-14s %s", s.block, s.status, s.detail)
+    if strict and bad:
+        raise ExportError(f"--strict: {len(bad)} MLP(s) of the {kind} graph not rewritten: "
+                          + "; ".join(f"{s.block} ({s.status}: {s.detail})" for s in bad))
+    out = gs.export_onnx(graph)
+    out.producer_name, out.producer_version = "phm-edge", mf.versions()["phm-edge"] or ""
+    out.graph.name = kind
+    return out, report
+
+
+def _check(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    if external:  # the checker resolves external data relative to the file
+        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(model)
+
+
+def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,
+                 on_stage: Callable[[str], None] | None = None) -> Path:
+    """Export the checkpoint (PHM or plain HF) in `model_dir` to an artifacts dir `out_dir`."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    stage = on_stage or (lambda msg: log.info("%s", msg))
+    if config.int8:
+        raise ExportError("--int8 needs the INT8 quantization path (issue: INT8 calibration, Q/DQ and INT8 "
+                          "PHM cores), which is not in this build yet; export fp32 or --fp16")
+    trt_reason = trt_engine.unavailable_reason()
+    if config.require_engine and trt_reason:
+        raise ExportError(f"--require-engine: cannot build TensorRT engines: {trt_reason}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
+        raise FileExistsError(f"output directory {out_dir} exists and is not empty")
+
+    stage(f"loading {model_dir}")
+    doc = read_phm_config(model_dir) if model_dir.is_dir() else None
+    model = _merge_lora(load(model_dir), model_dir)
+    # Eager attention: its softmax runs in fp32 and casts back (what --fp16 must keep), and it is the
+    # MatMul-Softmax-MatMul pattern TensorRT fuses; the TorchScript exporter's SDPA symbolic leaves
+    # fp16 attention outputs in fp32, which breaks fp16 graphs (GPT-2, BERT).
+    model.set_attn_implementation("eager")
+    dtype = torch.float16 if config.fp16 else torch.float32
+    float_np = np.float16 if config.fp16 else np.float32
+    layers = doc["layers"] if doc else []
+    blocks = [asdict(b) for b in find_mlp_blocks(model)]
+    counts = param_counts(model, 16 if config.fp16 else 32)
+    max_positions = getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence
+
+    graphs, reports = {}, []
+    with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
+        specs = graph_specs(model)
+        ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
+        if config.fp16:
+            model.to(dtype)
+        for spec, ref_spec in zip(specs, ref_specs):
+            stage(f"exporting {spec.kind} graph")
+            trace_dir = tmp / f".trace-{spec.kind}"
+            trace_dir.mkdir()
+            spec.sample = tuple(t.to(dtype) if t.is_floating_point() else t for t in spec.sample)
+            export_graph(spec, trace_dir / "graph.onnx")
+            traced = onnx.load(str(trace_dir / "graph.onnx"))
+            shutil.rmtree(trace_dir)
+
+            stage(f"rewriting {spec.kind} MLPs into PHM ops")
+            rewritten, report = _rewrite(spec.kind, traced, blocks, layers, spec.towers, config.strict,
+                                       config.fp16)
+            reports += report
+            ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
+            name = spec.kind
+            data = None
+            if ort_model.ByteSize() > config.external_data_mb * (1 << 20):
+                data = tmp / f"{name}.onnx.data"
+                _externalize(ort_model, data)
+                _externalize(trt_model, data)  # same tensors, same offsets: one shared data file
+            _save_onnx(ort_model, tmp / f"{name}.onnx")
+            _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
+            _check(ort_model, tmp / f"{name}.onnx", data is not None)
+
+            stage(f"reference outputs for {spec.kind} (PyTorch)")
+            model.float()
+            feeds = reference_feeds(ref_spec, model)
+            outputs = run_torch(ref_spec, feeds)
+            model.to(dtype)
+            atomic_write_text(tmp / f"{name}.inputs.json", inputs_json(feeds, float_np))
+            atomic_write_text(tmp / f"{name}.ref.json", run_results_json(outputs))
+            inputs, outs = mf.graph_io(trt_model)
+            graphs[name] = {"file": f"{name}.onnx", "trt_file": f"{name}.trt.onnx",
+                            "external_data": data.name if data else None,
+                            "inputs": f"{name}.inputs.json", "ref": f"{name}.ref.json",
+                            "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
+                            "profile": mf.profile_shapes(spec.kind, inputs, config, max_positions),
+                            "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
+                                          for op in ("PHMLinear", "PHMFFN")}}
+
+        stage("writing manifest and commands")
+        hf = tmp / "hf"
+        hf.mkdir()
+        for f in sorted(model_dir.iterdir()):
+            if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != "adapter_config.json":
+                shutil.copy2(f, hf / f.name)
+        cmds = mf.commands(graphs, config)
+        atomic_write_text(tmp / "commands.sh", mf.commands_sh(cmds, config))
+        atomic_write_text(tmp / "export_config.json", config.to_json())
+
+        engines = {}
+        if trt_reason:
+            log.warning("TensorRT engines not built: %s (commands.sh has the trtexec lines for %s)",
+                        trt_reason, config.target)
+        else:
+            stage("building TensorRT engines")
+            engines = trt_engine.build_all(tmp, graphs, config)
+
+        files = {f.relative_to(tmp).as_posix(): mf.file_entry(f) for f in sorted(tmp.rglob("*"))
+                 if f.is_file() and f.name != "manifest.json"}
+        manifest = {
+            "format_version": mf.MANIFEST_VERSION,
+            "model_dir": str(model_dir),
+            "model_type": model.config.model_type,
+            "architecture": type(model).__name__,
+            "precision": config.precision,
+            "target": {"name": config.target, "sm": config.sm},
+            "versions": mf.versions(),
+            "graphs": graphs,
+            "phm": None if doc is None else {
+                "n": doc["phm"]["n"], "bases": doc["phm"]["bases"],
+                "layers": [{k: t[k] for k in ("name", "tower", "layer", "role", "num_bases", "in_features",
+                                              "out_features", "bias")} for t in layers]},
+            "mlps": [s.to_dict() for s in reports],
+            "mlps_rewritten": sum(s.rewritten for s in reports),
+            "mlps_total": len(reports),
+            "params": counts,
+            "onnx_bytes": sum(v["bytes"] for k, v in files.items() if k.endswith((".trt.onnx", ".onnx.data"))),
+            "files": files,
+            "commands": cmds,
+            "engines": engines or None,
+            "engine_status": "built" if engines else f"not built: {trt_reason}",
+        }
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for path in [tmp, *tmp.rglob("*")]:  # temp files/dirs are created private: publish normally
+            path.chmod(0o755 if path.is_dir() or path.name == "commands.sh" else 0o644)
+    log.info("wrote %s (%d graph(s), %d/%d MLPs rewritten, params %d → %d)", out_dir, len(graphs),
+             manifest["mlps_rewritten"], manifest["mlps_total"], counts["params_before"], counts["params_after"])
+    return out_dir

@@ -1,0 +1,68 @@
+"""ExportConfig: what `export_model` writes and for which target (saved as export_config.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
+
+EXPORT_CONFIG_VERSION = 1
+
+# GPU architecture per target: Jetson Orin (JetPack 6: TensorRT 10.3) and desktop Hopper/Ampere+.
+TARGETS = {"orin": "sm_87", "desktop": "sm_90"}
+
+
+@dataclass
+class ExportConfig:
+    """Options of one export. Validated on construction (ValueError naming the field)."""
+
+    fp16: bool = False               # write an fp16 graph (norm/softmax statistics stay fp32)
+    int8: bool = False               # explicit Q/DQ + INT8 PHM cores (the quantization issue)
+    calib_data: str | None = None    # calibration data for --int8
+    strict: bool = False             # any PHM-configured MLP not rewritten is an error
+    target: str = "orin"             # "orin" (sm_87, TensorRT 10.3) | "desktop" (sm_90)
+    require_engine: bool = False     # fail when TensorRT is not importable instead of skipping
+    max_batch: int = 1               # TensorRT optimisation profile upper bounds
+    max_sequence: int = 2048         # past + new tokens; clipped to the model's position limit
+    opt_sequence: int = 128          # profile "opt" prompt length
+    external_data_mb: int = 1024     # initializers go to <file>.onnx.data above this size (protobuf: 2 GiB)
+    overwrite: bool = False          # replace an existing non-empty output dir
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.fp16 and self.int8:
+            raise ValueError("choose one of fp16 and int8 (int8 keeps fp16 activations itself)")
+        if self.calib_data is not None and not self.int8:
+            raise ValueError("calib_data is only used with int8")
+        for name in ("max_batch", "max_sequence", "opt_sequence"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.opt_sequence > self.max_sequence:
+            raise ValueError(f"opt_sequence {self.opt_sequence} exceeds max_sequence {self.max_sequence}")
+        if not isinstance(self.external_data_mb, int) or self.external_data_mb < 0:
+            raise ValueError(f"external_data_mb must be a non-negative integer, got {self.external_data_mb!r}")
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    @property
+    def sm(self) -> str:
+        return TARGETS[self.target]
+
+    def to_dict(self) -> dict:
+        return {"format_version": EXPORT_CONFIG_VERSION, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ExportConfig":
+        data = json.loads(Path(path).read_text())
+        if data.pop("format_version", None) != EXPORT_CONFIG_VERSION:
+            raise ValueError(f"{path}: unsupported export config format_version")
+        return cls(**data)

@@ -1,0 +1,193 @@
+"""Torch side of the export: flat-tensor wrappers around HF models and the torch.onnx call.
+
+Each wrapper's forward takes and returns plain tensors in the order of `io_names`, so one traced
+graph serves prefill (past_sequence = 0) and decode (sequence = 1). The KV cache is rebuilt as a
+transformers DynamicCache inside forward.
+
+Exporter choice (torch 2.13): the TorchScript-based `torch.onnx.export(..., dynamo=False)`. It
+traces these HF models with dynamic batch/sequence/past axes in well under a second each and
+needs no onnxscript; the dynamo exporter (`dynamo=True`) needs onnxscript (not a dependency here)
+and takes far longer on HF decoders. Tracing records one Python path, so every branch the models
+take on shapes must be shape-generic: the tests run the graphs at other batch/sequence/past sizes
+than the trace (including past = 0, sequence = 1 and left padding) against torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import io_names as io
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")
+ENCODER_TYPES = ("bert",)
+DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+SUPPORTED_TYPES = DECODER_TYPES + VLM_TYPES + ENCODER_TYPES
+
+
+def text_config(model: nn.Module):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def cache_geometry(model: nn.Module) -> tuple[int, int, int]:
+    """(num_layers, kv_heads, head_dim) of the language model's KV cache."""
+    cfg = text_config(model)
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return cfg.num_hidden_layers, kv_heads, head_dim
+
+
+def _cache(model: nn.Module, past: tuple) -> "DynamicCache":  # noqa: F821
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=text_config(model))
+    for i in range(len(past) // 2):
+        cache.update(past[2 * i], past[2 * i + 1], i)
+    return cache
+
+
+def _presents(cache) -> list[torch.Tensor]:
+    out = []
+    for layer in cache.layers:
+        out += [layer.keys, layer.values]
+    return out
+
+
+class DecoderGraph(nn.Module):
+    """(input_ids | inputs_embeds, attention_mask, position_ids, *past) → (logits, *present)."""
+
+    def __init__(self, model: nn.Module, embeds: bool):
+        super().__init__()
+        self.model, self.embeds = model, embeds
+
+    def forward(self, first, attention_mask, position_ids, *past):
+        cache = _cache(self.model, past)
+        if self.embeds:  # VLM: the language model alone, image features already merged in
+            out = self.model.model.language_model(inputs_embeds=first, attention_mask=attention_mask,
+                                                  position_ids=position_ids, past_key_values=cache,
+                                                  use_cache=True)
+            logits = self.model.lm_head(out.last_hidden_state)
+        else:
+            out = self.model(input_ids=first, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits
+        return (logits, *_presents(out.past_key_values))
+
+
+class EmbedGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.embed = model.get_input_embeddings()
+
+    def forward(self, input_ids):
+        return self.embed(input_ids)
+
+
+class VisionGraph(nn.Module):
+    """pixel_values (patches, patch_dim) → merged image features, for one fixed image grid."""
+
+    def __init__(self, model: nn.Module, grid_thw: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("grid_thw", grid_thw, persistent=False)
+
+    def forward(self, pixel_values):
+        return image_features(self.model, pixel_values, self.grid_thw)
+
+
+def image_features(model: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """(image_tokens, hidden) features of a Qwen2(.5)-VL vision tower, merger included."""
+    out = model.model.visual(pixel_values, grid_thw=grid_thw)
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+@dataclass
+class GraphSpec:
+    """One ONNX file to export: its wrapper, sample inputs for the trace and its I/O contract."""
+
+    kind: str                      # io_names.GRAPH_KINDS
+    module: nn.Module
+    sample: tuple
+    inputs: list
+    outputs: list
+    axes: dict
+    towers: tuple                  # which MLP towers live in this graph ("language", "vision")
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.module.eval()  # a fresh wrapper is in train mode; the exporter would restore that
+
+
+def vision_grid(model: nn.Module) -> torch.Tensor:
+    """The fixed image grid (t, h, w) in patches the vision graph is specialised to (4×4 merged
+    tokens' worth on the tiny models: 8×8 patches)."""
+    vcfg = model.config.vision_config
+    merge = vcfg.spatial_merge_size
+    side = 4 * merge
+    return torch.tensor([[1, side, side]], dtype=torch.int64)
+
+
+def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -> list[GraphSpec]:
+    """The graphs a model exports to, with trace-time sample inputs."""
+    model_type = model.config.model_type
+    if model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"no ONNX export path for model_type {model_type!r}; supported: {', '.join(SUPPORTED_TYPES)}")
+    gen = torch.Generator().manual_seed(0)
+    if model_type in ENCODER_TYPES:
+        ids = torch.randint(3, text_config(model).vocab_size, (batch, seq), generator=gen)
+        mask = torch.ones(batch, seq, dtype=torch.int64)
+        names = io.encoder_io()
+        return [GraphSpec("encoder", EncoderGraph(model), (ids, mask), *names, towers=("language",))]
+    layers, kv_heads, head_dim = cache_geometry(model)
+    vlm = model_type in VLM_TYPES
+    cfg = text_config(model)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    pos = torch.arange(past, past + seq).expand(batch, seq)
+    kv = [torch.randn(batch, kv_heads, past, head_dim, generator=gen) for _ in range(2 * layers)]
+    specs = []
+    if vlm:
+        first = torch.randn(batch, seq, cfg.hidden_size, generator=gen)
+        pos = pos.unsqueeze(0).expand(3, batch, seq)
+        ids = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)
+        grid = vision_grid(model)
+        vcfg = model.config.vision_config
+        patch_dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size ** 2
+        pixels = torch.randn(int(grid.prod()), patch_dim, generator=gen)
+        specs.append(GraphSpec("vision", VisionGraph(model, grid), (pixels,), *io.vision_io(), towers=("vision",),
+                               meta={"grid_thw": grid.tolist()}))
+        specs.append(GraphSpec("embed", EmbedGraph(model), (ids,), *io.embed_io(), towers=()))
+    else:
+        first = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)
+    specs.append(GraphSpec("decoder", DecoderGraph(model, embeds=vlm), (first, mask, pos, *kv),
+                           *io.decoder_io(layers, embeds=vlm), towers=("language",)))
+    return specs
+
+
+def export_graph(spec: GraphSpec, path: Path) -> None:
+    """Trace `spec.module` to ONNX at `path` (opset 17, TorchScript exporter, constants folded)."""
+    spec.module.eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(spec.module, spec.sample, str(path), dynamo=False, opset_version=OPSET,
+                          input_names=spec.inputs, output_names=spec.outputs, dynamic_axes=spec.axes,
+                          do_constant_folding=True)
+    log.debug("traced %s graph to %s", spec.kind, path)

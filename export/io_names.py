@@ -1,0 +1,82 @@
+"""The ONNX I/O contract of the exported graphs: names, axes, dtypes (one place; docs/export.md).
+
+Every graph the exporter writes uses these names and symbolic axes, and manifest.json records
+them per file with concrete dtypes. The runtime builds on exactly this.
+
+Graph kinds:
+
+``decoder`` (causal LM, KV cache; prefill and decode are the same graph)
+    inputs   input_ids            int64 (batch, sequence)          LLMs (llama, qwen2, gpt2 …)
+             inputs_embeds        float (batch, sequence, hidden)  VLMs instead of input_ids
+             attention_mask       int64 (batch, total_sequence)    1 = attend, 0 = padding;
+                                                                   total = past_sequence + sequence
+             position_ids         int64 (batch, sequence)          LLMs
+                                  int64 (3, batch, sequence)       VLMs (M-RoPE rows t, h, w)
+             past_key_values.{i}.key / .value
+                                  float (batch, kv_heads, past_sequence, head_dim)
+    outputs  logits               float (batch, sequence, vocab)
+             present.{i}.key / .value
+                                  float (batch, kv_heads, total_sequence, head_dim)
+``embed``    input_ids int64 (batch, sequence) → inputs_embeds float (batch, sequence, hidden)   VLMs
+``vision``   pixel_values float (patches, patch_dim) → image_features float (image_tokens, hidden)
+             VLMs; specialised to the image grid recorded in manifest.json (grid_thw)
+``encoder``  input_ids, attention_mask int64 (batch, sequence)
+             → last_hidden_state float (batch, sequence, hidden)                          BERT
+"""
+
+from __future__ import annotations
+
+INPUT_IDS = "input_ids"
+INPUTS_EMBEDS = "inputs_embeds"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+LOGITS = "logits"
+LAST_HIDDEN_STATE = "last_hidden_state"
+PIXEL_VALUES = "pixel_values"
+IMAGE_FEATURES = "image_features"
+
+# Symbolic axis names (ONNX dim_param).
+BATCH = "batch"
+SEQUENCE = "sequence"
+PAST_SEQUENCE = "past_sequence"
+TOTAL_SEQUENCE = "total_sequence"
+PATCHES = "patches"
+
+GRAPH_KINDS = ("decoder", "embed", "vision", "encoder")
+
+
+def past_names(num_layers: int) -> list[str]:
+    """past_key_values.{i}.key, past_key_values.{i}.value for i in 0..L-1 (interleaved)."""
+    return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def decoder_io(num_layers: int, embeds: bool) -> tuple[list[str], list[str], dict]:
+    """(input names, output names, dynamic axes) of a decoder graph."""
+    first = INPUTS_EMBEDS if embeds else INPUT_IDS
+    inputs = [first, ATTENTION_MASK, POSITION_IDS, *past_names(num_layers)]
+    outputs = [LOGITS, *present_names(num_layers)]
+    axes = {first: {0: BATCH, 1: SEQUENCE},
+            ATTENTION_MASK: {0: BATCH, 1: TOTAL_SEQUENCE},
+            POSITION_IDS: {1: BATCH, 2: SEQUENCE} if embeds else {0: BATCH, 1: SEQUENCE},
+            LOGITS: {0: BATCH, 1: SEQUENCE}}
+    axes.update({name: {0: BATCH, 2: PAST_SEQUENCE} for name in past_names(num_layers)})
+    axes.update({name: {0: BATCH, 2: TOTAL_SEQUENCE} for name in present_names(num_layers)})
+    return inputs, outputs, axes
+
+
+def embed_io() -> tuple[list[str], list[str], dict]:
+    return [INPUT_IDS], [INPUTS_EMBEDS], {INPUT_IDS: {0: BATCH, 1: SEQUENCE},
+                                          INPUTS_EMBEDS: {0: BATCH, 1: SEQUENCE}}
+
+
+def vision_io() -> tuple[list[str], list[str], dict]:
+    return [PIXEL_VALUES], [IMAGE_FEATURES], {}  # static: specialised to one image grid
+
+
+def encoder_io() -> tuple[list[str], list[str], dict]:
+    axes = {name: {0: BATCH, 1: SEQUENCE} for name in (INPUT_IDS, ATTENTION_MASK, LAST_HIDDEN_STATE)}
+    return [INPUT_IDS, ATTENTION_MASK], [LAST_HIDDEN_STATE], axes

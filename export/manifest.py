@@ -1,0 +1,149 @@
+"""manifest.json and commands.sh of an artifacts dir: what is in it and how to run it on a target.
+
+Commands use the TensorRT-file twin (`<kind>.trt.onnx`, no ONNX functions) with our plugin library
+for `trtexec`/`polygraphy --trt`, and the function twin (`<kind>.onnx`) for `polygraphy --onnxrt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import shlex
+from pathlib import Path
+
+import onnx
+
+from . import io_names as io
+from .config import ExportConfig
+
+__all__ = ["MANIFEST_VERSION", "PLUGIN_LIBRARY", "TOLERANCES", "commands", "file_entry", "graph_io",
+           "profile_shapes", "versions"]
+
+MANIFEST_VERSION = 1
+# What `phm-build-plugins --arch SM --out DIR` writes: DIR/lib/libphm_trt_plugins.so (static registration:
+# trtexec --staticPlugins, polygraphy --plugins) and DIR/lib/libphm_trt_plugins_dyn.so (loadLibrary).
+PLUGIN_LIBRARY = "lib/libphm_trt_plugins.so"
+# (atol, rtol) of the reference comparisons, per precision, per backend. ORT fp32 is the tested
+# acceptance bound; the fp16 ORT bound is what tests/export measures against the fp32 torch
+# reference on the tiny models; TensorRT bounds are starting points to confirm on the device.
+TOLERANCES = {
+    ("fp32", "onnxrt"): (1e-4, 1e-4),
+    ("fp16", "onnxrt"): (5e-2, 5e-2),
+    ("fp32", "trt"): (1e-3, 1e-3),
+    ("fp16", "trt"): (5e-2, 5e-2),
+}
+
+
+def versions() -> dict:
+    out = {}
+    for dist in ("phm-edge", "torch", "transformers", "onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy",
+                 "tensorrt"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def _value_info(v: onnx.ValueInfoProto) -> dict:
+    t = v.type.tensor_type
+    shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": shape}
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
+    init = {i.name for i in model.graph.initializer}
+    return ([_value_info(v) for v in model.graph.input if v.name not in init],
+            [_value_info(v) for v in model.graph.output])
+
+
+def profile_shapes(kind: str, inputs: list[dict], config: ExportConfig, max_positions: int) -> dict:
+    """{"min"|"opt"|"max": {input: [dims]}} of one TensorRT optimisation profile.
+
+    Decoders are profiled for the decode step (opt: 1 new token on `opt_sequence` cached ones),
+    the step that dominates generation on an edge GPU; prefill runs inside the same profile.
+    """
+    max_seq = min(config.max_sequence, max_positions)
+    opt_seq = min(config.opt_sequence, max_seq - 1) if max_seq > 1 else 1
+    decode = kind == "decoder"
+    axes = {io.BATCH: (1, 1, config.max_batch),
+            io.SEQUENCE: (1, 1 if decode else opt_seq, max_seq),
+            io.PAST_SEQUENCE: (0, opt_seq, max_seq - 1),
+            io.TOTAL_SEQUENCE: (1, opt_seq + 1 if decode else opt_seq, max_seq)}
+    out = {"min": {}, "opt": {}, "max": {}}
+    for inp in inputs:
+        for i, key in enumerate(("min", "opt", "max")):
+            out[key][inp["name"]] = [d if isinstance(d, int) else axes[d][i] for d in inp["shape"]]
+    return out
+
+
+def _shape_arg(shapes: dict) -> str:
+    return ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
+
+
+def commands(graphs: dict, config: ExportConfig) -> dict:
+    """Per graph kind: trtexec, polygraphy --trt and polygraphy --onnxrt command lines."""
+    precision = config.precision
+    out = {}
+    for kind, g in graphs.items():
+        prof = g["profile"]
+        static = all(prof["min"][k] == prof["max"][k] for k in prof["min"])
+        shapes = [] if static else [f"--minShapes={_shape_arg(prof['min'])}",
+                                    f"--optShapes={_shape_arg(prof['opt'])}",
+                                    f"--maxShapes={_shape_arg(prof['max'])}"]
+        engine = f"engines/{kind}.{config.target}.engine"
+        trtexec = ["trtexec", f"--onnx={g['trt_file']}", "--staticPlugins=$PLUGINS", *shapes, "--stronglyTyped",
+                   *(["--noTF32"] if precision == "fp32" else []), f"--saveEngine={engine}"]
+        atol, rtol = TOLERANCES[(precision, "trt")]
+        poly_shapes = [] if static else [
+            "--trt-min-shapes", *(f"{k}:{list(v)}".replace(" ", "") for k, v in prof["min"].items()),
+            "--trt-opt-shapes", *(f"{k}:{list(v)}".replace(" ", "") for k, v in prof["opt"].items()),
+            "--trt-max-shapes", *(f"{k}:{list(v)}".replace(" ", "") for k, v in prof["max"].items())]
+        poly_trt = ["polygraphy", "run", g["trt_file"], "--trt", "--plugins", "$PLUGINS", "--strongly-typed",
+                    *poly_shapes, "--load-inputs", g["inputs"], "--load-outputs", g["ref"],
+                    "--atol", str(atol), "--rtol", str(rtol)]
+        atol, rtol = TOLERANCES[(precision, "onnxrt")]
+        poly_ort = ["polygraphy", "run", g["file"], "--onnxrt", "--load-inputs", g["inputs"], "--load-outputs",
+                    g["ref"], "--atol", str(atol), "--rtol", str(rtol)]
+        out[kind] = {"trtexec": _join(trtexec), "polygraphy_trt": _join(poly_trt),
+                     "polygraphy_onnxrt": _join(poly_ort), "engine": engine}
+    return out
+
+
+def _join(argv: list[str]) -> str:
+    return " ".join(a if a.startswith("$") or "=$" in a else shlex.quote(a) for a in argv)
+
+
+def commands_sh(cmds: dict, config: ExportConfig) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# TensorRT engines and reference checks for target {config.target} ({config.sm}); run from this dir.",
+        f"# Plugin library: phm-build-plugins --arch {config.sm} --out plugins/{config.target}"
+        f"  (or set PHM_PLUGINS)",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        f'PLUGINS="${{PHM_PLUGINS:-plugins/{config.target}/{PLUGIN_LIBRARY}}}"',
+        "mkdir -p engines",
+        "",
+        "# 1. ONNX Runtime against the PyTorch reference (no TensorRT needed)",
+        *(c["polygraphy_onnxrt"] for c in cmds.values()),
+        "",
+        "# 2. TensorRT engines with the PHM plugins",
+        *(c["trtexec"] for c in cmds.values()),
+        "",
+        "# 3. TensorRT against the PyTorch reference",
+        *(c["polygraphy_trt"] for c in cmds.values()),
+    ]
+    return "\n".join(lines) + "\n"

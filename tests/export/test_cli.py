@@ -1,0 +1,85 @@
+"""phm-export errors: one line, non-zero exit, no traceback, no partial artifacts."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from phm.export import ExportConfig
+from phm.export.cli import main
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _run(args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result, result.output.strip().splitlines()
+
+
+def _assert_one_line_error(result, lines, needle):
+    assert result.exit_code != 0
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(errors) == 1 and needle in errors[0], result.output
+
+
+def test_missing_model_dir(tmp_path):
+    result, lines = _run([tmp_path / "nope", "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_weights(store, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(store.checkpoint("llama", True), model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    result, lines = _run([model, "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, "cannot load")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dir left
+
+
+def test_int8_is_a_clear_error_until_the_quantization_path_lands(store, tmp_path):
+    result, lines = _run([store.checkpoint("llama", True), "--int8", "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, "--int8")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is importable here: --require-engine can be met")
+def test_require_engine_without_tensorrt(store, tmp_path):
+    result, lines = _run([store.checkpoint("llama", True), "--require-engine", "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, "tensorrt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_dir_is_not_overwritten(store, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result, lines = _run([store.checkpoint("llama", True), "--out", out])
+    _assert_one_line_error(result, lines, "not empty")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="target"):
+        ExportConfig(target="jetson-nano")
+    with pytest.raises(ValueError, match="one of fp16 and int8"):
+        ExportConfig(fp16=True, int8=True)
+    with pytest.raises(ValueError, match="calib_data"):
+        ExportConfig(calib_data="x.jsonl")
+    assert ExportConfig(fp16=True).precision == "fp16"
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path):
+    from phm.trainer.tiny_models import save_tiny_model
+
+    model = save_tiny_model("llava", tmp_path / "llava")
+    result, lines = _run([model, "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, "no ONNX export path for model_type 'llava'")
+    assert not (tmp_path / "out").exists()

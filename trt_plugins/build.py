@@ -1,0 +1,169 @@
+"""`phm-build-plugins`: AOT-compile every PHM kernel specialisation, then build the libraries.
+
+    out/generated/   cubins as C + dispatch table + manifest.json     (always)
+    out/lib/libphm_kernels.so                                        (always: C launcher ABI)
+    out/lib/libphm_trt_plugins.so, libphm_trt_plugins_dyn.so          (where TensorRT headers exist)
+    out/build_info.json                                              what was built and skipped
+
+TensorRT headers are looked up in --tensorrt-root / $TENSORRT_ROOT, then the standard install
+paths (Debian/JetPack: /usr/include/<triple>). Without them the launcher library is still built and
+the skip is reported. See trt_plugins/README.md for JetPack 6 (ptxas / PTX ISA versus the driver).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+from phm.trt_plugins import aot
+
+log = logging.getLogger(__name__)
+
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
+TRT_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
+                   "/usr/local/tensorrt/include", "/opt/tensorrt/include")
+
+
+class BuildError(RuntimeError):
+    """A known build failure, reported as one line by the CLI."""
+
+
+@dataclass
+class BuildConfig:
+    archs: list[int]
+    out_dir: Path
+    tensorrt_root: Path | None = None
+    jobs: int | None = None
+    cmake: str = "cmake"
+
+    def __post_init__(self):
+        if not self.archs:
+            raise ValueError("no target architecture")
+        self.out_dir = Path(self.out_dir)
+
+
+@dataclass
+class BuildResult:
+    kernels: int
+    generated_dir: Path
+    libraries: list[Path] = field(default_factory=list)
+    tensorrt_include: Path | None = None
+    tensorrt_version: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_tensorrt_include(root: Path | None) -> Path | None:
+    """Directory holding NvInfer.h + NvInferVersion.h, or None."""
+    candidates = []
+    for r in (root, os.environ.get("TENSORRT_ROOT")):
+        if r:
+            candidates += [Path(r), Path(r) / "include"]
+    candidates += [Path(p) for p in TRT_HEADER_DIRS]
+    for c in candidates:
+        if (c / "NvInfer.h").is_file() and (c / "NvInferVersion.h").is_file():
+            return c
+    return None
+
+
+def tensorrt_version(include: Path) -> str:
+    text = (include / "NvInferVersion.h").read_text(errors="replace")
+    nums = {}
+    for key in ("MAJOR", "MINOR", "PATCH"):
+        m = (re.search(rf"#define NV_TENSORRT_{key} (\d+)", text)
+             or re.search(rf"#define TRT_{key}_ENTERPRISE (\d+)", text))
+        nums[key] = m.group(1) if m else "?"
+    return f"{nums['MAJOR']}.{nums['MINOR']}.{nums['PATCH']}"
+
+
+def _run(cmd: list[str], what: str) -> None:
+    log.info("%s: %s", what, " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        raise BuildError(f"{what} failed:\n" + "\n".join(tail))
+
+
+def build_plugins(cfg: BuildConfig) -> BuildResult:
+    """AOT-compile all kernels for cfg.archs, then CMake-build the launcher (+ plugin) libraries."""
+    specs = aot.all_specs(cfg.archs)
+    gen = cfg.out_dir / "generated"
+    if aot.cached_results(specs, gen):
+        log.info("reusing %d kernels in %s (kernel sources unchanged)", len(specs), gen)
+    else:
+        log.info("compiling %d kernel specialisations for %s", len(specs),
+                 ", ".join(f"sm_{a}" for a in cfg.archs))
+        results = aot.compile_specs(specs, cfg.jobs)
+        aot.write_sources(specs, results, gen)
+    result = BuildResult(kernels=len(specs), generated_dir=gen)
+
+    cmake = shutil.which(cfg.cmake)
+    if cmake is None:
+        raise BuildError(f"{cfg.cmake!r} not found: install CMake ≥ 3.18 (pip install cmake) to build "
+                         f"the libraries; the generated sources are in {gen}")
+    include = find_tensorrt_include(cfg.tensorrt_root)
+    if include is None:
+        result.skipped.append("TensorRT plugin libraries: no NvInfer.h under --tensorrt-root, "
+                              "$TENSORRT_ROOT or " + ", ".join(TRT_HEADER_DIRS))
+    else:
+        result.tensorrt_include, result.tensorrt_version = include, tensorrt_version(include)
+    build_dir = cfg.out_dir / "build"
+    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), f"-DPHM_GENERATED_DIR={gen}",
+                 "-DCMAKE_BUILD_TYPE=Release", f"-DTENSORRT_ROOT={include.parent if include else ''}"]
+    if include is not None:
+        configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
+    else:
+        configure.append("-DTENSORRT_INCLUDE_DIR=TENSORRT_INCLUDE_DIR-NOTFOUND")
+    if shutil.which("ninja"):
+        configure += ["-G", "Ninja"] if not (build_dir / "CMakeCache.txt").exists() else []
+    _run(configure, "cmake configure")
+    _run([cmake, "--build", str(build_dir), "--parallel", str(cfg.jobs or os.cpu_count() or 1)],
+         "cmake build")
+    lib_dir = cfg.out_dir / "lib"
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    names = ["libphm_kernels.so"] + (["libphm_trt_plugins.so", "libphm_trt_plugins_dyn.so"]
+                                     if include is not None else [])
+    for name in names:
+        src = build_dir / name
+        if not src.is_file():
+            raise BuildError(f"cmake build did not produce {name}")
+        shutil.copy2(src, lib_dir / name)
+        result.libraries.append(lib_dir / name)
+    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    info["libraries"] = [str(p) for p in result.libraries]
+    info.update(format_version=1, archs=[f"sm_{a}" for a in cfg.archs], host=platform.machine())
+    (cfg.out_dir / "build_info.json").write_text(json.dumps(info, indent=1))
+    return result
+
+
+@click.command("phm-build-plugins")
+@click.option("--arch", "arch", default="sm_87,sm_90", show_default=True,
+              help="comma-separated GPU targets (sm_80, sm_86, sm_87 = Jetson Orin, sm_89, sm_90)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("build/phm_plugins"), show_default=True, help="output directory")
+@click.option("--tensorrt-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="TensorRT headers root (default: $TENSORRT_ROOT, then standard paths)")
+@click.option("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: all CPUs)")
+def main(arch: str, out_dir: Path, tensorrt_root: Path | None, jobs: int | None) -> None:
+    """AOT-compile the PHM Triton kernels to cubins + C launchers and build the TensorRT plugins."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = BuildConfig(aot.parse_archs(arch), out_dir, tensorrt_root, jobs)
+        res = build_plugins(cfg)
+    except (ValueError, BuildError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    log.info("%d kernels → %s", res.kernels, res.generated_dir)
+    for lib in res.libraries:
+        log.info("built %s", lib)
+    if res.tensorrt_version:
+        log.info("TensorRT headers %s (%s)", res.tensorrt_version, res.tensorrt_include)
+    for s in res.skipped:
+        log.warning("skipped: %s", s)
