@@ -122,3 +122,14 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(case, message, tiny_dirs, tmp
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert not out.exists() or case == "resume_nothing"  # nothing half-written
+
+
+def test_data_free_run_samples_from_the_teacher(tiny_dirs, tmp_path):
+    llama, _ = tiny_dirs
+    out = tmp_path / "out"
+    result = _run(llama, "--out", out, "--data-free-samples", 8, "--max-length", 12, "--steps", 2,
+                  "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line)["text"] for line in (out / "teacher_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and all(samples)
+    assert (out / "phm_config.json").is_file()
