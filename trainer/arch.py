@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["ARCH_TABLE", "MLPBlock", "MLPPattern", "find_mlp_blocks", "supported_model_types"]
+__all__ = ["ARCH_TABLE", "ATTENTION_QKV", "MLPBlock", "MLPPattern", "attention_qkv_modules", "find_mlp_blocks",
+           "is_vision_module", "supported_model_types"]
 
 ANY = r"(?:.*\.)?"  # any module prefix (model., model.language_model., bert., …)
 SWIGLU = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
@@ -49,6 +50,29 @@ ARCH_TABLE: dict[str, tuple[MLPPattern, ...]] = {
     "vit": (_p("vision", r"encoder\.layer\.(\d+)", "plain", {"up": "intermediate.dense", "down": "output.dense"}),),
     "dinov2": (_p("vision", r"encoder\.layer\.(\d+)\.mlp", "plain", FC),),
 }
+
+
+# Attention q/k/v projections (LoRA targets) by leaf name, per architecture.
+_QKV = ("q_proj", "k_proj", "v_proj")
+ATTENTION_QKV: dict[str, tuple[str, ...]] = {
+    **{t: _QKV for t in ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava")},
+    "gpt2": ("c_attn",),                     # fused q/k/v Conv1D
+    **{t: ("query", "key", "value") for t in ("bert", "vit", "dinov2")},
+}
+# Roots of a VLM's vision tower (frozen while training; the tower of a vision-only model is the model).
+VISION_TOWER = re.compile(r"(?:.*\.)?(?:visual|vision_model|vision_tower)(?:\..*)?")
+
+
+def is_vision_module(name: str) -> bool:
+    """Whether a module path lies in a VLM's vision tower."""
+    return VISION_TOWER.fullmatch(name) is not None
+
+
+def attention_qkv_modules(model: nn.Module, leaves: tuple[str, ...] | None = None) -> list[str]:
+    """Full paths of the attention q/k/v linears outside any vision tower (LoRA targets)."""
+    leaves = ATTENTION_QKV.get(_model_type(model), ()) if leaves is None else tuple(leaves)
+    return [name for name, _ in model.named_modules()
+            if name.rpartition(".")[2] in leaves and not is_vision_module(name)]
 
 
 def supported_model_types() -> list[str]:

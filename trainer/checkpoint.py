@@ -37,10 +37,13 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
 
 
 def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTarget], out_dir: str | Path,
-                        source_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+                        source_dir: str | Path | None = None, overwrite: bool = False,
+                        extra_files: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Path:
     """Write a PHM-only model (call drop_dense first; merge LoRA first) as a checkpoint dir.
 
     Non-weight files of `source_dir` (tokenizer, processor, chat template …) are copied along.
+    `extra_files` ({name: text}) are written beside them (e.g. distill_config.json); entries of an
+    existing `out_dir` named in `keep` (e.g. the trainer's train_state/) are carried over.
     """
     out_dir = Path(out_dir)
     if any(isinstance(m, PHMResidualLinear) for m in model.modules()):
@@ -60,6 +63,14 @@ def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTa
         doc = {"format_version": CONFIG_FORMAT_VERSION, "phm": config.to_dict(),
                "layers": [asdict(t) for t in targets], "blocks": blocks}
         (tmp / PHM_CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        for name in keep:
+            src = out_dir / name
+            if src.is_dir():  # copied, not moved: an interrupted save leaves the old dir whole
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
     return out_dir
 
 

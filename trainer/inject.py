@@ -23,7 +23,7 @@ from torch import nn
 from .arch import find_mlp_blocks
 from .hypercomplex import BASIS_FAMILIES, PHMLinear
 
-__all__ = ["PHMConfig", "PHMResidualLinear", "PHMTarget", "drop_dense", "inject_phm", "phm_targets",
+__all__ = ["PHMConfig", "PHMResidualLinear", "PHMTarget", "drop_dense", "inject_phm", "phm_targets", "phm_wrappers",
            "set_lambda", "teacher_mode"]
 
 CONFIG_FORMAT_VERSION = 1
@@ -130,15 +130,27 @@ def phm_targets(model: nn.Module, config: PHMConfig) -> list[PHMTarget]:
 
 
 class PHMResidualLinear(nn.Module):
-    """y = (1 − λ)·base_layer(x) + λ·phm(x). λ = 0 returns base_layer(x) exactly (teacher)."""
+    """y = (1 − λ)·base_layer(x) + λ·phm(x). λ = 0 returns base_layer(x) exactly (teacher).
+
+    With `record_recon = True` each forward also stores `recon`, the normalised reconstruction
+    error ‖phm(x) − W x‖² / ‖W x‖² (dense output detached: it pulls the PHM path towards the dense
+    one, not the other way), computing whichever path λ would have skipped.
+    """
 
     def __init__(self, base_layer: nn.Module, phm: PHMLinear):
         super().__init__()
         self.base_layer = base_layer
         self.phm = phm
         self.lam = 0.0  # plain float: scheduled per step by the trainer, not a parameter
+        self.record_recon = False
+        self.recon: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.record_recon:
+            dense, phm = self.base_layer(x), self.phm(x)
+            target = dense.detach().float()
+            self.recon = (phm.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-8)
+            return dense if self.lam <= 0.0 else phm if self.lam >= 1.0 else torch.lerp(dense, phm, self.lam)
         if self.lam <= 0.0:
             return self.base_layer(x)
         if self.lam >= 1.0:
@@ -178,6 +190,11 @@ def _wrappers(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PHMResidualLinear)]
 
 
+def phm_wrappers(model: nn.Module) -> list[tuple[str, PHMResidualLinear]]:
+    """(module path, wrapper) of every PHMResidualLinear, in module order."""
+    return _wrappers(model)
+
+
 def set_lambda(model: nn.Module, lam: float | dict) -> None:
     """Set λ for every wrapper (a float) or per module path (a dict path -> λ)."""
     for name, m in _wrappers(model):
@@ -187,12 +204,15 @@ def set_lambda(model: nn.Module, lam: float | dict) -> None:
 @contextlib.contextmanager
 def teacher_mode(model: nn.Module):
     """λ = 0 everywhere inside the block: the original dense model, with no second copy."""
-    saved = {name: m.lam for name, m in _wrappers(model)}
-    set_lambda(model, 0.0)
+    wrappers = _wrappers(model)
+    saved = {name: (m.lam, m.record_recon) for name, m in wrappers}
+    for _, m in wrappers:
+        m.lam, m.record_recon = 0.0, False
     try:
         yield model
     finally:
-        set_lambda(model, saved)
+        for name, m in wrappers:
+            m.lam, m.record_recon = saved[name]
 
 
 def drop_dense(model: nn.Module) -> int:

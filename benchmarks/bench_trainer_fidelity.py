@@ -1,0 +1,161 @@
+"""Fidelity of PHM students against their dense teachers, on real pretrained weights.
+
+Rows per model: the teacher; students at step 0 (random cores, weight projection, activation-
+weighted projection); after N steps of the abrupt swap (λ = 1 from step 0) and of the progressive
+schedule (staggered λ ramps, then PHM-only), both from the same init with the same N, data, seed.
+Metrics on held-out text the students never trained on:
+  all-MiniLM-L6-v2: mean cosine of the sentence embeddings (mean pooling + L2) to the teacher's;
+  SmolLM2-135M-Instruct: next-token top-1 agreement with the teacher, perplexity ratio.
+Data: the English chatterbot-corpus utterances, split by a hash into train / held-out.
+
+    python benchmarks/bench_trainer_fidelity.py                  # acceptance run (defaults)
+    python benchmarks/bench_trainer_fidelity.py --quick          # a few steps, to check it runs
+    python benchmarks/bench_trainer_fidelity.py --models smollm2 --steps 200 --json out.json
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import time
+
+import click
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from phm.trainer import PHMConfig, inject_phm, set_lambda
+from phm.trainer.calibrate import calibrate_phm
+from phm.trainer.data import TokenBatches, chatterbot_texts, split_holdout
+from phm.trainer.distill import DistillConfig, distill
+from phm.trainer.evaluate import compare, count_params, reference_outputs
+from phm.trainer.models import load_minilm, load_smollm2
+
+log = logging.getLogger("bench")
+
+# Per-model settings of the runs recorded in docs/trainer.md (first guesses, not tuned; the acceptance
+# thresholds were not reached with them on the shared CPU, see there).
+SETTINGS = {
+    "minilm": dict(load=load_minilm, objective="embedding", steps=150, batch_size=32, max_length=64,
+                   distill=dict(core_lr=3e-3, lr=1e-4, recon_weight=0.5, hidden_weight=1.0, calib_batches=16)),
+    "smollm2": dict(load=load_smollm2, objective="logits", steps=20, batch_size=8, max_length=96, heldout=96,
+                    distill=dict(core_lr=1e-3, lr=1e-4, recon_weight=0.5, hidden_weight=0.0, kd_temperature=2.0,
+                                 calib_batches=8)),
+}
+
+
+def _texts(model_name: str, tokenizer, quick: bool):
+    texts = chatterbot_texts()
+    train, held = split_holdout(texts)
+    held = [t for t in held if len(t.split()) >= 3]  # drop "5", "?" …: not sentences
+    if model_name == "smollm2":  # on-distribution for an instruct model: one chat turn per utterance
+        fmt = lambda t: tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False)  # noqa: E731
+        train, held = [fmt(t) for t in train], [fmt(t) for t in held]
+    limit = 48 if quick else SETTINGS[model_name].get("heldout")
+    if limit:  # a fixed subset (the split is hash-ordered): evaluation of a 135M LM on CPU is costly
+        held = held[:limit]
+    return train, held
+
+
+def _metric(model_name: str, result: dict) -> str:
+    if model_name == "minilm":
+        return f"cos {result['cosine_mean']:.4f} (min {result['cosine_min']:.3f})"
+    return f"top-1 {100 * result['top1_agreement']:.1f} %, ppl {result['ppl']:.2f} ({result['ppl_ratio']:.3f}×)"
+
+
+def _student(model_name: str, init: str, calibrate: bool, data, calib_batches: int):
+    model, _ = SETTINGS[model_name]["load"]()
+    inject_phm(model, PHMConfig(num_bases=2, init=init))
+    if calibrate:
+        calibrate_phm(model, (data.batch(i) for i in range(calib_batches)))
+    return model
+
+
+def run_model(model_name: str, steps: int, quick: bool, schedules=("abrupt", "progressive"),
+              step0_rows: bool = True) -> dict:
+    s = SETTINGS[model_name]
+    teacher, tokenizer = s["load"]()
+    train, held = _texts(model_name, tokenizer, quick)
+    data = TokenBatches.from_texts(tokenizer, train, s["batch_size"], s["max_length"], seed=0)
+    eval_batches = list(TokenBatches.from_texts(tokenizer, held, 32, s["max_length"]).all_batches())
+    objective = s["objective"]
+    reference = reference_outputs(teacher, eval_batches, objective)
+    dense_params = count_params(teacher)
+    rows = [{"student": "teacher (dense)", "steps": 0, "params": dense_params,
+             **compare(teacher, reference, eval_batches, objective)}]
+    del teacher
+    calib = s["distill"]["calib_batches"]
+    for label, init, cal in () if not step0_rows else (("random cores, step 0", "random", False), ("weight projection, step 0", "projection", False),
+                             ("activation-weighted init, step 0", "projection", True)):
+        t0 = time.perf_counter()
+        model = _student(model_name, init, cal, data, calib)
+        set_lambda(model, 1.0)
+        rows.append({"student": label, "steps": 0, "init_s": round(time.perf_counter() - t0, 1),
+                     **compare(model, reference, eval_batches, objective)})
+    for schedule in schedules:
+        model = _student(model_name, "projection", False, data, calib)
+        cfg = DistillConfig(steps=steps, batch_size=s["batch_size"], max_length=s["max_length"], schedule=schedule,
+                            objective=objective, progress=False, log_every=max(1, steps // 10), **s["distill"])
+        t0, c0 = time.perf_counter(), time.process_time()
+        model, history = distill(model, data, cfg)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rows.append({"student": f"{schedule}, {steps} steps", "steps": steps, "train_wall_s": round(wall, 1),
+                     "train_cpu_s": round(cpu, 1), "params": count_params(model), "final_loss": history[-1]["loss"],
+                     **compare(model, reference, eval_batches, objective)})
+    return {"model": model_name, "train_texts": len(train), "heldout_texts": len(held), "rows": rows,
+            "distill": s["distill"], "batch_size": s["batch_size"]}
+
+
+def _print(result: dict, console: Console) -> None:
+    name = result["model"]
+    table = Table(title=f"{name}: PHM B=2 on every MLP linear, n=2 (held-out: {result['heldout_texts']} texts)")
+    for col in ("student", "fidelity to teacher", "params", "train wall / CPU s"):
+        table.add_column(col, justify="left" if col == "student" else "right")
+    for row in result["rows"]:
+        params = f"{row['params']:,}" if "params" in row else ""
+        times = f"{row['train_wall_s']} / {row['train_cpu_s']}" if "train_wall_s" in row else \
+            (f"init {row['init_s']}" if "init_s" in row else "")
+        table.add_row(row["student"], _metric(name, row), params, times)
+    console.print(table)
+
+
+@click.command()
+@click.option("--models", default="minilm,smollm2", show_default=True, help="Comma-separated: minilm, smollm2.")
+@click.option("--steps", type=int, default=None, help="Training steps (default: the model's acceptance setting).")
+@click.option("--quick", is_flag=True, help="A few steps and a small held-out set: checks that it runs.")
+@click.option("--threads", default=1, show_default=True, help="torch threads (1 is fastest on a shared 2-core box).")
+@click.option("--schedules", default="abrupt,progressive", show_default=True,
+              help="Which trained students to run (the comparison needs both).")
+@click.option("--no-step0", is_flag=True, help="Skip the step-0 rows (random / projection / activation-weighted).")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON.")
+def main(models, steps, quick, threads, schedules, no_step0, json_path):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    console = Console()
+    machine = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "device": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "threads": threads, "torch": torch.__version__, "load_avg_start": os.getloadavg()}
+    results = []
+    for name in [m.strip() for m in models.split(",") if m.strip()]:
+        if name not in SETTINGS:
+            raise click.ClickException(f"unknown model {name!r}; known: {', '.join(SETTINGS)}")
+        n_steps = steps or (8 if quick else SETTINGS[name]["steps"])
+        t0 = time.perf_counter()
+        result = run_model(name, n_steps, quick, tuple(x for x in schedules.split(",") if x), not no_step0)
+        result["total_wall_s"] = round(time.perf_counter() - t0, 1)
+        _print(result, console)
+        results.append(result)
+    machine["load_avg_end"] = os.getloadavg()
+    console.print(f"machine: {machine}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"machine": machine, "results": results}, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Data loaders: JSONL / TXT / image+caption folders, the chatterbot corpus, token batches,
+teacher-sampled text."""
+
+import json
+
+import pytest
+import torch
+
+from phm.trainer.data import (Sample, TokenBatches, chatterbot_texts, read_samples, sample_teacher_texts,
+                              split_holdout)
+from phm.trainer.tiny_models import tiny_model
+
+
+def test_jsonl_txt_and_folder(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "extra": 1}\n')
+    (tmp_path / "b.txt").write_text("three\n  \nfour\n")
+    assert [s.text for s in read_samples(tmp_path / "a.jsonl")] == ["one", "two"]
+    assert [s.text for s in read_samples(tmp_path / "b.txt")] == ["three", "four"]
+    assert [s.text for s in read_samples(tmp_path)] == ["one", "two", "three", "four"]
+
+
+def test_image_caption_folder(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, color in enumerate(["red", "blue"]):
+        Image.new("RGB", (16, 12), color).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"a {color} square\n")
+    (folder / "more.jsonl").write_text(json.dumps({"text": "a red square again", "image": "img0.png"}) + "\n")
+    samples = read_samples(folder)
+    assert samples == [Sample("a red square", folder / "img0.png"), Sample("a blue square", folder / "img1.png"),
+                       Sample("a red square again", (folder / "img0.png").resolve())]
+    assert Image.open(samples[1].image).size == (16, 12)
+
+
+@pytest.mark.parametrize("content,name,message", [
+    ("{not json}\n", "d.jsonl", r"d\.jsonl:1: not valid JSON"),
+    ('{"txt": "x"}\n', "d.jsonl", r"needs a \"text\" string"),
+    ('{"text": "x", "image": "nope.png"}\n', "d.jsonl", "does not exist"),
+    ("\n \n", "d.txt", "is empty"),
+    ("x", "d.csv", "expected a folder"),
+])
+def test_bad_data_is_one_clear_error(tmp_path, content, name, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_samples(tmp_path / name)
+
+
+def test_missing_data_and_image_without_caption(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="does not exist"):
+        read_samples(tmp_path / "nothing.jsonl")
+    Image.new("RGB", (4, 4)).save(tmp_path / "lonely.png")
+    with pytest.raises(ValueError, match="has no caption file lonely.txt"):
+        read_samples(tmp_path)
+
+
+def test_chatterbot_corpus_and_holdout_split():
+    texts = chatterbot_texts()
+    assert len(texts) > 1500 and len(set(texts)) == len(texts)
+    train, held = split_holdout(texts)
+    assert not set(train) & set(held) and len(train) + len(held) == len(texts)
+    assert 0.1 < len(held) / len(texts) < 0.2
+    assert split_holdout(texts) == (train, held)  # stable
+
+
+def test_token_batches_are_deterministic_and_cover_each_epoch():
+    seqs = [[i + 1] * (1 + i % 5) for i in range(10)]
+    data = TokenBatches(seqs, batch_size=3, pad_id=0, seed=7)
+    assert len(data) == 3
+    b = data.batch(4)
+    assert torch.equal(b["input_ids"], TokenBatches(seqs, 3, 0, 7).batch(4)["input_ids"])
+    assert b["input_ids"].shape[0] == 3 and (b["attention_mask"].sum(1) == (b["input_ids"] != 0).sum(1)).all()
+    firsts = {int(data.batch(s)["input_ids"][r, 0]) for s in range(3) for r in range(3)}
+    assert len(firsts) == 9  # one epoch: 9 distinct sequences, none twice
+    with pytest.raises(ValueError, match="no non-empty"):
+        TokenBatches([[]], 2)
+
+
+class _ByteTokenizer:
+    """Minimal tokenizer for a 256-token tiny model (ids are bytes)."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def batch_decode(self, ids, skip_special_tokens=False):
+        return [bytes(int(i) for i in row).decode("latin-1") for row in ids]
+
+
+def test_teacher_sampled_texts_are_deterministic():
+    model = tiny_model("llama")
+    a = sample_teacher_texts(model, _ByteTokenizer(), num=3, max_new_tokens=5, seed=1, batch_size=2)
+    b = sample_teacher_texts(model, _ByteTokenizer(), num=3, max_new_tokens=5, seed=1, batch_size=2)
+    assert a == b and len(a) == 3 and all(len(t) == 6 for t in a)
+    with pytest.raises(ValueError, match="language model head"):
+        sample_teacher_texts(tiny_model("bert"), _ByteTokenizer(), num=1)

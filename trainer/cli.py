@@ -1,0 +1,84 @@
+"""`phm-train MODEL_DIR --out OUT_DIR …`: progressive PHM substitution with KD (pipeline.train)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .distill import DistillConfig
+from .inject import ROLES, TOWERS, PHMConfig
+from .pipeline import train
+
+
+class _OneLineErrors(click.Command):
+    """Usage errors as one `Error: …` line (no usage dump), like every other failure."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise click.ClickException(e.format_message()) from None
+
+
+def _csv(choices):
+    def convert(ctx, param, value):
+        items = tuple(v.strip() for v in value.split(",") if v.strip())
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"expected a comma-separated subset of {', '.join(choices)}, got {value!r}")
+        return items
+    return convert
+
+
+@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("model_dir")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint dir to write.")
+@click.option("--data", default=None, help="JSONL/TXT file, image+caption folder, or 'chatterbot'. "
+              "Without it: data-free KD on text sampled from the teacher.")
+@click.option("--data-free-samples", default=256, show_default=True, type=click.IntRange(1), help="Texts to sample.")
+@click.option("--bases", default=2, show_default=True, type=int, help="B per PHM layer (1..n²).")
+@click.option("--n", "n", default=2, show_default=True, type=int, help="Hypercomplex dimension.")
+@click.option("--top-k-b3", default=0, show_default=True, type=click.IntRange(0), help="Top K language layers get B=3.")
+@click.option("--towers", default="language", show_default=True, callback=_csv(TOWERS), help="language,vision")
+@click.option("--projections", default="gate,up,down", show_default=True, callback=_csv(ROLES))
+@click.option("--init", type=click.Choice(["calibrated", "projection", "random"]), default="calibrated",
+              show_default=True, help="Core init: activation-weighted ridge, weight projection, or random.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Optimizer steps [default: 300].")
+@click.option("--epochs", type=float, default=None, help="Passes over the data (instead of --steps).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2))
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="LoRA / bias learning rate.")
+@click.option("--core-lr", default=2e-3, show_default=True, type=float, help="PHM core learning rate.")
+@click.option("--schedule", type=click.Choice(["progressive", "abrupt"]), default="progressive", show_default=True)
+@click.option("--lora-r", default=8, show_default=True, type=click.IntRange(0), help="0 disables LoRA.")
+@click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
+def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers, projections, init, steps, epochs,
+         batch_size, max_length, lr, core_lr, schedule, lora_r, checkpoint_every, device, seed, resume, verbose):
+    """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
+    and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own bar is the progress; keep errors one line
+    if steps is not None and epochs is not None:
+        raise click.ClickException("--steps and --epochs conflict: give one of them")
+    try:
+        phm = PHMConfig(n=n, num_bases=bases, towers=towers, projections=projections, top_k_b3=top_k_b3,
+                        init="random" if init == "random" else "projection")
+        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, lr=lr, core_lr=core_lr,
+                            schedule=schedule, lora_r=lora_r, calibrate_init=init == "calibrated",
+                            checkpoint_every=checkpoint_every, device=device, seed=seed)
+        out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,
+                    epochs=epochs)
+    except (ValueError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

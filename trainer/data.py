@@ -1,0 +1,248 @@
+"""Training data: text JSONL/TXT, image+caption folders, the bundled chatterbot corpus, text sampled
+from the teacher (data-free), and deterministic token batches.
+
+Accepted `--data PATH` forms (same conventions as the exporter's calibration data):
+- a JSONL file: one object per line with a "text" string and optionally "image" (path relative
+  to the file);
+- a TXT file: one sample per non-empty line;
+- a folder: every *.jsonl / *.txt in it, plus every image (png/jpg/jpeg/bmp/webp) paired with a
+  same-named .txt caption;
+- `chatterbot`: the English part of the chatterbot-corpus package (BSD-3-Clause), one sample per
+  distinct utterance.
+Empty or unreadable data is a ValueError with one clear line.
+
+`TokenBatches.batch(step)` is a pure function of (seed, step): epoch e shuffles with seed + e, so
+a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["Sample", "TokenBatches", "chatterbot_texts", "read_samples", "sample_teacher_texts", "split_holdout"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    image: Path | None = None
+
+
+def _from_jsonl(path: Path) -> list[Sample]:
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{lineno}: not valid JSON") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: each line needs a \"text\" string")
+        image = obj.get("image")
+        if image is not None:
+            image = (path.parent / image).resolve()
+            if not image.is_file():
+                raise ValueError(f"{path}:{lineno}: image {image} does not exist")
+        out.append(Sample(obj["text"], image))
+    return out
+
+
+def _from_txt(path: Path) -> list[Sample]:
+    return [Sample(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _from_dir(folder: Path) -> list[Sample]:
+    out = []
+    images = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    for p in sorted(folder.iterdir()):
+        if p.suffix == ".jsonl":
+            out += _from_jsonl(p)
+        elif p.suffix == ".txt" and p.stem not in images:  # a caption file belongs to its image
+            out += _from_txt(p)
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            caption = p.with_suffix(".txt")
+            if not caption.is_file():
+                raise ValueError(f"image {p} has no caption file {caption.name}")
+            out.append(Sample(caption.read_text(encoding="utf-8").strip(), p))
+    return out
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    """Samples of a JSONL/TXT file, a folder, or the name `chatterbot`, in a stable order."""
+    if str(path) == "chatterbot":
+        return [Sample(t) for t in chatterbot_texts()]
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"data {path} does not exist")
+    try:
+        if path.is_dir():
+            samples = _from_dir(path)
+        elif path.suffix == ".jsonl":
+            samples = _from_jsonl(path)
+        elif path.suffix == ".txt":
+            samples = _from_txt(path)
+        else:
+            raise ValueError(f"data {path}: expected a folder, a .jsonl or a .txt file, or 'chatterbot'")
+    except UnicodeDecodeError:
+        raise ValueError(f"data {path} is not UTF-8 text") from None
+    if not samples:
+        raise ValueError(f"data {path} is empty")
+    return samples
+
+
+def chatterbot_texts(language: str = "english") -> list[str]:
+    """Distinct utterances of the chatterbot-corpus package (BSD-3-Clause), sorted, for one language."""
+    import yaml
+
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("package chatterbot-corpus is not installed (make setup installs it)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / language
+    texts = set()
+    for f in sorted(folder.glob("*.yml")):
+        doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        for conv in doc.get("conversations", []) or []:
+            for utt in conv:
+                if isinstance(utt, str) and utt.strip():
+                    texts.add(" ".join(utt.split()))
+    if not texts:
+        raise ValueError(f"chatterbot-corpus has no {language!r} conversations")
+    return sorted(texts)
+
+
+def split_holdout(texts: list[str], fraction: float = 0.15, salt: str = "phm") -> tuple[list[str], list[str]]:
+    """(train, held-out) split by a hash of each text: disjoint, stable across runs and machines."""
+    train, held = [], []
+    for t in texts:
+        h = int.from_bytes(hashlib.sha256((salt + t).encode()).digest()[:8], "big") / 2 ** 64
+        (held if h < fraction else train).append(t)
+    return train, held
+
+
+@torch.no_grad()
+def sample_teacher_texts(model, tokenizer, num: int, max_new_tokens: int = 64, seed: int = 0,
+                         batch_size: int = 16, prompts: list[str] | None = None,
+                         temperature: float = 1.0, top_k: int = 50) -> list[str]:
+    """Data-free KD: `num` texts sampled from the (dense) teacher, from BOS or from `prompts`.
+
+    Deterministic for a given seed on a given device. Needs a language-model head.
+    """
+    if model.get_output_embeddings() is None:
+        raise ValueError("teacher-sampled data needs a language model head; pass --data for encoders")
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    texts = []
+    for first in range(0, num, batch_size):
+        count = min(batch_size, num - first)
+        if prompts:
+            chunk = [prompts[(first + i) % len(prompts)] for i in range(count)]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+        else:
+            ids = torch.full((count, 1), start, dtype=torch.long)
+            mask = torch.ones_like(ids)
+        ids, mask = ids.to(device), mask.to(device)
+        for _ in range(max_new_tokens):  # plain sampling loop: full recompute is fine at this size
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -1].float() / temperature
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=gen).to(device)
+            ids = torch.cat([ids, nxt], dim=1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        texts += tokenizer.batch_decode(ids, skip_special_tokens=False)
+    return texts
+
+
+class TokenBatches:
+    """Deterministic, randomly accessible batches of token sequences (right padding).
+
+    `batch(step)` -> {"input_ids": (B, T), "attention_mask": (B, T)}; T = longest in the batch.
+    """
+
+    def __init__(self, sequences: list[list[int]], batch_size: int, pad_id: int = 0, seed: int = 0):
+        sequences = [list(s) for s in sequences if len(s) > 0]
+        if not sequences:
+            raise ValueError("no non-empty token sequences to train on")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sequences, self.batch_size, self.pad_id, self.seed = sequences, batch_size, pad_id, seed
+
+    @classmethod
+    def from_texts(cls, tokenizer, texts: list[str], batch_size: int, max_length: int = 128, seed: int = 0,
+                   add_special_tokens: bool = True) -> "TokenBatches":
+        if not texts:
+            raise ValueError("no texts to train on")
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(enc["input_ids"], batch_size, pad, seed)
+
+    def __len__(self) -> int:
+        """Batches per epoch (the last partial batch is dropped when there is more than one)."""
+        return max(1, len(self.sequences) // self.batch_size)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.sequences), generator=gen)
+
+    def batch(self, step: int) -> dict:
+        epoch, pos = divmod(step, len(self))
+        idx = self._order(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+        return self.collate([self.sequences[i] for i in idx])
+
+    def collate(self, seqs: list[list[int]]) -> dict:
+        length = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, :len(s)] = torch.tensor(s)
+            mask[row, :len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def all_batches(self, batch_size: int | None = None):
+        """Every sequence once, in order (evaluation)."""
+        size = batch_size or self.batch_size
+        for first in range(0, len(self.sequences), size):
+            yield self.collate(self.sequences[first:first + size])
+
+
+class ImageTextBatches:
+    """Image+caption batches through a Hugging Face processor (VLMs): a user turn with the image and
+    a fixed prompt, the caption as the assistant turn. Same `batch(step)` contract as TokenBatches.
+    """
+
+    def __init__(self, processor, samples: list[Sample], batch_size: int, prompt: str = "Describe the image.",
+                 seed: int = 0):
+        samples = [s for s in samples if s.image is not None]
+        if not samples:
+            raise ValueError("no image+caption samples to train on")
+        self.processor, self.samples, self.batch_size, self.prompt, self.seed = processor, samples, batch_size, prompt, seed
+
+    def __len__(self) -> int:
+        return max(1, len(self.samples) // self.batch_size)
+
+    def batch(self, step: int) -> dict:
+        from PIL import Image
+
+        epoch, pos = divmod(step, len(self))
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        idx = torch.randperm(len(self.samples), generator=gen)[pos * self.batch_size:(pos + 1) * self.batch_size]
+        chosen = [self.samples[i] for i in idx.tolist()]
+        texts = [self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]},
+             {"role": "assistant", "content": [{"type": "text", "text": s.text}]}], tokenize=False)
+            for s in chosen]
+        images = [Image.open(s.image).convert("RGB") for s in chosen]
+        return dict(self.processor(text=texts, images=images, return_tensors="pt", padding=True))

@@ -1,0 +1,408 @@
+"""Progressive PHM distillation: the `distill(model, data, config)` verb.
+
+    targets = inject_phm(model, PHMConfig())                 # dense+PHM wrappers, λ = 0
+    model, history = distill(model, batches, DistillConfig(steps=600), state_dir=out / "train_state")
+    save_phm_checkpoint(model, phm_config, targets, out)     # model is PHM-only, LoRA merged
+
+Stages (DESIGN.md §2; every schedule value is a pure function of the step, so resume is exact):
+  0. optional activation-weighted core init on the first `calib_batches` batches (calibrate.py);
+  1. LoRA (peft) on the attention q/k/v outside the vision tower; everything except PHM cores/biases
+     and LoRA is frozen (so the vision tower is);
+  A. λ_l ramps 0 → 1 per MLP block, staggered (schedule.py); loss = KD + CE + reconstruction;
+  B. PHM-only fine-tune with KD (+ CE): λ = 1 everywhere, which is exactly the PHM-only model
+     (tested); the dense weights stay in memory only as the teacher's, since the teacher is the
+     same model with λ = 0 (no second copy of the weights);
+  end: dense weights dropped (drop_dense), LoRA merged into the attention weights (peft
+     merge_and_unload).
+The teacher is the same model with λ = 0 and LoRA disabled, run under no_grad on the same batch.
+The model stays in eval mode throughout (dropout off: the target is the teacher's exact function).
+
+Training state (every `checkpoint_every` steps and at the end) goes to `state_dir` atomically:
+state.safetensors (trainable tensors, AdamW moments, RNG) + state.json (step, configs, log).
+Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .arch import attention_qkv_modules, find_mlp_blocks
+from .fsutil import atomic_dir
+from .inject import drop_dense, phm_wrappers, teacher_mode
+from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss
+from .schedule import LambdaSchedule, linear_ramp, lr_factor
+
+__all__ = ["DistillConfig", "distill", "STATE_DIR_NAME"]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT_VERSION = 1
+STATE_DIR_NAME = "train_state"
+OBJECTIVES = ("auto", "logits", "embedding")
+# Fields that may differ between a run and its resumption (they do not change the result on CPU).
+_RESUME_FREE = ("device", "amp", "checkpoint_every", "log_every", "progress")
+
+
+@dataclass
+class DistillConfig:
+    """One distillation run. Serialised as distill_config.json (with format_version)."""
+
+    steps: int = 300                 # optimizer steps in all (stage A + stage B)
+    batch_size: int = 16
+    max_length: int = 128            # tokens per text sample
+    stage_b_fraction: float = 0.2    # last part: PHM-only fine-tune (λ = 1)
+    schedule: str = "progressive"    # "progressive" (staggered λ ramps) or "abrupt" (λ = 1 from step 0: ablation)
+    fade_fraction: float = 0.7       # paper: λ fades in over the first 70 % of stage A
+    ramp_width: float = 0.5          # each block's ramp, as a fraction of the fade window (1 = all together)
+    order: str = "bottom_up"         # which blocks hand over first
+    objective: str = "auto"          # "logits" (LM KD on logits), "embedding" (encoders), auto = by LM head
+    kd_temperature: float = 4.0      # paper: 4
+    kd_weight: float = 1.0           # paper ramps 0 → 0.7 with CE beside it; fidelity runs use 1 and no CE
+    kd_weight_start: float | None = None  # ramp from this to kd_weight over the fade; None = constant
+    ce_weight: float = 0.0           # next-token CE on the data (needs labels = the text itself)
+    label_smoothing: float = 0.1     # paper: 0.1 (CE only)
+    hidden_weight: float = 1.0       # per-token normalised MSE of every layer's hidden state, mean over layers
+    recon_weight: float = 0.05       # mean over PHM linears of ‖phm(x) − W x‖² / ‖W x‖² (stage A only)
+    lr: float = 1e-4                 # LoRA and PHM biases
+    core_lr: float = 2e-3            # PHM cores
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    lora_r: int = 8                  # paper: r = 8, α = 16 on q/k/v; 0 disables LoRA
+    lora_alpha: int = 16
+    calibrate_init: bool = True      # activation-weighted ridge init of the cores (DESIGN.md §1)
+    calib_batches: int = 32
+    calib_ridge: float = 1e-2
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    checkpoint_every: int = 0        # steps between training-state checkpoints (0: only at the end)
+    log_every: int = 10
+    progress: bool = True            # tqdm bar
+
+    def __post_init__(self):
+        ints = dict(steps=(0, None), batch_size=(1, None), max_length=(2, None), warmup_steps=(0, None),
+                    lora_r=(0, None), lora_alpha=(1, None), calib_batches=(1, None), checkpoint_every=(0, None),
+                    log_every=(1, None))
+        for name, (lo, _) in ints.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        for name in ("stage_b_fraction", "fade_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.ramp_width <= 1.0:
+            raise ValueError(f"ramp_width must be in (0, 1], got {self.ramp_width}")
+        if self.schedule not in ("progressive", "abrupt"):
+            raise ValueError(f"schedule must be 'progressive' or 'abrupt', got {self.schedule!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        for name in ("kd_weight", "ce_weight", "hidden_weight", "recon_weight", "lr", "core_lr", "weight_decay",
+                     "grad_clip", "calib_ridge"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        LambdaSchedule(0, 1, self.fade_fraction, self.ramp_width, self.order)  # validates order
+
+    @property
+    def stage_a_steps(self) -> int:
+        return self.steps - int(round(self.stage_b_fraction * self.steps))
+
+    def to_dict(self) -> dict:
+        return {"format_version": STATE_FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        data = dict(data)
+        if data.pop("format_version", None) != STATE_FORMAT_VERSION:
+            raise ValueError("distill config format_version is not supported")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------- model plumbing
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "merge_and_unload")
+
+
+def _canonical(name: str) -> str:
+    """Parameter name independent of the peft wrapper and of the dense/PHM stage."""
+    return name.removeprefix("base_model.model.").replace(".phm.", ".")
+
+
+def _add_lora(model: nn.Module, config: DistillConfig) -> nn.Module:
+    if config.lora_r == 0:
+        return model
+    targets = attention_qkv_modules(model)
+    if not targets:
+        log.warning("no attention q/k/v module found for LoRA; training without it")
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=targets,
+                      fan_in_fan_out=type(model.get_submodule(targets[0])).__name__ == "Conv1D")
+    return get_peft_model(model, lora)
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Freeze everything except PHM cores/biases and LoRA weights; (canonical name, param), sorted."""
+    out = []
+    for name, p in model.named_parameters():
+        keep = ".phm." in name or "lora_" in name or name.endswith(".cores") or _is_bare_phm_bias(model, name)
+        p.requires_grad_(keep)
+        if keep:
+            out.append((_canonical(name), p))
+    return sorted(out, key=lambda kv: kv[0])
+
+
+def _is_bare_phm_bias(model, name: str) -> bool:
+    if not name.endswith(".bias"):
+        return False
+    from .hypercomplex import PHMLinear
+
+    return isinstance(model.get_submodule(name.rpartition(".")[0]), PHMLinear)
+
+
+def _param_groups(named: list, config: DistillConfig) -> list[dict]:
+    cores = [p for n, p in named if n.endswith(".cores")]
+    rest = [p for n, p in named if not n.endswith(".cores")]
+    return [{"params": cores, "base_lr": config.core_lr, "lr": config.core_lr},
+            {"params": rest, "base_lr": config.lr, "lr": config.lr}]
+
+
+def _block_groups(model: nn.Module) -> dict[str, int]:
+    """Wrapper path -> index of its MLP block in forward order (the λ schedule's groups)."""
+    wrappers = [name for name, _ in phm_wrappers(model)]
+    blocks = find_mlp_blocks(model, ("language", "vision"))
+    owner = {path: b.name for b in blocks for path in b.projections.values()}
+    order = list(dict.fromkeys(owner.get(w, w) for w in wrappers))
+    return {w: order.index(owner.get(w, w)) for w in wrappers}
+
+
+def _objective(model: nn.Module, config: DistillConfig) -> str:
+    if config.objective != "auto":
+        return config.objective
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return "logits" if head is not None else "embedding"
+
+
+# ---------------------------------------------------------------- training state
+
+
+def _save_state(state_dir: Path, step: int, named: list, optimizer, config: DistillConfig, history: list,
+                extra: dict) -> None:
+    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in named}
+    for n, p in named:
+        for key, value in optimizer.state.get(p, {}).items():
+            tensors[f"optim/{n}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    doc = {"format_version": STATE_FORMAT_VERSION, "step": step, "distill": config.to_dict(), "history": history,
+           "rng_python": list(random.getstate()[1]), **extra}
+    with atomic_dir(state_dir, overwrite=True) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": "pt"})
+        (tmp / "state.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def read_state(state_dir: Path) -> dict:
+    path = Path(state_dir) / "state.json"
+    if not path.is_file():
+        raise ValueError(f"no training state to resume in {state_dir}")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if doc.get("format_version") != STATE_FORMAT_VERSION:
+        raise ValueError(f"{path}: training-state format_version {doc.get('format_version')!r} is not supported")
+    return doc
+
+
+def _check_resumable(saved: dict, config: DistillConfig) -> None:
+    mine, theirs = config.to_dict(), DistillConfig.from_dict(saved).to_dict()
+    diff = sorted(k for k in mine if k not in _RESUME_FREE and mine[k] != theirs.get(k))
+    if diff:
+        raise ValueError("conflicting settings with the run being resumed: "
+                         + ", ".join(f"{k}={mine[k]!r} (saved {theirs.get(k)!r})" for k in diff))
+
+
+def _load_state(state_dir: Path, named: list, optimizer) -> None:
+    tensors = load_file(str(Path(state_dir) / "state.safetensors"))
+    with torch.no_grad():
+        for n, p in named:
+            key = f"param/{n}"
+            if key not in tensors:
+                raise ValueError(f"training state in {state_dir} has no tensor for {n}: different model or PHM config")
+            p.copy_(tensors[key])
+            state = {k.rpartition("/")[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"optim/{n}/")}
+            if state:
+                optimizer.state[p] = state
+    torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+
+
+# ---------------------------------------------------------------- the verb
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _forward(model, batch, objective, hidden: bool):
+    """(logits or last hidden state, hidden states of every layer or None)."""
+    out = model(**batch, output_hidden_states=True) if hidden else model(**batch)
+    main = out.logits if objective == "logits" else out.last_hidden_state
+    return main, (out.hidden_states[1:] if hidden else None)
+
+
+def _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce):
+    """Weighted loss terms; student/teacher are _forward's (main, hidden states) pairs."""
+    (s_main, s_hid), (t_main, t_hid) = student, teacher
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(s_main.shape[:2], device=s_main.device)
+    parts = {}
+    if objective == "logits":
+        parts["kd"] = kd_w * kd_loss(s_main, t_main, config.kd_temperature, mask)
+        if use_ce:
+            parts["ce"] = config.ce_weight * causal_ce_loss(s_main, batch["input_ids"], mask, config.label_smoothing)
+    else:
+        from .models import mean_pool
+
+        parts["kd"] = kd_w * embedding_kd_loss(mean_pool(s_main, mask), mean_pool(t_main, mask))
+    if s_hid is not None:
+        # mask must match the hidden states' token axis (VLM vision tokens are part of the sequence)
+        layer_losses = [hidden_kd_loss(s, t, mask if s.shape[:2] == mask.shape else None) for s, t in zip(s_hid, t_hid)]
+        parts["hidden"] = config.hidden_weight * torch.stack(layer_losses).mean()
+    if recon is not None:
+        parts["recon"] = config.recon_weight * recon
+    return sum(parts.values()), parts
+
+
+def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path | None = None,
+            resume: bool = False, state_extra: dict | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train the PHM layers of an injected model (inject_phm first) towards its own dense self.
+
+    `data`: an object with `batch(step) -> dict of model inputs` and `len()` (TokenBatches,
+    ImageTextBatches). Returns (PHM-only model with LoRA merged, log history). With `state_dir`,
+    the training state is checkpointed there (with `state_extra` in its JSON); `resume=True`
+    continues from it.
+    """
+    state_extra = dict(state_extra or {})
+    if not phm_wrappers(model):
+        raise ValueError("model has no PHM layers: call inject_phm(model, config) before distill")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
+    state_dir = Path(state_dir) if state_dir is not None else None
+    saved = None
+    if resume:
+        if state_dir is None:
+            raise ValueError("resume needs a state_dir")
+        saved = read_state(state_dir)
+        _check_resumable(saved["distill"], config)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model.to(device).eval()
+    objective = _objective(model, config)
+    groups = _block_groups(model)
+    schedule = LambdaSchedule(config.stage_a_steps, max(groups.values()) + 1, config.fade_fraction,
+                              config.ramp_width, config.order, abrupt=config.schedule == "abrupt")
+    if config.calibrate_init and saved is None:
+        from .calibrate import calibrate_phm
+
+        calibrate_phm(model, (_to(data.batch(i), device) for i in range(min(config.calib_batches, len(data)))),
+                      config.calib_ridge)
+    model = _add_lora(model, config)
+    model.eval()
+    named = _trainable(model)
+    optimizer = torch.optim.AdamW(_param_groups(named, config), weight_decay=config.weight_decay)
+    start, history, stage_b = 0, [], False
+    if saved is not None:
+        start, history = saved["step"], saved["history"]
+        stage_b = start >= config.stage_a_steps
+        _load_state(state_dir, named, optimizer)
+        log.info("resumed from step %d", start)
+    wrappers = {n.removeprefix("base_model.model."): w for n, w in phm_wrappers(model)}
+    use_ce = objective == "logits" and config.ce_weight > 0
+    hidden = config.hidden_weight > 0
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    t0 = time.perf_counter()
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
+    for step in range(start, config.steps):
+        if step >= config.stage_a_steps and not stage_b:
+            stage_b = True
+            log.info("step %d: stage B, PHM-only student (λ = 1; dense weights serve only as the teacher)", step)
+        lams = [schedule.lam(groups[name], step) for name in wrappers]
+        for (name, w), lam in zip(wrappers.items(), lams):
+            w.recon = None
+            w.lam, w.record_recon = lam, config.recon_weight > 0 and not stage_b
+        kd_w = config.kd_weight if config.kd_weight_start is None else config.kd_weight_start + (
+            config.kd_weight - config.kd_weight_start) * linear_ramp(step, 0, max(1.0, schedule.fade_fraction * config.stage_a_steps))
+        factor = lr_factor(step, config.steps, config.warmup_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        batch = _to(data.batch(step), device)
+        with torch.no_grad(), amp, teacher_mode(model):
+            if _is_peft(model):
+                with model.disable_adapter():
+                    teacher = _forward(model, batch, objective, hidden)
+            else:
+                teacher = _forward(model, batch, objective, hidden)
+        with amp:
+            student = _forward(model, batch, objective, hidden)
+            recons = [w.recon for w in wrappers.values() if w.recon is not None]  # (unused towers stay None)
+            recon = torch.stack(recons).mean() if recons and config.recon_weight > 0 and not stage_b else None
+            loss, parts = _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip)
+        optimizer.step()
+        lam_mean = sum(lams) / len(lams) if lams else 1.0
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            entry = {"step": done, "stage": "B" if stage_b else "A", "loss": round(loss.item(), 6),
+                     **{k: round(v.item(), 6) for k, v in parts.items()}, "lam": round(lam_mean, 4),
+                     "lr_factor": round(factor, 4), "elapsed_s": round(time.perf_counter() - t0, 2)}
+            history.append(entry)
+            log.info("step %d/%d %s", done, config.steps, " ".join(f"{k}={v}" for k, v in entry.items() if k != "step"))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lam=f"{lam_mean:.2f}", stage="B" if stage_b else "A")
+        if state_dir is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
+                and done != config.steps:
+            _save_state(state_dir, done, named, optimizer, config, history, {**state_extra, "stage": "B" if stage_b else "A"})
+    if bar is not None:
+        bar.close()
+    for w in wrappers.values():
+        w.record_recon, w.recon = False, None
+    if state_dir is not None and start < config.steps:
+        _save_state(state_dir, config.steps, named, optimizer, config, history, {**state_extra, "stage": "done"})
+    drop_dense(model)
+    if _is_peft(model):
+        model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), history

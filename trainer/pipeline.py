@@ -1,0 +1,112 @@
+"""HF model dir → PHM checkpoint dir: what `phm-train` runs (load, data, inject, distill, save).
+
+    out/                               the PHM checkpoint dir (checkpoint.py) plus
+      distill_config.json              the run's DistillConfig (format_version)
+      train_log.jsonl                  loss / λ / lr per logged step
+      train_state/                     resumable training state (distill.py), every N steps
+      teacher_samples.jsonl            data-free runs: the sampled texts (reused on --resume)
+
+Nothing in `out/` is ever half-written: the state and the final checkpoint are swapped in
+atomically, so an interrupted run leaves the last complete state, from which --resume continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .arch import ARCH_TABLE, supported_model_types
+from .checkpoint import PHM_CONFIG_NAME, save_phm_checkpoint
+from .data import ImageTextBatches, TokenBatches, read_samples, sample_teacher_texts
+from .distill import STATE_DIR_NAME, DistillConfig, distill, read_state
+from .fsutil import atomic_write_text
+from .inject import PHMConfig, inject_phm
+from .models import load_pretrained, load_tokenizer, resolve_model_dir
+
+__all__ = ["TEACHER_SAMPLES_NAME", "train"]
+
+log = logging.getLogger(__name__)
+
+TEACHER_SAMPLES_NAME = "teacher_samples.jsonl"
+
+
+def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    if resume:
+        read_state(out_dir / STATE_DIR_NAME)  # raises "no training state to resume in …"
+        return
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"output dir {out_dir} exists and is not empty; pass --resume to continue its run "
+                         f"or choose another --out")
+
+
+def _check_architecture(model_dir: Path) -> None:
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{model_dir}/config.json is not valid JSON: {e}") from None
+    if model_type not in ARCH_TABLE:
+        raise ValueError(f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}")
+
+
+def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, config: DistillConfig,
+                   data_free_samples: int):
+    """Batches for `data` (path or 'chatterbot'), or teacher-sampled text when data is None."""
+    if data is not None:
+        samples = read_samples(data)
+        if any(s.image is not None for s in samples):
+            import transformers
+
+            try:
+                processor = transformers.AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+            except (OSError, ValueError, TypeError) as e:
+                raise ValueError(f"image data needs a processor in {model_dir}: {str(e).splitlines()[0]}") from None
+            return ImageTextBatches(processor, samples, config.batch_size, seed=config.seed)
+        texts = [s.text for s in samples]
+    else:
+        cache = out_dir / TEACHER_SAMPLES_NAME
+        if cache.is_file():
+            texts = [json.loads(line)["text"] for line in cache.read_text(encoding="utf-8").splitlines() if line]
+        else:
+            log.info("no --data: sampling %d texts from the teacher (data-free KD)", data_free_samples)
+            texts = sample_teacher_texts(model, load_tokenizer(model_dir), data_free_samples,
+                                         max_new_tokens=min(config.max_length, 96), seed=config.seed)
+            atomic_write_text(cache, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return TokenBatches.from_texts(load_tokenizer(model_dir), texts, config.batch_size, config.max_length, config.seed)
+
+
+def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, config: DistillConfig,
+          data: str | None = None, data_free_samples: int = 256, resume: bool = False,
+          epochs: float | None = None) -> Path:
+    """Load `model_dir`, inject PHM, distill, and write the PHM checkpoint dir `out_dir`.
+
+    `epochs` (if given) overrides config.steps with epochs × batches per epoch. Raises ValueError
+    with one clear line on bad input (missing dir, unsupported architecture, empty data, …).
+    """
+    model_dir, out_dir = resolve_model_dir(model_dir), Path(out_dir)
+    _check_out_dir(out_dir, resume)
+    if resume:
+        saved = json.loads((out_dir / STATE_DIR_NAME / "state.json").read_text())
+        saved_phm = PHMConfig.from_dict(saved.get("phm", phm_config.to_dict()))
+        if saved_phm != phm_config:
+            raise ValueError(f"conflicting settings with the run being resumed: PHM config {phm_config} "
+                             f"(saved {saved_phm})")
+    _check_architecture(model_dir)  # before loading any weights
+    model = load_pretrained(model_dir)
+    targets = inject_phm(model, phm_config)  # validates architecture and divisibility before any data work
+    batches = _training_data(model, model_dir, out_dir, data, config, data_free_samples)
+    if epochs is not None:
+        if epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {epochs}")
+        config = DistillConfig.from_dict({**config.to_dict(), "steps": max(1, round(epochs * len(batches)))})
+    log.info("%d PHM layers, %d steps of batch %d (%d batches per epoch)", len(targets), config.steps,
+             config.batch_size, len(batches))
+    model, history = distill(model, batches, config, state_dir=out_dir / STATE_DIR_NAME, resume=resume,
+                             state_extra={"phm": phm_config.to_dict()})
+    extra = {"distill_config.json": config.to_json() + "\n",
+             "train_log.jsonl": "".join(json.dumps(h) + "\n" for h in history)}
+    save_phm_checkpoint(model, phm_config, targets, out_dir, source_dir=model_dir, overwrite=True,
+                        extra_files=extra, keep=(STATE_DIR_NAME, TEACHER_SAMPLES_NAME))
+    log.info("wrote %s (%s)", out_dir, PHM_CONFIG_NAME)
+    return out_dir
+
