@@ -1,0 +1,56 @@
+"""ORT generation over real exports equals torch's greedy decode token for token; phm-run errors."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from phm.export.api import export_model
+from phm.export.config import ExportConfig
+from phm.runtime.cli import main as phm_run
+from phm.runtime.generate import GenerationConfig, generate
+from phm.runtime.ort_backend import OrtBackend
+from phm.runtime.torch_backend import TorchBackend
+from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint
+from phm.trainer.tiny_models import save_tiny_model, tiny_model
+
+
+@pytest.fixture(scope="module", params=[("llama", False), ("llama", True), ("gpt2", True)],
+                ids=["llama-dense", "llama-phm", "gpt2-phm"])
+def exported(request, tmp_path_factory):
+    arch, phm = request.param
+    root = tmp_path_factory.mktemp(f"{arch}{phm}")
+    if phm:
+        model = tiny_model(arch)
+        cfg = PHMConfig()
+        targets = inject_phm(model, cfg)
+        drop_dense(model)
+        model_dir = save_phm_checkpoint(model, cfg, targets, root / "ck")
+    else:
+        model_dir = save_tiny_model(arch, root / "ck")
+    out = export_model(model_dir, ExportConfig(), root / "art")
+    return load(model_dir), out
+
+
+def test_ort_greedy_equals_torch(exported):
+    model, art = exported
+    cfg = GenerationConfig(max_new_tokens=16)
+    ids = np.array([[5, 17, 33, 9, 101], [0, 0, 44, 12, 7]])
+    mask = np.array([[1] * 5, [0, 0, 1, 1, 1]])
+    ours = generate(OrtBackend(art / "decoder.onnx"), ids, cfg, attention_mask=mask).tokens
+    ref = generate(TorchBackend(model), ids, cfg, attention_mask=mask).tokens
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent/dir", "--prompt", "hi"], "is not an artifacts dir"),
+    (["ART", "--prompt", "hi", "--backend", "cuda"], "Invalid value for '--backend'"),
+    (["ART", "--prompt", "hi", "--image", "x.png"], "text-only model"),
+    (["ART", "--prompt", "hi", "--backend", "trt"], "no TensorRT engine"),
+    (["ART", "--prompt", "hi"], "holds no tokenizer"),
+])
+def test_phm_run_bad_input_one_line(exported, args, message):
+    _, art = exported
+    result = CliRunner().invoke(phm_run, [str(art) if a == "ART" else a for a in args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
