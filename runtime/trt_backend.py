@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend import BackendError, position_ids_from_mask
 
-__all__ = ["TrtBackend", "check_plugins"]
+__all__ = ["TrtBackend", "check_plugins", "required_plugins"]
 
 
 def _import_trt():
@@ -27,6 +27,23 @@ def _import_trt():
     except ImportError:
         raise BackendError("TensorRT is not installed here (`import tensorrt` failed); use --backend ort") from None
     return trt
+
+
+def required_plugins(manifest: dict) -> list[dict]:
+    """The plugin creators an artifacts dir needs (manifest "plugins"), checked against this build's
+    op contract (trt_plugins/spec.py) before any TensorRT library is loaded: an artifact (and its
+    engine) made for another plugin version is a clear BackendError, not a failed deserialisation."""
+    from phm.trt_plugins import spec
+
+    required = manifest.get("plugins")
+    if required is None:
+        raise BackendError("manifest.json lists no TensorRT plugins (exported by an older phm-export): re-export")
+    for plugin in required:
+        if (plugin.get("version"), plugin.get("namespace")) != (spec.PLUGIN_VERSION, spec.PLUGIN_NAMESPACE):
+            raise BackendError(f"artifacts built for plugin {plugin.get('name')} version {plugin.get('version')!r} "
+                               f"(namespace {plugin.get('namespace')!r}); this build provides version "
+                               f"{spec.PLUGIN_VERSION!r} (namespace {spec.PLUGIN_NAMESPACE!r}): re-export the model")
+    return required
 
 
 def check_plugins(registry, required: list[dict]) -> None:
