@@ -59,15 +59,15 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise click.ClickException(f"{manifest_path} is not valid JSON: re-export the model") from None
     if backend == "trt":
-        from .trt_backend import required_plugins
+        from .trt_backend import engine_path, required_plugins
 
         try:
             required_plugins(manifest)  # before TensorRT is imported: testable without it
         except BackendError as e:
             raise click.ClickException(str(e)) from None
-        if not (manifest.get("engines") or {}).get("decoder"):
-            raise click.ClickException("--backend trt: no TensorRT engine in this artifacts dir "
-                                       "(TensorRT was not importable at export time); use --backend ort")
+        if engine_path(artifacts, manifest) is None:
+            raise click.ClickException("--backend trt: no TensorRT engine in this artifacts dir (build it with "
+                                       "commands.sh on the target, docs/jetson.md); use --backend ort")
         from .trt_backend import _import_trt
 
         try:

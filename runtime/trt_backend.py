@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend import BackendError, position_ids_from_mask
 
-__all__ = ["TrtBackend", "check_plugins", "required_plugins"]
+__all__ = ["TrtBackend", "check_plugins", "engine_path", "required_plugins"]
 
 
 def _import_trt():
@@ -44,6 +44,17 @@ def required_plugins(manifest: dict) -> list[dict]:
                                f"(namespace {plugin.get('namespace')!r}); this build provides version "
                                f"{spec.PLUGIN_VERSION!r} (namespace {spec.PLUGIN_NAMESPACE!r}): re-export the model")
     return required
+
+
+def engine_path(artifacts: Path, manifest: dict, kind: str = "decoder") -> Path | None:
+    """The `kind` engine of an artifacts dir: the one phm-export built (manifest "engines"), else the
+    one commands.sh's trtexec line saves (engines/<kind>.<target>.engine) if it has been run."""
+    built = (manifest.get("engines") or {}).get(kind)
+    planned = ((manifest.get("commands") or {}).get(kind) or {}).get("engine")
+    for rel in (built, planned):
+        if rel and (Path(artifacts) / rel).is_file():
+            return Path(artifacts) / rel
+    return None
 
 
 def check_plugins(registry, required: list[dict]) -> None:

@@ -106,6 +106,12 @@ def _fake_engine(art: Path) -> None:
     _edit_json(art / "manifest.json", engines={"decoder": "engines/decoder.agx-orin.engine"})
 
 
+def _engine_from_commands_sh(art: Path) -> None:
+    """What running commands.sh's trtexec line leaves: engines/decoder.<target>.engine, manifest unchanged."""
+    (art / "engines").mkdir()
+    (art / "engines" / "decoder.agx-orin.engine").write_bytes(b"not an engine")
+
+
 def _other_plugin_version(art: Path) -> None:
     manifest = json.loads((art / "manifest.json").read_text())
     manifest["plugins"] = [{**p, "version": "0"} for p in manifest["plugins"]]
@@ -214,6 +220,8 @@ CASES = {
     "run-trt-without-engine": lambda i, d: Case(_run(i.artifacts, "--backend", "trt"), "no TensorRT engine"),
     "run-trt-without-tensorrt": lambda i, d: Case(_run(_artifacts_with(i, d, _fake_engine), "--backend", "trt"),
                                                   "TensorRT is not installed here"),
+    "run-trt-engine-from-commands-sh-without-tensorrt": lambda i, d: Case(
+        _run(_artifacts_with(i, d, _engine_from_commands_sh), "--backend", "trt"), "TensorRT is not installed here"),
     "run-max-new-tokens-zero": lambda i, d: Case(_run(i.artifacts, "--max-new-tokens", 0),
                                                  "Invalid value for '--max-new-tokens'"),
     "run-max-new-tokens-negative": lambda i, d: Case(_run(i.artifacts, "--max-new-tokens", -4),
@@ -224,7 +232,7 @@ CASES = {
     "build-plugins-out-is-a-file": lambda i, d: Case(["phm-build-plugins", "--arch", "sm_87", "--out", _file(d)],
                                                      "is a file"),
 }
-TENSORRT_CASES = {"run-trt-without-tensorrt"}  # meaningless where `import tensorrt` works
+TENSORRT_CASES = {"run-trt-without-tensorrt", "run-trt-engine-from-commands-sh-without-tensorrt"}  # meaningless where `import tensorrt` works
 
 
 @pytest.fixture(scope="session")
