@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faultkit import cli, copy, run_many, snapshot
+from faultkit import copy, run_many, snapshot
 
 TRAIN_ARGS = ("--steps", 1, "--batch-size", 2, "--max-length", 16, "--init", "projection")
 
@@ -232,6 +232,7 @@ CASES = {
     "build-plugins-out-is-a-file": lambda i, d: Case(["phm-build-plugins", "--arch", "sm_87", "--out", _file(d)],
                                                      "is a file"),
 }
+CONTROL = "control-uncaught-exception"
 TENSORRT_CASES = {"run-trt-without-tensorrt", "run-trt-engine-from-commands-sh-without-tensorrt"}  # meaningless where `import tensorrt` works
 
 
@@ -251,8 +252,11 @@ def results(inputs, tmp_path_factory):
             case.setup()
         prepared[name] = (case, snapshot(d), d)
     logs = tmp_path_factory.mktemp("fault-logs")
-    return {name: (*prepared[name], proc) for name, proc in run_many(
-        {name: (case.argv, case.fsize) for name, (case, _, _) in prepared.items()}, logs).items()}
+    # control: an uncaught exception in a child (no such entry point) must show up as a traceback, rc 1
+    procs = run_many({CONTROL: (["phm-no-such-command"], None),
+                      **{name: (case.argv, case.fsize) for name, (case, _, _) in prepared.items()}}, logs)
+    return {CONTROL: (None, None, None, procs.pop(CONTROL)),
+            **{name: (*prepared[name], proc) for name, proc in procs.items()}}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -268,6 +272,11 @@ def test_bad_input(name, results):
     assert lines and lines[-1].startswith("Error: ") and errors == [lines[-1]], output
     assert case.expect in lines[-1], f"expected {case.expect!r} in {lines[-1]!r}"
     assert snapshot(d) == before, "the case folder changed: a partial artifact or temp dir was left behind"
+
+
+def test_harness_sees_tracebacks(results):
+    proc = results[CONTROL][3]
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'phm-no-such-command'" in proc.stderr
 
 
 def test_suite_size_and_inputs_untouched(inputs, results):
