@@ -63,7 +63,7 @@ def test_kill9_train_then_resume_equals_uninterrupted(inputs, tmp_path):
 
     resumed = run(_train_argv(inputs, out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from step {killed_at}" in resumed.stderr or f"resumed from step {killed_at + 1}" in resumed.stderr
+    assert f"resumed from step {killed_at}" in resumed.stderr  # the state on disk after the kill
     _, ref_err = ref.communicate(timeout=300)
     assert ref.returncode == 0, ref_err[-3000:]
 
