@@ -266,8 +266,8 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
             "target": {"name": config.target, "sm": config.sm},
             "memory_plan": plan.to_dict(),
             # TensorRT plugin creators the graphs need (phm-run checks them before loading TensorRT)
-            "plugins": sorted({tuple(p.items()): p for g in graphs.values() for p in g["plugins"]}.values(),
-                              key=lambda p: (p["name"], p["version"], p["namespace"])),
+            "plugins": [dict(zip(("name", "version", "namespace"), t)) for t in sorted(
+                {(p["name"], p["version"], p["namespace"]) for g in graphs.values() for p in g["plugins"]})],
             "versions": mf.versions(),
             "graphs": graphs,
             "phm": None if doc is None else {

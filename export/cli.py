@@ -51,7 +51,8 @@ def main(model_dir, out_dir, fp16, int8, calib_data, strict, target, context, de
     except (ValueError, FileExistsError) as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except OSError as e:  # disk full, file too large, permissions: nothing is left behind (atomic dir)
-        raise click.ClickException(f"cannot write {out_dir}: {e.strerror or e}") from None
+        where = f" ({e.filename})" if e.filename else ""
+        raise click.ClickException(f"I/O error while exporting to {out_dir}: {e.strerror or e}{where}") from None
     click.echo(out)
 
 

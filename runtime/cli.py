@@ -59,7 +59,7 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise click.ClickException(f"{manifest_path} is not valid JSON: re-export the model") from None
     if backend == "trt":
-        from .trt_backend import engine_path, required_plugins
+        from .trt_backend import engine_path, import_tensorrt, required_plugins
 
         try:
             required_plugins(manifest)  # before TensorRT is imported: testable without it
@@ -68,10 +68,8 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
         if engine_path(artifacts, manifest) is None:
             raise click.ClickException("--backend trt: no TensorRT engine in this artifacts dir (build it with "
                                        "commands.sh on the target, docs/jetson.md); use --backend ort")
-        from .trt_backend import _import_trt
-
         try:
-            _import_trt()
+            import_tensorrt()
         except BackendError as e:
             raise click.ClickException(str(e)) from None
         raise click.ClickException("--backend trt: generation through TensorRT engines is not wired into phm-run yet")

@@ -18,10 +18,11 @@ import numpy as np
 
 from .backend import BackendError, position_ids_from_mask
 
-__all__ = ["TrtBackend", "check_plugins", "engine_path", "required_plugins"]
+__all__ = ["TrtBackend", "check_plugins", "engine_path", "import_tensorrt", "required_plugins"]
 
 
-def _import_trt():
+def import_tensorrt():
+    """`import tensorrt`, or a one-line BackendError saying it is not installed."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -75,7 +76,7 @@ class TrtBackend:
     def __init__(self, engine_path: str | Path, plugin_library: str | Path, required_plugins: list[dict]):
         import torch
 
-        trt = _import_trt()
+        trt = import_tensorrt()
         engine_path, plugin_library = Path(engine_path), Path(plugin_library)
         for path, what in ((engine_path, "engine"), (plugin_library, "plugin library")):
             if not path.is_file():

@@ -71,9 +71,10 @@ def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers
     except (ValueError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # disk full, file too large, permissions: nothing half-written (atomic writes)
-        raise click.ClickException(f"cannot write {out_dir}: {e.strerror or e}") from None
+        where = f" ({e.filename})" if e.filename else ""
+        raise click.ClickException(f"I/O error while training into {out_dir}: {e.strerror or e}{where}") from None
     except SafetensorError as e:  # safetensors reports its I/O errors (EFBIG, ENOSPC) as its own type
-        raise click.ClickException(f"cannot write {out_dir}: {str(e).splitlines()[0]}") from None
+        raise click.ClickException(f"I/O error while training into {out_dir}: {str(e).splitlines()[0]}") from None
     click.echo(f"wrote {out}")
 
 

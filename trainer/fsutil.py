@@ -5,8 +5,9 @@ directories are assembled under a temporary sibling and swapped in at the end.
 
 A process killed with SIGKILL cannot clean up after itself, so temporary siblings carry the
 writer's pid (`.<name>.<pid>.<random>.tmp`, `.<name>.old-<pid>`): the next writer of the same path
-removes those of dead processes, and `recover_dir` puts back a directory whose replacement was
-interrupted between its two renames (the old, complete one is restored).
+removes those of dead processes (pids of this host: not for dirs shared with other machines), and
+`recover_dir` puts back a directory whose replacement was interrupted between its two renames (the
+old, complete one is restored).
 """
 
 from __future__ import annotations
