@@ -7,7 +7,8 @@
       <kind>.onnx.data     external initializers of both, when the graph is large
       <kind>.inputs.json   Polygraphy inputs (decoder: prefill + one decode step)
       <kind>.ref.json      Polygraphy RunResults of the PyTorch model on those inputs
-      manifest.json        versions, I/O contract, precision, PHM layers, MLP report, sizes, hashes, commands
+      manifest.json        versions, I/O contract, precision, memory plan for the target, PHM layers,
+                           MLP report, sizes, hashes, commands
       commands.sh          trtexec / polygraphy commands for the target
       export_config.json   the ExportConfig used
       hf/                  config, tokenizer, phm_config.json … of the model dir (what a runtime needs)
@@ -39,6 +40,7 @@ from . import engine as trt_engine
 from . import manifest as mf
 from .config import ExportConfig
 from .graphs import export_graph, graph_specs, text_config
+from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
 from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
 from .refs import inputs_json, reference_feeds, run_results_json, run_torch
@@ -47,7 +49,7 @@ from .verify import mlp_report, not_rewritten
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "export_model"]
+__all__ = ["ExportError", "export_model", "memory_plan_for"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".index.json")
 
@@ -141,6 +143,22 @@ def _check(model: onnx.ModelProto, path: Path, external: bool) -> None:
         onnx.checker.check_model(model)
 
 
+def memory_plan_for(model, config: ExportConfig) -> MemoryPlan:
+    """The target's memory budget for this model (KV cache for the profile's longest context), made
+    before anything is traced: ExportError with the numbers when it cannot fit, a warning near the limit."""
+    max_positions = getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence
+    plan = plan_memory(ModelFootprint.from_model(model), config.precision, config.target,
+                       context=min(config.max_sequence, max_positions), batch=config.max_batch,
+                       device_gib=config.device_gib)
+    if plan.verdict == "does-not-fit":
+        raise ExportError(f"--target {config.target}: {plan.refusal()}")
+    if plan.verdict == "near-limit":
+        log.warning("--target %s: near the memory limit: %s", config.target, plan.summary())
+    else:
+        log.info("memory plan: %s", plan.summary())
+    return plan
+
+
 def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,
                  on_stage: Callable[[str], None] | None = None) -> Path:
     """Export the checkpoint (PHM or plain HF) in `model_dir` to an artifacts dir `out_dir`."""
@@ -152,6 +170,8 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
     trt_reason = trt_engine.unavailable_reason()
     if config.require_engine and trt_reason:
         raise ExportError(f"--require-engine: cannot build TensorRT engines: {trt_reason}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output path {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
         raise FileExistsError(f"output directory {out_dir} exists and is not empty")
 
@@ -168,6 +188,7 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
     blocks = [asdict(b) for b in find_mlp_blocks(model)]
     counts = param_counts(model, 16 if config.fp16 else 32)
     max_positions = getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence
+    plan = memory_plan_for(model, config)
 
     graphs, reports = {}, []
     with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
@@ -213,7 +234,8 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
                             "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
                             "profile": mf.profile_shapes(spec.kind, inputs, config, max_positions),
                             "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
-                                          for op in ("PHMLinear", "PHMFFN")}}
+                                          for op in ("PHMLinear", "PHMFFN")},
+                            "plugins": mf.plugin_requirements(trt_model)}
 
         stage("writing manifest and commands")
         hf = tmp / "hf"
@@ -242,6 +264,10 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
             "architecture": type(model).__name__,
             "precision": config.precision,
             "target": {"name": config.target, "sm": config.sm},
+            "memory_plan": plan.to_dict(),
+            # TensorRT plugin creators the graphs need (phm-run checks them before loading TensorRT)
+            "plugins": [dict(zip(("name", "version", "namespace"), t)) for t in sorted(
+                {(p["name"], p["version"], p["namespace"]) for g in graphs.values() for p in g["plugins"]})],
             "versions": mf.versions(),
             "graphs": graphs,
             "phm": None if doc is None else {

@@ -1,4 +1,4 @@
-"""`phm-export MODEL_DIR [--out DIR] [--fp16] [--int8] …`: checkpoint dir → artifacts dir."""
+"""`phm-export MODEL_DIR [--out DIR] [--fp16] [--int8] [--target T --context N] …`: checkpoint dir → artifacts dir."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 
+from phm.trainer.cliutil import OneLineCommand
+
 from .config import TARGETS, ExportConfig
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="artifacts dir [default: MODEL_DIR-onnx]")
@@ -18,11 +20,17 @@ from .config import TARGETS, ExportConfig
 @click.option("--int8", is_flag=True, help="INT8 Q/DQ + INT8 PHM cores (needs the quantization path)")
 @click.option("--calib-data", type=click.Path(), default=None, help="calibration data for --int8")
 @click.option("--strict", is_flag=True, help="fail if any PHM-configured MLP is not rewritten")
-@click.option("--target", type=click.Choice(sorted(TARGETS)), default="orin", show_default=True)
+@click.option("--target", type=click.Choice(list(TARGETS)), default=ExportConfig.target, show_default=True,
+              help="device the memory plan, engine profile and commands are for (Jetson Orin modules: sm_87)")
+@click.option("--context", type=click.IntRange(1), default=ExportConfig.max_sequence, show_default=True,
+              help="tokens of KV cache (past + new) to plan and profile for; clipped to the model's positions")
+@click.option("--device-gib", type=float, default=None,
+              help="the target's memory if not the largest variant (e.g. 4 for an Orin Nano 4GB)")
 @click.option("--require-engine", is_flag=True, help="fail (non-zero) where TensorRT cannot build engines")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty output dir")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
-def main(model_dir, out_dir, fp16, int8, calib_data, strict, target, require_engine, overwrite, verbose):
+def main(model_dir, out_dir, fp16, int8, calib_data, strict, target, context, device_gib, require_engine, overwrite,
+         verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
     from rich.console import Console
     from rich.logging import RichHandler
@@ -32,14 +40,19 @@ def main(model_dir, out_dir, fp16, int8, calib_data, strict, target, require_eng
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
     try:
         config = ExportConfig(fp16=fp16, int8=int8, calib_data=calib_data, strict=strict, target=target,
+                              device_gib=device_gib, max_sequence=context,
+                              opt_sequence=min(ExportConfig.opt_sequence, context),
                               require_engine=require_engine, overwrite=overwrite)
         from .api import export_model
 
+        out_dir = out_dir or model_dir.with_name(model_dir.name + "-onnx")
         with console.status("exporting") as status:
-            out = export_model(model_dir, config, out_dir or model_dir.with_name(model_dir.name + "-onnx"),
-                               on_stage=lambda msg: status.update(msg))
-    except (ValueError, FileExistsError, OSError) as e:
+            out = export_model(model_dir, config, out_dir, on_stage=lambda msg: status.update(msg))
+    except (ValueError, FileExistsError) as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except OSError as e:  # disk full, file too large, permissions: nothing is left behind (atomic dir)
+        where = f" ({e.filename})" if e.filename else ""
+        raise click.ClickException(f"I/O error while exporting to {out_dir}: {e.strerror or e}{where}") from None
     click.echo(out)
 
 

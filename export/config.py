@@ -6,12 +6,16 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .memory_plan import DEVICES
+
 __all__ = ["EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
 
 EXPORT_CONFIG_VERSION = 1
 
-# GPU architecture per target: Jetson Orin (JetPack 6: TensorRT 10.3) and desktop Hopper/Ampere+.
-TARGETS = {"orin": "sm_87", "desktop": "sm_90"}
+# GPU architecture per target, from the memory planner's device table (one source): the Jetson Orin
+# modules (JetPack 6: TensorRT 10.3, sm_87) and a desktop GPU (sm_90).
+TARGETS = {name: device.sm for name, device in DEVICES.items()}
+_LEGACY_TARGETS = {"orin": "agx-orin"}  # export_config.json written before the per-module targets
 
 
 @dataclass
@@ -22,15 +26,18 @@ class ExportConfig:
     int8: bool = False               # explicit Q/DQ + INT8 PHM cores (the quantization issue)
     calib_data: str | None = None    # calibration data for --int8
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
-    target: str = "orin"             # "orin" (sm_87, TensorRT 10.3) | "desktop" (sm_90)
+    target: str = "agx-orin"         # orin-nano | orin-nx | agx-orin (sm_87, TensorRT 10.3) | desktop (sm_90)
+    device_gib: float | None = None  # the target's memory when not its table value (e.g. Orin Nano 4GB)
     require_engine: bool = False     # fail when TensorRT is not importable instead of skipping
     max_batch: int = 1               # TensorRT optimisation profile upper bounds
-    max_sequence: int = 2048         # past + new tokens; clipped to the model's position limit
+    max_sequence: int = 2048         # past + new tokens (the KV cache the memory plan sizes); clipped to
+                                     # the model's position limit
     opt_sequence: int = 128          # profile "opt" prompt length
     external_data_mb: int = 1024     # initializers go to <file>.onnx.data above this size (protobuf: 2 GiB)
     overwrite: bool = False          # replace an existing non-empty output dir
 
     def __post_init__(self):
+        self.target = _LEGACY_TARGETS.get(self.target, self.target)
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.fp16 and self.int8:
@@ -43,6 +50,10 @@ class ExportConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.opt_sequence > self.max_sequence:
             raise ValueError(f"opt_sequence {self.opt_sequence} exceeds max_sequence {self.max_sequence}")
+        reserve = DEVICES[self.target].os_reserve_gib
+        if self.device_gib is not None and (not isinstance(self.device_gib, (int, float)) or self.device_gib <= reserve):
+            raise ValueError(f"device_gib must exceed the {reserve:g} GiB the OS of {self.target} keeps, "
+                             f"got {self.device_gib!r}")
         if not isinstance(self.external_data_mb, int) or self.external_data_mb < 0:
             raise ValueError(f"external_data_mb must be a non-negative integer, got {self.external_data_mb!r}")
 

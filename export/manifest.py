@@ -13,11 +13,13 @@ from pathlib import Path
 
 import onnx
 
+from phm.trt_plugins import spec
+
 from . import io_names as io
 from .config import ExportConfig
 
 __all__ = ["MANIFEST_VERSION", "PLUGIN_LIBRARY", "TOLERANCES", "commands", "file_entry", "graph_io",
-           "profile_shapes", "versions"]
+           "plugin_requirements", "profile_shapes", "versions"]
 
 MANIFEST_VERSION = 1
 # What `phm-build-plugins --arch SM --out DIR` writes: DIR/lib/libphm_trt_plugins.so (static registration:
@@ -55,6 +57,22 @@ def sha256(path: Path) -> str:
 
 def file_entry(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def plugin_requirements(model: onnx.ModelProto) -> list[dict]:
+    """The TensorRT plugin creators the graph's PHM nodes name: [{name, version, namespace}], sorted.
+
+    Read from the nodes themselves (what TensorRT's parser will look up), so the runtime can refuse
+    an artifact made for another plugin version before it loads any TensorRT library.
+    """
+    found = set()
+    for node in model.graph.node:
+        if node.domain == spec.DOMAIN:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            version, namespace = attrs.get("plugin_version", b"1"), attrs.get("plugin_namespace", b"")
+            found.add((node.op_type, version.decode() if isinstance(version, bytes) else str(version),
+                       namespace.decode() if isinstance(namespace, bytes) else str(namespace)))
+    return [{"name": n, "version": v, "namespace": ns} for n, v, ns in sorted(found)]
 
 
 def _value_info(v: onnx.ValueInfoProto) -> dict:

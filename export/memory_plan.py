@@ -101,6 +101,7 @@ class ModelFootprint:
 
 @dataclass
 class MemoryPlan:
+    target: str
     device: DeviceSpec
     precision: str
     context: int
@@ -128,6 +129,21 @@ class MemoryPlan:
                 ("activations + workspace", self.activations / GiB), ("runtime overhead", self.overhead / GiB),
                 ("total", self.total / GiB), (f"usable on {self.device.name}", self.usable / GiB)]
 
+    def to_dict(self) -> dict:
+        """What manifest.json records (bytes; GiB = 1024³)."""
+        return {"target": self.target, "device": self.device.name, "precision": self.precision,
+                "context": self.context, "batch": self.batch, "verdict": self.verdict,
+                "fraction": round(self.fraction, 4),
+                "bytes": {"weights": self.weights, "kv_cache": self.kv_cache, "activations": self.activations,
+                          "overhead": self.overhead, "total": self.total, "usable": self.usable}}
+
+    def refusal(self) -> str:
+        """One line for an export that cannot fit."""
+        return (f"does not fit on {self.device.name} ({self.precision}, context {self.context}, batch {self.batch}): "
+                f"needs {self.total / GiB:.2f} GiB (weights {self.weights / GiB:.2f}, KV cache {self.kv_cache / GiB:.2f}, "
+                f"activations + workspace {self.activations / GiB:.2f}, runtime {self.overhead / GiB:.2f}), device has "
+                f"{self.usable / GiB:.2f} GiB usable; try a lower precision, a shorter --context or a larger --target")
+
     def summary(self) -> str:
         return (f"{self.device.name}, {self.precision}: needs {self.total / GiB:.2f} GiB (weights {self.weights / GiB:.2f}, "
                 f"KV cache {self.kv_cache / GiB:.2f}, activations {self.activations / GiB:.2f}, overhead "
@@ -150,10 +166,13 @@ def plan_memory(fp: ModelFootprint, precision: str = "fp16", target: str = "orin
         raise ValueError(f"context and batch must be ≥ 1, got context={context}, batch={batch}")
     device = DEVICES[target]
     if device_gib is not None:
+        if device_gib <= device.os_reserve_gib:
+            raise ValueError(f"device memory {device_gib:g} GiB must exceed the OS reserve of {target} "
+                             f"({device.os_reserve_gib:g} GiB)")
         device = DeviceSpec(device.name.split(" (")[0] + f" ({device_gib:g} GiB)", device_gib, device.os_reserve_gib,
                             device.bandwidth_gbs, device.sm)
     act = _ACT_BYTES[precision]
     kv = 2 * fp.num_layers * fp.kv_heads * fp.head_dim * context * batch * act
     live = batch * context * (2 * fp.hidden_size + 2 * fp.intermediate_size) * act + batch * fp.vocab_size * 4
-    return MemoryPlan(device, precision, context, batch, fp.weight_bytes(precision), kv,
+    return MemoryPlan(target, device, precision, context, batch, fp.weight_bytes(precision), kv,
                       int(live + workspace_gib * GiB), RUNTIME_OVERHEAD, device.usable_bytes)

@@ -34,7 +34,8 @@ def _tokenizer(artifacts: Path):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True, help="Prompt text.")
-@click.option("--image", type=click.Path(path_type=Path), default=None, help="Image for a VLM artifact.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Image for a VLM artifact.")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy.")
@@ -53,9 +54,25 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
         if not (artifacts / "vision.onnx").is_file():
             raise click.ClickException("an image was given but this artifact is a text-only model")
         raise click.ClickException("image prompts are not wired into phm-run yet (library: phm.export.vlm)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise click.ClickException(f"{manifest_path} is not valid JSON: re-export the model") from None
     if backend == "trt":
-        raise click.ClickException("--backend trt: no TensorRT engine in this artifacts dir "
-                                   "(TensorRT was not importable at export time); use --backend ort")
+        from .trt_backend import engine_path, import_tensorrt, required_plugins
+
+        try:
+            required_plugins(manifest)  # before TensorRT is imported: testable without it
+        except BackendError as e:
+            raise click.ClickException(str(e)) from None
+        if engine_path(artifacts, manifest) is None:
+            raise click.ClickException("--backend trt: no TensorRT engine in this artifacts dir (build it with "
+                                       "commands.sh on the target, docs/jetson.md); use --backend ort")
+        try:
+            import_tensorrt()
+        except BackendError as e:
+            raise click.ClickException(str(e)) from None
+        raise click.ClickException("--backend trt: generation through TensorRT engines is not wired into phm-run yet")
     if (artifacts / "embed.onnx").is_file():
         raise click.ClickException("this VLM artifact's decoder takes inputs_embeds; phm-run drives text decoders only so far")
     from .ort_backend import OrtBackend

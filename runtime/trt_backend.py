@@ -18,15 +18,44 @@ import numpy as np
 
 from .backend import BackendError, position_ids_from_mask
 
-__all__ = ["TrtBackend", "check_plugins"]
+__all__ = ["TrtBackend", "check_plugins", "engine_path", "import_tensorrt", "required_plugins"]
 
 
-def _import_trt():
+def import_tensorrt():
+    """`import tensorrt`, or a one-line BackendError saying it is not installed."""
     try:
         import tensorrt as trt
     except ImportError:
         raise BackendError("TensorRT is not installed here (`import tensorrt` failed); use --backend ort") from None
     return trt
+
+
+def required_plugins(manifest: dict) -> list[dict]:
+    """The plugin creators an artifacts dir needs (manifest "plugins"), checked against this build's
+    op contract (trt_plugins/spec.py) before any TensorRT library is loaded: an artifact (and its
+    engine) made for another plugin version is a clear BackendError, not a failed deserialisation."""
+    from phm.trt_plugins import spec
+
+    required = manifest.get("plugins")
+    if required is None:
+        raise BackendError("manifest.json lists no TensorRT plugins (exported by an older phm-export): re-export")
+    for plugin in required:
+        if (plugin.get("version"), plugin.get("namespace")) != (spec.PLUGIN_VERSION, spec.PLUGIN_NAMESPACE):
+            raise BackendError(f"artifacts built for plugin {plugin.get('name')} version {plugin.get('version')!r} "
+                               f"(namespace {plugin.get('namespace')!r}); this build provides version "
+                               f"{spec.PLUGIN_VERSION!r} (namespace {spec.PLUGIN_NAMESPACE!r}): re-export the model")
+    return required
+
+
+def engine_path(artifacts: Path, manifest: dict, kind: str = "decoder") -> Path | None:
+    """The `kind` engine of an artifacts dir: the one phm-export built (manifest "engines"), else the
+    one commands.sh's trtexec line saves (engines/<kind>.<target>.engine) if it has been run."""
+    built = (manifest.get("engines") or {}).get(kind)
+    planned = ((manifest.get("commands") or {}).get(kind) or {}).get("engine")
+    for rel in (built, planned):
+        if rel and (Path(artifacts) / rel).is_file():
+            return Path(artifacts) / rel
+    return None
 
 
 def check_plugins(registry, required: list[dict]) -> None:
@@ -47,7 +76,7 @@ class TrtBackend:
     def __init__(self, engine_path: str | Path, plugin_library: str | Path, required_plugins: list[dict]):
         import torch
 
-        trt = _import_trt()
+        trt = import_tensorrt()
         engine_path, plugin_library = Path(engine_path), Path(plugin_library)
         for path, what in ((engine_path, "engine"), (plugin_library, "plugin library")):
             if not path.is_file():

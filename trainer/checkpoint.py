@@ -116,8 +116,13 @@ def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module
     cls, config = _model_class(model_dir)
     doc = read_phm_config(model_dir)
     if doc is None:
+        if not any(model_dir.glob("*.safetensors")):
+            pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise ValueError(f"{model_dir} has no .safetensors weights"
+                             + (f" (found {', '.join(pickles)}: pickle weights are never loaded; re-save the "
+                                "model with safetensors)" if pickles else ""))
         try:
-            model = cls.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+            model = cls.from_pretrained(model_dir, local_files_only=True, dtype=dtype, use_safetensors=True)
         except (OSError, ValueError, SafetensorError, RuntimeError) as e:
             raise ValueError(f"cannot load weights of {model_dir}: {str(e).splitlines()[0]}") from None
         return model.eval()

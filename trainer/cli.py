@@ -5,20 +5,12 @@ from __future__ import annotations
 import logging
 
 import click
+from safetensors import SafetensorError
 
+from .cliutil import OneLineCommand
 from .distill import DistillConfig
 from .inject import ROLES, TOWERS, PHMConfig
 from .pipeline import train
-
-
-class _OneLineErrors(click.Command):
-    """Usage errors as one `Error: …` line (no usage dump), like every other failure."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise click.ClickException(e.format_message()) from None
 
 
 def _csv(choices):
@@ -31,7 +23,7 @@ def _csv(choices):
     return convert
 
 
-@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model_dir")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint dir to write.")
 @click.option("--data", default=None, help="JSONL/TXT file, image+caption folder, or 'chatterbot'. "
@@ -53,12 +45,13 @@ def _csv(choices):
 @click.option("--schedule", type=click.Choice(["progressive", "abrupt"]), default="progressive", show_default=True)
 @click.option("--lora-r", default=8, show_default=True, type=click.IntRange(0), help="0 disables LoRA.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--log-every", default=10, show_default=True, type=click.IntRange(1), help="Steps between train_log entries.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
 def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers, projections, init, steps, epochs,
-         batch_size, max_length, lr, core_lr, schedule, lora_r, checkpoint_every, device, seed, resume, verbose):
+         batch_size, max_length, lr, core_lr, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -72,11 +65,16 @@ def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers
                         init="random" if init == "random" else "projection")
         cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, lr=lr, core_lr=core_lr,
                             schedule=schedule, lora_r=lora_r, calibrate_init=init == "calibrated",
-                            checkpoint_every=checkpoint_every, device=device, seed=seed)
+                            checkpoint_every=checkpoint_every, log_every=log_every, device=device, seed=seed)
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,
                     epochs=epochs)
     except (ValueError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # disk full, file too large, permissions: nothing half-written (atomic writes)
+        where = f" ({e.filename})" if e.filename else ""
+        raise click.ClickException(f"I/O error while training into {out_dir}: {e.strerror or e}{where}") from None
+    except SafetensorError as e:  # safetensors reports its I/O errors (EFBIG, ENOSPC) as its own type
+        raise click.ClickException(f"I/O error while training into {out_dir}: {str(e).splitlines()[0]}") from None
     click.echo(f"wrote {out}")
 
 

@@ -2,6 +2,12 @@
 
 Files go to a temporary sibling and are renamed into place (os.replace is atomic on POSIX);
 directories are assembled under a temporary sibling and swapped in at the end.
+
+A process killed with SIGKILL cannot clean up after itself, so temporary siblings carry the
+writer's pid (`.<name>.<pid>.<random>.tmp`, `.<name>.old-<pid>`): the next writer of the same path
+removes those of dead processes (pids of this host: not for dirs shared with other machines), and
+`recover_dir` puts back a directory whose replacement was interrupted between its two renames (the
+old, complete one is restored).
 """
 
 from __future__ import annotations
@@ -12,13 +18,68 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "recover_dir"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _owner(sibling: Path, name: str, marker: str) -> int | None:
+    """The pid in `.<name><marker><pid>…`, or None when the name is not ours."""
+    rest = sibling.name[len(name) + 1 + len(marker):]
+    if marker == ".":  # `<pid>.<mkstemp's random part, no dots>.tmp`
+        parts = rest.split(".")
+        rest = parts[0] if len(parts) == 3 and parts[2] == "tmp" else ""
+    return int(rest) if rest.isdigit() else None
+
+
+def _stale(path: Path, marker: str, suffix: str = "") -> list[Path]:
+    """Temporary siblings of `path` left by processes that no longer run."""
+    prefix = f".{path.name}{marker}"
+    if not path.parent.is_dir():
+        return []
+    out = []
+    for sibling in path.parent.iterdir():
+        if sibling.name.startswith(prefix) and sibling.name.endswith(suffix):
+            pid = _owner(sibling, path.name, marker)
+            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+                out.append(sibling)
+    return sorted(out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def recover_dir(path: str | Path) -> Path:
+    """Undo what a killed writer of directory `path` left: restore `path` from its `.old-<pid>`
+    twin when the swap stopped between its renames, and drop temporaries of dead writers."""
+    path = Path(path)
+    old = _stale(path, ".old-")
+    if old and not path.exists():
+        os.replace(old.pop(), path)
+    for stale in old + _stale(path, ".", ".tmp"):
+        _remove(stale)
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for stale in _stale(path, ".", ".tmp"):
+        _remove(stale)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -40,13 +101,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_dir(path: str | Path, overwrite: bool = False):
     """Yield a temporary directory that becomes `path` only if the block completes.
 
-    With overwrite=False an existing non-empty `path` is an error (FileExistsError).
+    With overwrite=False an existing non-empty `path` (or a file at `path`) is an error
+    (FileExistsError).
     """
-    path = Path(path)
+    path = recover_dir(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output path {path} exists and is not a directory")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {path} exists and is not empty")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:

@@ -12,6 +12,7 @@ atomically, so an interrupted run leaves the last complete state, from which --r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -20,7 +21,7 @@ from .arch import ARCH_TABLE, supported_model_types
 from .checkpoint import PHM_CONFIG_NAME, save_phm_checkpoint
 from .data import ImageTextBatches, TokenBatches, read_samples, sample_teacher_texts
 from .distill import STATE_DIR_NAME, DistillConfig, distill, read_state
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, recover_dir
 from .inject import PHMConfig, inject_phm
 from .models import load_pretrained, load_tokenizer, resolve_model_dir
 
@@ -32,10 +33,16 @@ TEACHER_SAMPLES_NAME = "teacher_samples.jsonl"
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output path {out_dir} exists and is not a directory; choose another --out")
+    # a run killed while swapping in its checkpoint or state leaves the previous one beside it: restore it
+    recover_dir(out_dir)
+    if out_dir.is_dir():
+        recover_dir(out_dir / STATE_DIR_NAME)
     if resume:
         read_state(out_dir / STATE_DIR_NAME)  # raises "no training state to resume in …"
         return
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"output dir {out_dir} exists and is not empty; pass --resume to continue its run "
                          f"or choose another --out")
 
@@ -85,6 +92,18 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
     """
     model_dir, out_dir = resolve_model_dir(model_dir), Path(out_dir)
     _check_out_dir(out_dir, resume)
+    created = not out_dir.exists()
+    try:
+        return _train(model_dir, out_dir, phm_config, config, data, data_free_samples, resume, epochs)
+    except BaseException:
+        if created:  # a run that failed before its first state checkpoint leaves no empty out dir behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: DistillConfig, data: str | None,
+           data_free_samples: int, resume: bool, epochs: float | None) -> Path:
     if resume:
         saved = json.loads((out_dir / STATE_DIR_NAME / "state.json").read_text())
         saved_phm = PHMConfig.from_dict(saved.get("phm", phm_config.to_dict()))

@@ -5,6 +5,7 @@ module trees and forward code, but their weights are random, so they are not fid
 
     model = tiny_model("qwen2_5_vl", seed=0)
     path = save_tiny_model("llama", tmp_path / "llama")   # a HF model dir (save_pretrained)
+    save_char_tokenizer(path)                              # + a character tokenizer (CLIs end to end)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "save_tiny_model"]
+__all__ = ["TINY_ARCHS", "save_char_tokenizer", "save_tiny_model", "tiny_config", "tiny_model"]
 
 VOCAB = 256
 _TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -82,3 +83,20 @@ def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     tiny_model(arch, seed).save_pretrained(out_dir)
     return out_dir
+
+
+def save_char_tokenizer(model_dir: str | Path) -> Path:
+    """Give a tiny text model a real tokenizer whose ids fit its VOCAB (characters 32..255 map to
+    themselves; <pad>/<s>/</s>/<unk> = 0..3), built offline, so CLIs can run end to end on it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(i): i for i in range(32, VOCAB)}
+    vocab.update({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(model_dir)
+    return Path(model_dir)

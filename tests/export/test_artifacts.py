@@ -33,7 +33,7 @@ def _polygraphy(art: Path, kind: str, ref: str | None = None, atol="1e-4", rtol=
 def test_manifest_describes_the_artifacts(store):
     art = store.artifacts("llama", True)
     m = manifest(art)
-    assert m["precision"] == "fp32" and m["target"] == {"name": "orin", "sm": "sm_87"}
+    assert m["precision"] == "fp32" and m["target"] == {"name": "agx-orin", "sm": "sm_87"}
     assert {"phm-edge", "torch", "transformers", "onnx", "onnxruntime"} <= set(m["versions"])
     dec = m["graphs"]["decoder"]
     names = [i["name"] for i in dec["io"]["inputs"]]

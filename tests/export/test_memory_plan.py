@@ -56,3 +56,72 @@ def test_device_override_and_errors():
     with pytest.raises(ValueError, match="context and batch"):
         plan_memory(QWEN7B, context=0)
     assert set(DEVICES) == {"orin-nano", "orin-nx", "agx-orin", "desktop"}
+
+
+# Tiny Llama (tiny_models: vocab 256, hidden 32, MLP 64, 2 layers, 4 heads / 2 KV heads of 8, 256
+# positions, tied head) with PHM n=2, B=2 MLPs, counted by hand:
+#   embedding 256·32 = 8192; attention per layer q 32·32 + k 32·16 + v 32·16 + o 32·32 = 3072 (linear);
+#   PHM cores per layer 3 · 32·64·B/n² = 3072; norms 2·32 per layer + 32 final = 160 (other).
+TINY_PHM = dict(linear=2 * 3072, phm=2 * 3072, embedding=8192, other=160)
+TINY_PARAMS = sum(TINY_PHM.values())  # 20,640
+TINY_KV_FP32 = 2 * 2 * 2 * 8 * 256 * 4  # K+V · layers · kv heads · head dim · 256 positions · 4 B = 65,536
+TINY_ACT_FP32 = 256 * (2 * 32 + 2 * 64) * 4 + 256 * 4 + GiB // 2  # live set + fp32 logits row + workspace
+
+
+def test_tiny_phm_footprint_by_hand(store):
+    from phm.trainer import load
+
+    fp = ModelFootprint.from_model(load(store.checkpoint("llama", True)))
+    assert (fp.linear_params, fp.phm_params, fp.embedding_params, fp.other_params) == tuple(TINY_PHM.values())
+    assert fp.weight_bytes("fp16") == TINY_PARAMS * 2
+    assert fp.weight_bytes("int8") == 6144 * 1 + 6144 * 1 + 8192 * 2 + 160 * 2  # embeddings/norms stay fp16
+
+
+def test_export_manifest_records_the_plan(store):
+    """phm-export's default target (agx-orin, fp32, context = min(2048, 256 positions))."""
+    import json
+
+    m = json.loads((store.artifacts("llama", True) / "manifest.json").read_text())
+    plan = m["memory_plan"]
+    assert plan["bytes"] == {"weights": TINY_PARAMS * 4, "kv_cache": TINY_KV_FP32, "activations": TINY_ACT_FP32,
+                             "overhead": RUNTIME_OVERHEAD, "usable": int(61 * GiB),
+                             "total": TINY_PARAMS * 4 + TINY_KV_FP32 + TINY_ACT_FP32 + RUNTIME_OVERHEAD}
+    assert (plan["target"], plan["precision"], plan["context"], plan["batch"], plan["verdict"]) == \
+        ("agx-orin", "fp32", 256, 1, "fits")
+    assert m["plugins"] == [{"name": "PHMFFN", "namespace": "phm", "version": "1"}]
+
+
+def test_export_refuses_before_writing_anything(store, tmp_path):
+    """1 GiB desktop → 0.5 GiB usable; the tiny model needs 1.2503 GiB (mostly workspace + runtime)."""
+    from phm.export import ExportConfig, ExportError, export_model
+
+    with pytest.raises(ExportError) as err:
+        export_model(store.checkpoint("llama", True), ExportConfig(target="desktop", device_gib=1), tmp_path / "out")
+    total = TINY_PARAMS * 4 + TINY_KV_FP32 + TINY_ACT_FP32 + RUNTIME_OVERHEAD
+    assert f"{total / GiB:.2f}" == "1.25" and "needs 1.25 GiB" in str(err.value)
+    assert "device has 0.50 GiB usable" in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_near_limit_warns_and_context_and_precision_size_the_plan(store, caplog):
+    from phm.export import ExportConfig
+    from phm.export.api import memory_plan_for
+    from phm.trainer import load
+
+    model = load(store.checkpoint("llama", True))
+    with caplog.at_level("WARNING"):
+        plan = memory_plan_for(model, ExportConfig(target="desktop", device_gib=1.9))  # 1.2503 of 1.4 GiB
+    assert plan.verdict == "near-limit" and abs(plan.fraction - 1342523008 / (1.4 * GiB)) < 1e-6
+    assert "near the memory limit" in caplog.text
+    short = memory_plan_for(model, ExportConfig(fp16=True, max_sequence=64, opt_sequence=64))
+    assert short.context == 64 and short.kv_cache == 2 * 2 * 2 * 8 * 64 * 2 and short.weights == TINY_PARAMS * 2
+    assert short.activations == 64 * (2 * 32 + 2 * 64) * 2 + 256 * 4 + GiB // 2
+    assert memory_plan_for(model, ExportConfig(max_sequence=4096)).context == 256  # clipped to the positions
+
+
+def test_tiny_device_memory_is_refused_by_the_config():
+    from phm.export import ExportConfig
+
+    with pytest.raises(ValueError, match="must exceed the 1.5 GiB the OS of orin-nano keeps"):
+        ExportConfig(target="orin-nano", device_gib=1.5)
+    assert ExportConfig(target="orin").target == "agx-orin"  # export_config.json of earlier exports

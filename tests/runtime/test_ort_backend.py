@@ -44,13 +44,15 @@ def test_ort_greedy_equals_torch(exported):
 @pytest.mark.parametrize("args,message", [
     (["/nonexistent/dir", "--prompt", "hi"], "is not an artifacts dir"),
     (["ART", "--prompt", "hi", "--backend", "cuda"], "Invalid value for '--backend'"),
-    (["ART", "--prompt", "hi", "--image", "x.png"], "text-only model"),
+    (["ART", "--prompt", "hi", "--image", "IMG"], "text-only model"),
     (["ART", "--prompt", "hi", "--backend", "trt"], "no TensorRT engine"),
     (["ART", "--prompt", "hi"], "holds no tokenizer"),
 ])
-def test_phm_run_bad_input_one_line(exported, args, message):
+def test_phm_run_bad_input_one_line(exported, args, message, tmp_path):
     _, art = exported
-    result = CliRunner().invoke(phm_run, [str(art) if a == "ART" else a for a in args])
+    (tmp_path / "x.png").write_bytes(b"")  # --image must exist; a text-only artifact refuses any image
+    result = CliRunner().invoke(phm_run, [str(art) if a == "ART" else str(tmp_path / "x.png") if a == "IMG" else a
+                                          for a in args])
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from phm.trainer import load
 from phm.trainer.cli import main
-from phm.trainer.tiny_models import save_tiny_model, tiny_model
+from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model, tiny_model
 
 
 def _run(*args):
@@ -20,25 +20,10 @@ def tiny_dirs(tmp_path_factory):
     """A tiny Llama dir with a character-level tokenizer (ids fit its 256-token vocab) and a TXT corpus."""
     root = tmp_path_factory.mktemp("cli")
     llama = save_tiny_model("llama", root / "llama")
-    _tokenizer_dir(llama)
+    save_char_tokenizer(llama)
     data = root / "data.txt"
     data.write_text("".join(f"sample sentence number {i} about PHM layers\n" for i in range(40)))
     return llama, data
-
-
-def _tokenizer_dir(model_dir):
-    """Give the tiny Llama a real tokenizer whose ids fit its 256-token vocab (byte-level, built offline)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(i): i for i in range(32, 256)}
-    vocab.update({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
-    fast.save_pretrained(model_dir)
 
 
 def test_end_to_end_train_resume_and_reload(tiny_dirs, tmp_path):
