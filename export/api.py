@@ -213,7 +213,8 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
                             "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
                             "profile": mf.profile_shapes(spec.kind, inputs, config, max_positions),
                             "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
-                                          for op in ("PHMLinear", "PHMFFN")}}
+                                          for op in ("PHMLinear", "PHMFFN")},
+                            "plugins": mf.plugin_requirements(trt_model)}
 
         stage("writing manifest and commands")
         hf = tmp / "hf"
