@@ -1,6 +1,6 @@
 """Decode benchmark: PHM artifacts vs the dense artifacts of the same model, ONNX Runtime CPU fp32.
 
-    python benchmarks/bench_decode.py [--threads 2] [--rounds 7] [--new-tokens 64] [--prompt-tokens 32]
+    python benchmarks/bench_decode.py [--threads 1 2] [--rounds 7] [--new-tokens 64] [--prompt-tokens 32]
                                       [--work DIR] [--phm-b2 CKPT] [--phm-b1 CKPT] [--docs docs/runtime.md]
 
 SmolLM2-135M (trainer/models.py `load_smollm2`) is exported three times with phm-export's
@@ -9,11 +9,12 @@ init-only (projection start, no distillation): speed does not depend on the core
 trained checkpoints with --phm-b2 / --phm-b1 to time those instead. Exports are cached under
 --work and reused when their manifest is there.
 
-All variants are loaded into one process and timed interleaved: each round runs every variant once
-(order rotated per round) through the runtime's generation loop (prefill + `--new-tokens` greedy
-steps, EOS ignored), so the shared machine's load hits all of them alike; the table gives the
-median over rounds and the spread (min–max) as the noise figure. Ratios are PHM / dense of those
-medians. Results go to benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the
+For each intra-op thread count (set explicitly), all variants are loaded into one process and
+timed interleaved: each round runs every variant once (order rotated per round) through the
+runtime's generation loop (`OrtBackend`, PHM nodes lowered to specialised standard ops; prefill +
+`--new-tokens` greedy steps, EOS ignored), so the shared machine's load hits all of them alike; the
+table gives the median over rounds and the spread (min–max) as the noise figure. Ratios are
+PHM / dense of those medians (decode tokens/s; prefill: dense ms / PHM ms). Results go to benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the
 measured-figures block of docs/runtime.md (between its bench_decode markers).
 """
 
@@ -77,7 +78,7 @@ def write_docs(docs: Path, block: str) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads (set explicitly)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="ORT intra-op thread counts to time")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -91,7 +92,6 @@ def main():
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     console = Console()
 
-    from phm.runtime.ort_backend import OrtBackend
     from phm.trainer.fsutil import atomic_write_text
     from phm.trainer.models import cache_root, load_tokenizer, smollm2_dir
 
@@ -110,23 +110,54 @@ def main():
     tok = load_tokenizer(dense_dir)
     text = "The quick brown fox jumps over the lazy dog. " * 16
     ids = np.array([tok(text)["input_ids"][: args.prompt_tokens]], dtype=np.int64)
-    backends = {name: OrtBackend(art / "decoder.onnx", providers=["CPUExecutionProvider"], threads=args.threads)
+    params = {n: json.loads((a / "manifest.json").read_text())["params"]["params_after"] for n, a in arts.items()}
+    rows = []
+    for threads in args.threads:
+        rows += measure(arts, ids, threads, args, console, params)
+    import onnxruntime
+
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs",
+            "onnxruntime": onnxruntime.__version__, "threads": args.threads, "rounds": args.rounds,
+            "new_tokens": args.new_tokens, "prompt_tokens": int(ids.shape[1]),
+            "load_average_at_end": os.getloadavg(), "checkpoints": {n: str(c) for n, c in variants.items()}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    console.log(f"wrote {args.json}")
+    if args.docs:
+        lines = [f"Measured {meta['date']} on {meta['machine']} (load average at the end "
+                 f"{meta['load_average_at_end'][0]:.1f}); ONNX Runtime {meta['onnxruntime']} CPU EP, fp32; "
+                 f"prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens (greedy); median of {args.rounds} "
+                 "interleaved rounds, min–max in brackets.", "",
+                 "| threads | variant | params | decode tok/s | decode × dense | prefill ms | prefill × dense |",
+                 "|---:|---|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            d, p = row["decode_tok_s_all"], row["prefill_ms_all"]
+            lines.append(f"| {row['threads']} | {row['variant']} | {row['params'] / 1e6:.1f} M | "
+                         f"{row['decode_tok_s']:.1f} ({min(d):.1f}–{max(d):.1f}) | {row['decode_speedup']:.2f} | "
+                         f"{row['prefill_ms']:.0f} ({min(p):.0f}–{max(p):.0f}) | {row['prefill_speedup']:.2f} |")
+        write_docs(args.docs, "\n".join(lines))
+        console.log(f"updated {args.docs}")
+
+
+def measure(arts: dict, ids: np.ndarray, threads: int, args, console, params: dict) -> list[dict]:
+    """Interleaved rounds of every variant at one thread count -> one row per variant."""
+    from phm.runtime.ort_backend import OrtBackend
+
+    backends = {name: OrtBackend(art / "decoder.onnx", providers=["CPUExecutionProvider"], threads=threads)
                 for name, art in arts.items()}
     for b in backends.values():  # warm-up: first-run allocations and kernel choices
         run_once(b, ids, 4)
     samples = {name: {"decode_tok_s": [], "prefill_ms": []} for name in backends}
     names = list(backends)
-    for r in track(range(args.rounds), description="interleaved rounds"):
+    for r in track(range(args.rounds), description=f"{threads} thread(s): interleaved rounds"):
         for name in names[r % len(names):] + names[: r % len(names)]:
             t = run_once(backends[name], ids, args.new_tokens)
             samples[name]["decode_tok_s"].append(t.decode_tokens_per_s)
             samples[name]["prefill_ms"].append(t.prefill_ms)
-
     med = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
-    params = {n: json.loads((a / "manifest.json").read_text())["params"] for n, a in arts.items()}
-    table = Table(title=f"SmolLM2-135M decode, ORT {backends['dense'].session.get_providers()[0]}, fp32, "
-                        f"{args.threads} threads, prompt {ids.shape[1]} tok, {args.new_tokens} new tok, "
-                        f"median of {args.rounds} interleaved rounds")
+    table = Table(title=f"SmolLM2-135M, ORT CPU fp32, {threads} thread(s), prompt {ids.shape[1]} tok, "
+                        f"{args.new_tokens} new tok, median of {args.rounds} interleaved rounds")
     for col in ("variant", "params (M)", "decode tok/s", "min–max", "× dense", "prefill ms", "min–max", "× dense"):
         table.add_column(col, justify="right")
     rows = []
@@ -134,36 +165,14 @@ def main():
         d, p = samples[n]["decode_tok_s"], samples[n]["prefill_ms"]
         dec_ratio = med[n]["decode_tok_s"] / med["dense"]["decode_tok_s"]
         pre_ratio = med["dense"]["prefill_ms"] / med[n]["prefill_ms"]  # > 1: faster than dense
-        rows.append({"variant": n, "params": params[n]["params_after"], "decode_tok_s": med[n]["decode_tok_s"],
+        rows.append({"threads": threads, "variant": n, "params": params[n], "decode_tok_s": med[n]["decode_tok_s"],
                      "decode_tok_s_all": d, "decode_speedup": dec_ratio, "prefill_ms": med[n]["prefill_ms"],
                      "prefill_ms_all": p, "prefill_speedup": pre_ratio})
-        table.add_row(n, f"{params[n]['params_after'] / 1e6:.1f}", f"{med[n]['decode_tok_s']:.1f}",
-                      f"{min(d):.1f}–{max(d):.1f}", f"{dec_ratio:.2f}", f"{med[n]['prefill_ms']:.1f}",
-                      f"{min(p):.1f}–{max(p):.1f}", f"{pre_ratio:.2f}")
+        table.add_row(n, f"{params[n] / 1e6:.1f}", f"{med[n]['decode_tok_s']:.1f}", f"{min(d):.1f}–{max(d):.1f}",
+                      f"{dec_ratio:.2f}", f"{med[n]['prefill_ms']:.0f}", f"{min(p):.0f}–{max(p):.0f}",
+                      f"{pre_ratio:.2f}")
     console.print(table)
-    import onnxruntime
-
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs)",
-            "processor": platform.processor(), "onnxruntime": onnxruntime.__version__, "threads": args.threads,
-            "rounds": args.rounds, "new_tokens": args.new_tokens, "prompt_tokens": int(ids.shape[1]),
-            "checkpoints": {n: str(c) for n, c in variants.items()}}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    console.log(f"wrote {args.json}")
-    if args.docs:
-        lines = [f"Measured {meta['date']} on {meta['machine']}; ONNX Runtime {meta['onnxruntime']} CPU EP, fp32, "
-                 f"{args.threads} intra-op threads; prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens "
-                 f"(greedy); median of {args.rounds} interleaved rounds (min–max in brackets).", "",
-                 "| variant | params | decode tok/s | decode × dense | prefill ms | prefill × dense |",
-                 "|---|---:|---:|---:|---:|---:|"]
-        for row in rows:
-            d, p = row["decode_tok_s_all"], row["prefill_ms_all"]
-            lines.append(f"| {row['variant']} | {row['params'] / 1e6:.1f} M | {row['decode_tok_s']:.1f} "
-                         f"({min(d):.1f}–{max(d):.1f}) | {row['decode_speedup']:.2f} | {row['prefill_ms']:.1f} "
-                         f"({min(p):.1f}–{max(p):.1f}) | {row['prefill_speedup']:.2f} |")
-        write_docs(args.docs, "\n".join(lines))
-        console.log(f"updated {args.docs}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """VLM image prompts through the runtime: ORT (vision + embed + decoder) greedy == torch generate.
 
 Tiny random-weight Qwen2-VL / Qwen2.5-VL with PHM MLPs in both towers, shipped with a real HF
-image processor (patch 4, merge 2) and a word-level tokenizer whose special tokens sit at the
-config's vision ids, so the artifacts dir is complete the way a real model's is. Test images are
+image processor (patch 4, merge 2) and a word-level tokenizer (tinytok.py) whose special tokens
+sit at the config's vision ids, so the artifacts dir is complete the way a real model's is. Test images are
 scikit-image's bundled photos.
 """
 
@@ -14,6 +14,7 @@ import skimage.data
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tinytok import word_tokenizer
 
 from phm.export.api import export_model
 from phm.export.config import ExportConfig
@@ -22,25 +23,14 @@ from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.ort_backend import OrtBackend
 from phm.runtime.vlm import VisionSpec, image_processor, preprocess_image
 from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
-from phm.trainer.tiny_models import VOCAB, tiny_model
+from phm.trainer.tiny_models import tiny_model
 
 STEPS = 10
 
 
 def _tokenizer(cfg):
-    """Word-level tokenizer over the tiny vocab: 'w5' → 5; the vision specials at the config's ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    special = {cfg.vision_start_token_id: "<|vision_start|>", cfg.vision_end_token_id: "<|vision_end|>",
-               cfg.image_token_id: "<|image_pad|>", cfg.video_token_id: "<|video_pad|>", 0: "<pad>", 2: "</s>"}
-    vocab = {special.get(i, f"w{i}"): i for i in range(VOCAB)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
-                                   additional_special_tokens=[special[cfg.vision_start_token_id],
-                                                              special[cfg.vision_end_token_id],
-                                                              special[cfg.image_token_id]])
+    return word_tokenizer({cfg.vision_start_token_id: "<|vision_start|>", cfg.vision_end_token_id: "<|vision_end|>",
+                           cfg.image_token_id: "<|image_pad|>", cfg.video_token_id: "<|video_pad|>"})
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])
