@@ -12,10 +12,13 @@ trained checkpoints with --phm-b2 / --phm-b1 to time those instead. Exports are 
 For each intra-op thread count (set explicitly), all variants are loaded into one process and
 timed interleaved: each round runs every variant once (order rotated per round) through the
 runtime's generation loop (`OrtBackend`, PHM nodes lowered to specialised standard ops; prefill +
-`--new-tokens` greedy steps, EOS ignored), so the shared machine's load hits all of them alike; the
-table gives the median over rounds and the spread (min–max) as the noise figure. Ratios are
-PHM / dense of those medians (decode tokens/s; prefill: dense ms / PHM ms). Results go to benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the
-measured-figures block of docs/runtime.md (between its bench_decode markers).
+`--new-tokens` greedy steps, EOS ignored), so the shared machine's load hits all of them alike.
+One more variant, "phm B=2 generic", runs the same B=2 file on its generic reference functions
+(`lower=False`), to show what the lowering buys (`--no-generic` leaves it out). The table gives
+the median over rounds and the spread (min–max) as the noise figure; ratios are PHM / dense of
+those medians (decode tokens/s; prefill: dense ms / PHM ms). Results go to
+benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the measured-figures block of
+docs/runtime.md (between its bench_decode markers).
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ def main():
     ap.add_argument("--work", type=Path, default=None, help="export cache dir (default $PHM_CACHE/bench_decode)")
     ap.add_argument("--phm-b2", type=Path, default=None, help="existing B=2 PHM checkpoint to time")
     ap.add_argument("--phm-b1", type=Path, default=None, help="existing B=1 PHM checkpoint to time")
-    ap.add_argument("--no-b1", action="store_true", help="time dense and B=2 only")
+    ap.add_argument("--no-b1", action="store_true", help="leave out B=1")
+    ap.add_argument("--no-generic", action="store_true", help="leave out B=2 on the unlowered reference functions")
     ap.add_argument("--docs", type=Path, default=None, help="fill the measured block of this markdown file")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "decode_smollm2_cpu.json")
     args = ap.parse_args()
@@ -111,9 +115,13 @@ def main():
     text = "The quick brown fox jumps over the lazy dog. " * 16
     ids = np.array([tok(text)["input_ids"][: args.prompt_tokens]], dtype=np.int64)
     params = {n: json.loads((a / "manifest.json").read_text())["params"]["params_after"] for n, a in arts.items()}
+    runs = {name: (art, True) for name, art in arts.items()}  # variant -> (artifacts, lower PHM nodes)
+    if not args.no_generic:
+        runs["phm B=2 generic"] = (arts["phm B=2"], False)
+        params["phm B=2 generic"] = params["phm B=2"]
     rows = []
     for threads in args.threads:
-        rows += measure(arts, ids, threads, args, console, params)
+        rows += measure(runs, ids, threads, args, console, params)
     import onnxruntime
 
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -140,12 +148,12 @@ def main():
         console.log(f"updated {args.docs}")
 
 
-def measure(arts: dict, ids: np.ndarray, threads: int, args, console, params: dict) -> list[dict]:
+def measure(runs: dict, ids: np.ndarray, threads: int, args, console, params: dict) -> list[dict]:
     """Interleaved rounds of every variant at one thread count -> one row per variant."""
     from phm.runtime.ort_backend import OrtBackend
 
-    backends = {name: OrtBackend(art / "decoder.onnx", providers=["CPUExecutionProvider"], threads=threads)
-                for name, art in arts.items()}
+    backends = {name: OrtBackend(art / "decoder.onnx", providers=["CPUExecutionProvider"], threads=threads,
+                                 lower=lower) for name, (art, lower) in runs.items()}
     for b in backends.values():  # warm-up: first-run allocations and kernel choices
         run_once(b, ids, 4)
     samples = {name: {"decode_tok_s": [], "prefill_ms": []} for name in backends}

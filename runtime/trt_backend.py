@@ -19,9 +19,8 @@ TensorRT on the development machines, DESIGN.md §6) except step 1.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 

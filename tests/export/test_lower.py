@@ -43,6 +43,19 @@ def test_lowered_graph_equals_reference(store, arch, kind):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_lowered_fp16_graph_equals_reference(store):
+    from polygraphy.json import load_json
+
+    art = store.artifacts("llama", True, fp16=True)
+    model = onnx.load(str(art / "decoder.onnx"))
+    assert lower_phm(model) > 0
+    for feeds in load_json(str(art / "decoder.inputs.json")):
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        for got, want in zip(_run(model, feeds), _run(art / "decoder.onnx", feeds)):
+            assert got.dtype == want.dtype == np.float16
+            np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
 def test_quantized_cores_are_left_to_the_reference(store):
     art = store.artifacts("llama", True)
     model = onnx.load(str(art / "decoder.onnx"))
