@@ -63,6 +63,9 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The memory pattern is planned per input shape, and every decode step has a new past length:
+    # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
+    opts.enable_mem_pattern = False
     if threads:
         opts.intra_op_num_threads = threads
     available = ort.get_available_providers()
