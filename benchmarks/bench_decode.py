@@ -15,8 +15,9 @@ runtime's generation loop (`OrtBackend`, PHM nodes lowered to specialised standa
 `--new-tokens` greedy steps, EOS ignored), so the shared machine's load hits all of them alike.
 One more variant, "phm B=2 generic", runs the same B=2 file on its generic reference functions
 (`lower=False`), to show what the lowering buys (`--no-generic` leaves it out). The table gives
-the median over rounds and the spread (min–max) as the noise figure; ratios are PHM / dense of
-those medians (decode tokens/s; prefill: dense ms / PHM ms). Results go to
+the median over rounds and the spread (min–max); ratios to dense are paired per round (the
+variants of one round ran back to back under about the same load) and summarised by their
+median and quartiles (decode tokens/s; prefill: dense ms / PHM ms). Results go to
 benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the measured-figures block of
 docs/runtime.md (between its bench_decode markers).
 """
@@ -135,14 +136,16 @@ def main():
     if args.docs:
         lines = [f"Measured {meta['date']} on {meta['machine']} (load average at the end "
                  f"{meta['load_average_at_end'][0]:.1f}); ONNX Runtime {meta['onnxruntime']} CPU EP, fp32; "
-                 f"prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens (greedy); median of {args.rounds} "
-                 "interleaved rounds, min–max in brackets.", "",
+                 f"prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens (greedy); {args.rounds} interleaved "
+                 "rounds. tok/s and ms: median (min–max). × dense: median of the per-round ratios to dense "
+                 "(quartiles); prefill × dense = dense ms / variant ms.", "",
                  "| threads | variant | params | decode tok/s | decode × dense | prefill ms | prefill × dense |",
                  "|---:|---|---:|---:|---:|---:|---:|"]
         for row in rows:
             d, p = row["decode_tok_s_all"], row["prefill_ms_all"]
             lines.append(f"| {row['threads']} | {row['variant']} | {row['params'] / 1e6:.1f} M | "
-                         f"{row['decode_tok_s']:.1f} ({min(d):.1f}–{max(d):.1f}) | {row['decode_speedup']:.2f} | "
+                         f"{row['decode_tok_s']:.1f} ({min(d):.1f}–{max(d):.1f}) | {row['decode_speedup']:.2f} "
+                         f"({row['decode_speedup_q1_q3'][0]:.2f}–{row['decode_speedup_q1_q3'][1]:.2f}) | "
                          f"{row['prefill_ms']:.0f} ({min(p):.0f}–{max(p):.0f}) | {row['prefill_speedup']:.2f} |")
         write_docs(args.docs, "\n".join(lines))
         console.log(f"updated {args.docs}")
@@ -166,19 +169,24 @@ def measure(runs: dict, ids: np.ndarray, threads: int, args, console, params: di
     med = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
     table = Table(title=f"SmolLM2-135M, ORT CPU fp32, {threads} thread(s), prompt {ids.shape[1]} tok, "
                         f"{args.new_tokens} new tok, median of {args.rounds} interleaved rounds")
-    for col in ("variant", "params (M)", "decode tok/s", "min–max", "× dense", "prefill ms", "min–max", "× dense"):
+    for col in ("variant", "params (M)", "decode tok/s", "min–max", "× dense (q1–q3)", "prefill ms", "min–max",
+                "× dense"):
         table.add_column(col, justify="right")
     rows = []
     for n in names:
         d, p = samples[n]["decode_tok_s"], samples[n]["prefill_ms"]
-        dec_ratio = med[n]["decode_tok_s"] / med["dense"]["decode_tok_s"]
-        pre_ratio = med["dense"]["prefill_ms"] / med[n]["prefill_ms"]  # > 1: faster than dense
+        # Paired per round (the variants of a round ran back to back under about the same load):
+        # median of the per-round ratios, and their quartiles as the noise figure.
+        paired = [x / y for x, y in zip(d, samples["dense"]["decode_tok_s"])]
+        q1, dec_ratio, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+        pre_ratio = statistics.median(y / x for x, y in zip(p, samples["dense"]["prefill_ms"]))  # > 1: faster
         rows.append({"threads": threads, "variant": n, "params": params[n], "decode_tok_s": med[n]["decode_tok_s"],
-                     "decode_tok_s_all": d, "decode_speedup": dec_ratio, "prefill_ms": med[n]["prefill_ms"],
-                     "prefill_ms_all": p, "prefill_speedup": pre_ratio})
+                     "decode_tok_s_all": d, "decode_speedup": dec_ratio, "decode_speedup_q1_q3": [q1, q3],
+                     "decode_speedup_all": paired, "prefill_ms": med[n]["prefill_ms"], "prefill_ms_all": p,
+                     "prefill_speedup": pre_ratio})
         table.add_row(n, f"{params[n] / 1e6:.1f}", f"{med[n]['decode_tok_s']:.1f}", f"{min(d):.1f}–{max(d):.1f}",
-                      f"{dec_ratio:.2f}", f"{med[n]['prefill_ms']:.0f}", f"{min(p):.0f}–{max(p):.0f}",
-                      f"{pre_ratio:.2f}")
+                      f"{dec_ratio:.2f} ({q1:.2f}–{q3:.2f})", f"{med[n]['prefill_ms']:.0f}",
+                      f"{min(p):.0f}–{max(p):.0f}", f"{pre_ratio:.2f}")
     console.print(table)
     return rows
 
