@@ -23,7 +23,7 @@ from phm.trainer.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineBuildError", "build_all", "build_engine", "plugin_library", "unavailable_reason"]
+__all__ = ["EngineBuildError", "build_all", "build_engine", "load_plugins", "plugin_library", "unavailable_reason"]
 
 
 class EngineBuildError(ValueError):
@@ -48,7 +48,7 @@ def plugin_library(artifacts: Path, target: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _load_plugins(trt, plugin_lib: Path) -> None:
+def load_plugins(trt, plugin_lib: Path) -> None:
     """Register our creators: the `_dyn` twin through the registry (it exports getCreators), else
     dlopen the static library (REGISTER_TENSORRT_PLUGIN at load, as trtexec --staticPlugins does)."""
     dyn = plugin_lib.with_name(plugin_lib.stem + "_dyn" + plugin_lib.suffix)
@@ -68,7 +68,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict, plugin_lib: 
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     if plugin_lib is not None:
-        _load_plugins(trt, plugin_lib)
+        load_plugins(trt, plugin_lib)
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):

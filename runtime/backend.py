@@ -9,6 +9,9 @@ through three calls and knows nothing else about it:
 
 Token tensors are numpy int64; `attention_mask` always covers past + new tokens (left padding
 for batch > 1). Position ids are derived from the mask here, once, for every backend.
+
+A backend on a GPU also keeps `peak_device_mb` (device memory in use, sampled after each step
+with `device_memory_used_mb`); the loop reports it next to the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "BackendError", "position_ids_from_mask"]
+__all__ = ["Backend", "BackendError", "device_memory_used_mb", "position_ids_from_mask"]
 
 
 class BackendError(RuntimeError):
@@ -44,3 +47,16 @@ def position_ids_from_mask(attention_mask: np.ndarray, new_tokens: int) -> np.nd
     pos = np.cumsum(attention_mask, axis=-1) - 1
     pos = np.where(attention_mask == 0, 0, pos)
     return pos[:, -new_tokens:].astype(np.int64)
+
+
+def device_memory_used_mb() -> float | None:
+    """Memory in use on the current CUDA device (cudaMemGetInfo: the whole device, so allocations
+    of TensorRT / ONNX Runtime outside torch count too); None where torch sees no GPU."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2 ** 20

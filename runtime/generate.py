@@ -2,7 +2,7 @@
 
     result = generate(backend, input_ids, GenerationConfig(max_new_tokens=32))
     result.tokens        # (batch, n_new) int64, pad_id after a row stopped
-    result.timings       # prefill ms, decode tokens/s, peak RSS
+    result.timings       # prefill ms, decode tokens/s, peak RSS (and device memory on a GPU backend)
 """
 
 from __future__ import annotations
@@ -39,14 +39,22 @@ class Timings:
     decode_ms: float
     decode_tokens: int
     peak_rss_mb: float
+    peak_device_mb: float | None = None   # GPU backends: device memory in use, peak over the steps
 
     @property
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else float("nan")
 
     def line(self) -> str:
+        device = "" if self.peak_device_mb is None else f", peak device memory {self.peak_device_mb:.0f} MB"
         return (f"prefill {self.prefill_ms:.1f} ms ({self.prompt_tokens} tok), decode "
-                f"{self.decode_tokens_per_s:.1f} tok/s ({self.decode_tokens} tok), peak RSS {self.peak_rss_mb:.0f} MB")
+                f"{self.decode_tokens_per_s:.1f} tok/s ({self.decode_tokens} tok), peak RSS {self.peak_rss_mb:.0f} MB"
+                f"{device}")
+
+    def to_dict(self) -> dict:
+        return {"prefill_ms": self.prefill_ms, "prompt_tokens": self.prompt_tokens, "decode_ms": self.decode_ms,
+                "decode_tokens": self.decode_tokens, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "peak_rss_mb": self.peak_rss_mb, "peak_device_mb": self.peak_device_mb}
 
 
 @dataclass
@@ -85,5 +93,6 @@ def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, att
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
         logits = backend.decode(nxt[:, None], mask)
     decode_ms = (time.perf_counter() - t1) * 1e3
-    timings = Timings(prefill_ms, int(input_ids.size), decode_ms, max(len(out) - 1, 0) * batch, _peak_rss_mb())
+    timings = Timings(prefill_ms, int(input_ids.size), decode_ms, max(len(out) - 1, 0) * batch, _peak_rss_mb(),
+                      getattr(backend, "peak_device_mb", None))
     return GenerationResult(np.stack(out, axis=1), timings)

@@ -1,10 +1,17 @@
 """ONNX Runtime backend: drives an exported decoder graph (prefill and decode in one graph).
 
 I/O contract (written by phm.export, read here from the session, never guessed from file names):
-  inputs   input_ids (batch, seq) int64, attention_mask (batch, past+seq) int64,
-           position_ids (batch, seq) int64 [optional],
+  inputs   input_ids (batch, seq) int64          LLMs
+           inputs_embeds (batch, seq, hidden)     VLMs (embed.onnx output, image features merged in)
+           attention_mask (batch, past+seq) int64,
+           position_ids (batch, seq) int64 [optional]; (3, batch, seq) for VLMs (M-RoPE),
            past_key_values.{i}.key / .value (batch, kv_heads, past, head_dim)
   outputs  logits (batch, seq, vocab), present.{i}.key / .value (batch, kv_heads, past+seq, head_dim)
+
+VLM artifacts (`OrtBackend.from_artifacts` on a dir with vision.onnx and embed.onnx): prefill
+takes `images={"pixel_values": (patches, patch_dim)}` for a prompt laid out by
+`VisionSpec.image_prompt`; the vision graph's features replace the image tokens' embeddings and
+positions follow M-RoPE (phm.runtime.vlm); decode positions continue from there.
 
 The KV cache stays in OrtValues between steps (`run_with_ort_values`), so decode does not copy
 the cache through numpy; only the last position's logits come back as an array.
@@ -12,12 +19,16 @@ the cache through numpy; only the last position's logits come back as an array.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .backend import BackendError, position_ids_from_mask
+from .backend import BackendError, device_memory_used_mb, position_ids_from_mask
+from .vlm import VisionSpec, merge_image_features, mrope_position_ids
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OrtBackend"]
 
@@ -25,41 +36,98 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+def _model_bytes(path: Path) -> bytes | None:
+    """The graph with its PHM nodes lowered to specialised standard ops (phm.export.lower), or None
+    when there is nothing to lower or the result would pass protobuf's 2 GiB limit."""
+    import onnx
+
+    from phm.export.lower import lower_phm
+
+    model = onnx.load(str(path))
+    if not lower_phm(model):
+        return None
+    if model.ByteSize() >= (1 << 31) - (1 << 20):
+        log.warning("%s: over 2 GiB after lowering; running the PHM reference functions instead", path.name)
+        return None
+    data = model.SerializeToString()
+    del model  # keep one copy of the weights in memory while ORT builds the session
+    return data
+
+
+def _session(ort, path: Path, providers: list[str] | None, threads: int | None, lower: bool = True):
+    if not path.is_file():
+        raise BackendError(f"ONNX model {path} does not exist")
+    try:
+        source = (_model_bytes(path) if lower else None) or str(path)
+    except Exception as e:  # onnx raises DecodeError / ValidationError …: one line
+        raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The memory pattern is planned per input shape, and every decode step has a new past length:
+    # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
+    opts.enable_mem_pattern = False
+    if threads:
+        opts.intra_op_num_threads = threads
+    available = ort.get_available_providers()
+    providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        return ort.InferenceSession(source, opts, providers=providers)
+    except Exception as e:  # ORT raises its own exception types; report one line
+        raise BackendError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+
+
 class OrtBackend:
     name = "ort"
 
-    def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 vision: VisionSpec | None = None, lower: bool = True):
+        """`onnx_path`: decoder.onnx. `vision`: the VLM's image spec; embed.onnx and vision.onnx are
+        then read from the decoder's directory. `lower`: run PHM nodes as specialised standard ops
+        (phm.export.lower) instead of the generic reference functions the file carries."""
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise BackendError(f"ONNX model {onnx_path} does not exist")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-        except Exception as e:  # ORT raises its own exception types; report one line
-            raise BackendError(f"ONNX Runtime cannot load {onnx_path}: {str(e).splitlines()[0]}") from None
+        self.session = _session(ort, onnx_path, providers, threads, lower)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        if "input_ids" not in self.inputs or "logits" not in self.output_names:
-            raise BackendError(f"{onnx_path.name} is not a decoder graph (needs input_ids -> logits)")
+        self.embeds = "inputs_embeds" in self.inputs
+        if not (self.embeds or "input_ids" in self.inputs) or "logits" not in self.output_names:
+            raise BackendError(f"{onnx_path.name} is not a decoder graph (needs input_ids or inputs_embeds -> logits)")
         self.past_names = sorted((n for n in self.inputs if _PAST.fullmatch(n)),
                                  key=lambda n: (int(_PAST.fullmatch(n)[1]), _PAST.fullmatch(n)[2]))
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         missing = [n for n in self.present_names if n not in self.output_names]
         if missing:
             raise BackendError(f"{onnx_path.name}: past inputs without matching outputs {missing[:2]}")
+        self.vision = vision
+        self.embed_session = self.vision_session = None
+        if self.embeds:
+            if vision is None:
+                raise BackendError(f"{onnx_path.name} takes inputs_embeds: open VLM artifacts with "
+                                   "OrtBackend.from_artifacts")
+            self.embed_session = _session(ort, onnx_path.with_name("embed.onnx"), providers, threads, lower)
+            self.vision_session = _session(ort, onnx_path.with_name("vision.onnx"), providers, threads, lower)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._ort = ort
+        self.peak_device_mb = None if self.device == "cpu" else 0.0
         self.cache = None
+        self.rope_delta = None  # VLM: (batch,) M-RoPE position minus text position after an image
+
+    @classmethod
+    def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
+                       threads: int | None = None, lower: bool = True) -> "OrtBackend":
+        """The backend of an artifacts dir written by phm-export (text decoder or VLM)."""
+        artifacts = Path(artifacts)
+        if not (artifacts / "manifest.json").is_file():
+            raise BackendError(f"{artifacts} is not an artifacts dir (no manifest.json)")
+        return cls(artifacts / "decoder.onnx", providers, threads, VisionSpec.from_artifacts(artifacts), lower)
 
     def reset(self) -> None:
         self.cache = None
+        if self.peak_device_mb is not None:
+            self.peak_device_mb = 0.0
+        self.rope_delta = None
 
     def _empty_past(self, batch: int) -> dict:
         feeds = {}
@@ -70,22 +138,53 @@ class OrtBackend:
             feeds[name] = self._ort.OrtValue.ortvalue_from_numpy(arr)
         return feeds
 
-    def _step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _vlm_feeds(self, ids: np.ndarray, mask: np.ndarray, images: dict | None) -> dict:
+        """inputs_embeds and (3, batch, seq) M-RoPE position_ids of a VLM step."""
+        embeds = self.embed_session.run(None, {"input_ids": ids})[0]
+        spec = self.vision
+        if images:
+            if (mask == 0).any():
+                raise BackendError("image prompts take unpadded rows (attention_mask all ones)")
+            pixels = np.asarray(images["pixel_values"], dtype=np.float32)
+            features = self.vision_session.run(None, {"pixel_values": pixels})[0]
+            try:
+                embeds = merge_image_features(embeds, ids, features, spec.image_token_id)
+                pos, _ = mrope_position_ids(ids, np.array([spec.grid_thw]), spec.image_token_id,
+                                            spec.spatial_merge_size)
+            except (ValueError, StopIteration) as e:
+                raise BackendError(f"prompt and image do not fit: {e or 'more image-token runs than images'}") from None
+            self.rope_delta = pos.max(axis=(0, 2)) + 1 - ids.shape[1]  # per row, as HF's rope_deltas
+        else:
+            if self.cache is None:  # a text-only prompt: all three rows are the text positions
+                if (ids == spec.image_token_id).any():
+                    raise BackendError("the prompt has image tokens but no image was given")
+                self.rope_delta = np.zeros(ids.shape[0], np.int64)
+            pos = position_ids_from_mask(mask, ids.shape[1]) + self.rope_delta[:, None]
+            pos = np.ascontiguousarray(np.broadcast_to(pos, (3, *pos.shape)))
+        return {"inputs_embeds": embeds, "position_ids": pos.astype(np.int64)}
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, images: dict | None = None) -> np.ndarray:
         ov = self._ort.OrtValue.ortvalue_from_numpy
-        feeds = {"input_ids": ov(np.ascontiguousarray(ids, dtype=np.int64)),
-                 "attention_mask": ov(np.ascontiguousarray(mask, dtype=np.int64))}
-        if "position_ids" in self.inputs:
-            feeds["position_ids"] = ov(position_ids_from_mask(mask, ids.shape[1]))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        feeds = {"attention_mask": ov(np.ascontiguousarray(mask, dtype=np.int64))}
+        if self.embeds:
+            feeds.update({k: ov(v) for k, v in self._vlm_feeds(ids, mask, images).items()})
+        else:
+            feeds["input_ids"] = ov(ids)
+            if "position_ids" in self.inputs:
+                feeds["position_ids"] = ov(position_ids_from_mask(mask, ids.shape[1]))
         feeds.update(self.cache if self.cache is not None else self._empty_past(ids.shape[0]))
         outs = self.session.run_with_ort_values(["logits", *self.present_names], feeds)
         self.cache = dict(zip(self.past_names, outs[1:]))
+        if self.peak_device_mb is not None:
+            self.peak_device_mb = max(self.peak_device_mb, device_memory_used_mb() or 0.0)
         logits = outs[0].numpy()
         return logits[:, -1].astype(np.float32)
 
     def prefill(self, input_ids, attention_mask, images=None):
-        if images:
-            raise BackendError("this artifact is a text-only decoder: it takes no image")
-        return self._step(input_ids, attention_mask)
+        if images and not self.embeds:
+            raise BackendError("an image was given but this artifact is a text-only model")
+        return self._step(input_ids, attention_mask, images)
 
     def decode(self, next_ids, attention_mask):
         return self._step(next_ids, attention_mask)

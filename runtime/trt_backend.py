@@ -1,24 +1,32 @@
 """TensorRT backend: deserialises a decoder engine built by phm-export with our plugin library.
 
-Written against the public TensorRT 10 Python API (10.3 on JetPack 6 up to 10.x desktop): the
-plugin library is loaded into the plugin registry first, the engine is checked for the PHM plugin
-creators it needs (a missing or other-version plugin is a clear BackendError, not a crash inside
-deserialisation), device buffers are torch CUDA tensors bound with `set_tensor_address`, and every
-step runs `execute_async_v3` on one stream. Same I/O contract as the ONNX Runtime backend.
+Written against the public TensorRT 10 Python API (10.3 on JetPack 6 up to 10.x desktop). Checks
+run in this order, so a mismatch is one clear BackendError rather than a crash inside
+deserialisation:
+  1. without TensorRT (testable anywhere): the manifest has a decoder engine, and the plugin
+     versions/namespaces its PHM nodes were built for equal phm.trt_plugins.spec's
+     (`check_manifest_plugins`);
+  2. `import tensorrt` works, and its version is the one the engine was built with;
+  3. after loading our plugin library, the registry holds every creator the engine needs.
+Device buffers are torch CUDA tensors bound with `set_tensor_address`; dynamic shapes are set per
+step with `set_input_shape` inside the engine's optimisation profile; every step runs
+`execute_async_v3` on one stream. Same I/O contract as the ONNX Runtime backend.
 
 The KV cache grows each step (dynamic `past` axis), so decode is not captured in a CUDA graph:
-that needs a static-length cache graph, which the exporter does not write yet.
+that needs a static-length cache graph, which the exporter does not write yet. Untested here (no
+TensorRT on the development machines, DESIGN.md §6) except step 1.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from .backend import BackendError, position_ids_from_mask
+from .backend import BackendError, device_memory_used_mb, position_ids_from_mask
 
-__all__ = ["TrtBackend", "check_plugins", "engine_path", "import_tensorrt", "required_plugins"]
+__all__ = ["TrtBackend", "check_manifest_plugins", "check_plugins", "engine_path", "import_tensorrt"]
 
 
 def import_tensorrt():
@@ -30,23 +38,6 @@ def import_tensorrt():
     return trt
 
 
-def required_plugins(manifest: dict) -> list[dict]:
-    """The plugin creators an artifacts dir needs (manifest "plugins"), checked against this build's
-    op contract (trt_plugins/spec.py) before any TensorRT library is loaded: an artifact (and its
-    engine) made for another plugin version is a clear BackendError, not a failed deserialisation."""
-    from phm.trt_plugins import spec
-
-    required = manifest.get("plugins")
-    if required is None:
-        raise BackendError("manifest.json lists no TensorRT plugins (exported by an older phm-export): re-export")
-    for plugin in required:
-        if (plugin.get("version"), plugin.get("namespace")) != (spec.PLUGIN_VERSION, spec.PLUGIN_NAMESPACE):
-            raise BackendError(f"artifacts built for plugin {plugin.get('name')} version {plugin.get('version')!r} "
-                               f"(namespace {plugin.get('namespace')!r}); this build provides version "
-                               f"{spec.PLUGIN_VERSION!r} (namespace {spec.PLUGIN_NAMESPACE!r}): re-export the model")
-    return required
-
-
 def engine_path(artifacts: Path, manifest: dict, kind: str = "decoder") -> Path | None:
     """The `kind` engine of an artifacts dir: the one phm-export built (manifest "engines"), else the
     one commands.sh's trtexec line saves (engines/<kind>.<target>.engine) if it has been run."""
@@ -56,6 +47,37 @@ def engine_path(artifacts: Path, manifest: dict, kind: str = "decoder") -> Path 
         if rel and (Path(artifacts) / rel).is_file():
             return Path(artifacts) / rel
     return None
+
+
+def check_manifest_plugins(artifacts: Path, kind: str = "decoder") -> tuple[Path, list[dict], dict]:
+    """(engine path, required plugins, manifest) of an artifacts dir, before TensorRT is imported.
+
+    BackendError when there is no engine, or when the plugin version/namespace recorded for the
+    engine's PHM nodes differs from the one this phm-edge's plugins (trt_plugins/spec.py) provide.
+    """
+    from phm.trt_plugins import spec
+
+    try:
+        manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise BackendError(f"{Path(artifacts) / 'manifest.json'} is not valid JSON: re-export the model") from None
+    graph = (manifest.get("graphs") or {}).get(kind, {})
+    required = graph.get("plugins")
+    if required is None and sum(graph.get("phm_nodes", {}).values()):
+        raise BackendError(f"the manifest records no plugin versions for the {kind} engine (exported by an "
+                           "older phm-edge): re-export the model")
+    for plugin in [*(required or []), *(manifest.get("plugins") or [])]:  # per graph, and the union
+        if (plugin["version"], plugin["namespace"]) != (spec.PLUGIN_VERSION, spec.PLUGIN_NAMESPACE):
+            raise BackendError(f"artifacts built for plugin {plugin['name']} version {plugin['version']!r} "
+                               f"(namespace {plugin['namespace']!r}); this phm-edge provides version "
+                               f"{spec.PLUGIN_VERSION!r} (namespace {spec.PLUGIN_NAMESPACE!r}): re-export the "
+                               "model and rebuild the engine")
+    engine = engine_path(artifacts, manifest, kind)
+    if engine is None:
+        raise BackendError(f"--backend trt: no TensorRT engine for the {kind} in this artifacts dir "
+                           f"({manifest.get('engine_status', 'not built')}): build it with commands.sh on the "
+                           "target (docs/jetson.md), or use --backend ort")
+    return engine, list(required or []), manifest
 
 
 def check_plugins(registry, required: list[dict]) -> None:
@@ -73,20 +95,23 @@ def check_plugins(registry, required: list[dict]) -> None:
 class TrtBackend:
     name = "trt"
 
-    def __init__(self, engine_path: str | Path, plugin_library: str | Path, required_plugins: list[dict]):
+    def __init__(self, engine_path: str | Path, plugin_library: str | Path | None, required_plugins: list[dict]):
         import torch
 
+        from phm.export.engine import load_plugins
+
         trt = import_tensorrt()
-        engine_path, plugin_library = Path(engine_path), Path(plugin_library)
+        engine_path = Path(engine_path)
         for path, what in ((engine_path, "engine"), (plugin_library, "plugin library")):
-            if not path.is_file():
+            if path is not None and not Path(path).is_file():
                 raise BackendError(f"TensorRT {what} {path} does not exist")
         if not torch.cuda.is_available():
             raise BackendError("TensorRT backend needs a CUDA device; none is visible")
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
         registry = trt.get_plugin_registry()
-        registry.load_library(str(plugin_library))
+        if plugin_library is not None:
+            load_plugins(trt, Path(plugin_library))  # the _dyn twin via the registry, else dlopen
         check_plugins(registry, required_plugins)
         runtime = trt.Runtime(self.logger)
         self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
@@ -101,6 +126,29 @@ class TrtBackend:
         self._torch, self._trt = torch, trt
         self.stream = torch.cuda.Stream()
         self.cache = None
+        self.device = "cuda"
+        self.peak_device_mb = 0.0
+
+    @classmethod
+    def from_artifacts(cls, artifacts: str | Path) -> "TrtBackend":
+        """The decoder engine of an artifacts dir, with the plugin library phm-build-plugins wrote
+        there (or $PHM_PLUGINS). Text decoders only: VLM engines (vision/embed) are not driven yet."""
+        from phm.export.engine import plugin_library
+
+        artifacts = Path(artifacts)
+        if "vision" in json.loads((artifacts / "manifest.json").read_text())["graphs"]:
+            raise BackendError("--backend trt drives text decoders only so far; use --backend ort for VLMs")
+        engine, required, manifest = check_manifest_plugins(artifacts)
+        trt = import_tensorrt()
+        built = manifest.get("versions", {}).get("tensorrt")
+        if built and built != trt.__version__:
+            raise BackendError(f"engine {engine.name} was built with TensorRT {built}, this is TensorRT "
+                               f"{trt.__version__}: rebuild it here (commands.sh)")
+        lib = plugin_library(artifacts, manifest["target"]["name"])
+        if required and lib is None:
+            raise BackendError("the engine needs the PHM plugins but no plugin library was found: run "
+                               f"`phm-build-plugins --arch {manifest['target']['sm']}` or set PHM_PLUGINS")
+        return cls(engine, lib, required)
 
     def _dtype(self, name):
         return {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
@@ -108,6 +156,8 @@ class TrtBackend:
 
     def reset(self) -> None:
         self.cache = None
+        if self.peak_device_mb is not None:
+            self.peak_device_mb = 0.0
 
     def _step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -132,6 +182,7 @@ class TrtBackend:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise BackendError("TensorRT execution failed (see the TensorRT log above)")
         self.stream.synchronize()
+        self.peak_device_mb = max(self.peak_device_mb, device_memory_used_mb() or 0.0)
         self.cache = {self.present[n]: t for n, t in outs.items() if n in self.present}
         return outs["logits"][:, -1].float().cpu().numpy()
 

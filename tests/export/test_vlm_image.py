@@ -8,7 +8,7 @@ import torch
 from ortloop import eos_ids, greedy, manifest, session
 
 from phm.export import io_names as io
-from phm.export.vlm import merge_image_features, mrope_position_ids
+from phm.runtime.vlm import merge_image_features, mrope_position_ids
 from phm.trainer import load
 
 

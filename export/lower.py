@@ -1,0 +1,206 @@
+"""`lower_phm(model) -> int`: PHM nodes → lean standard ops specialised to each node (ONNX Runtime fast path).
+
+The artifacts' `<kind>.onnx` runs its `com.phm` nodes through the generic reference functions
+(export/reference.py): one body for every node, reading n, B, bases, activation … by attribute
+reference. ONNX Runtime inlines them, but cannot specialise them: each call still computes all
+five activations and blends them with LabelEncoder weights, rebuilds the mixing matrix and
+reshapes + transposes the cores, and the If of PHMFFN stays. On SmolLM2-135M that is ~5,000 extra
+small nodes per decode step, which costs more time than PHM saves in weight bytes.
+
+This pass rewrites, in memory, each float-core node into what the node actually computes
+(DESIGN.md §1; M = trainer.hypercomplex.mixing_matrix, A_cat = cores (m, B, k)):
+
+    xb = reshape(x, (…, n, k))                      n column blocks of x
+    z  = reshape(M @ xb, (…, n, B·k))               cheap mixing, M (n·B, n) a constant
+    y  = z @ A_catᵀ                                 one GEMM per projection; A_catᵀ (B·k, m) stored
+                                                    pre-transposed, so the big MatMul reads it once
+    PHMLinear: reshape(y (+ bias), (…, n·m)), then its own activation only
+    PHMFFN:    gate and up share z, so one GEMM against [A_gateᵀ | A_upᵀ] (B·k, 2m); act(gate)·up
+               stays in the (…, n, m) block layout, which is the layout down's mixing reads.
+
+Nodes with quantized cores (weight_format ≠ "float") are left to the reference functions. The
+result is checked against the reference graph (tests/export/test_lower.py) and by the runtime's
+token-for-token tests against torch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from phm.trainer.hypercomplex import mixing_matrix
+from phm.trt_plugins import spec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["lower_phm"]
+
+
+class _Lowering:
+    def __init__(self, model: onnx.ModelProto):
+        self.graph = model.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.cache: dict = {}
+        self.count = 0
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+        self.rank = {v.name: len(v.type.tensor_type.shape.dim) for v in
+                     [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+                     if v.type.tensor_type.HasField("shape")}
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}__lw{self.count}"
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.name(base)
+        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def array(self, name: str) -> np.ndarray | None:
+        init = self.inits.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+    def shape(self, rank: int, *tail: int) -> str:
+        """A Reshape target keeping the first rank-1 dims of x (0 = copy) and ending in `tail`."""
+        key = ("shape", rank, tail)
+        if key not in self.cache:
+            self.cache[key] = self.const("phm_shape", np.array([0] * (rank - 1) + list(tail), np.int64))
+        return self.cache[key]
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph for rank inference: initializers as typed inputs (no data), and each PHM node as an
+    Identity of its x (a PHM op keeps x's rank; ONNX's inference through the generic functions
+    loses it after the first one)."""
+    nodes = [helper.make_node("Identity", [n.input[spec.X]], [n.output[0]]) if n.domain == spec.DOMAIN else n
+             for n in model.graph.node]
+    inputs = list(model.graph.input) + [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                                        for i in model.graph.initializer]
+    return helper.make_model(helper.make_graph(nodes, "skeleton", inputs, list(model.graph.output)),
+                             opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in out.items()}
+
+
+def _activation(nodes: list, lw: _Lowering, v: str, activation: str, dtype) -> str:
+    def op(op_type, *inputs, **attrs):
+        out = lw.name(f"phm_{op_type.lower()}")
+        nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def c(value):
+        key = ("const", value, np.dtype(dtype).str)
+        if key not in lw.cache:
+            lw.cache[key] = lw.const("phm_c", np.array(value, dtype))
+        return lw.cache[key]
+
+    if activation == "none":
+        return v
+    if activation == "silu":
+        return op("Mul", v, op("Sigmoid", v))
+    if activation == "relu":
+        return op("Relu", v)
+    if activation == "gelu":
+        return op("Mul", op("Mul", c(0.5), v), op("Add", c(1.0), op("Erf", op("Div", v, c(2.0 ** 0.5)))))
+    if activation == "gelu_tanh":
+        inner = op("Mul", c((2.0 / np.pi) ** 0.5), op("Add", v, op("Mul", c(0.044715), op("Mul", v, op("Mul", v, v)))))
+        return op("Mul", op("Mul", c(0.5), v), op("Add", c(1.0), op("Tanh", inner)))
+    raise ValueError(f"no lowering for activation {activation!r}")
+
+
+def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
+    """Standard-op replacement of one PHM node, or None to keep it (quantized cores, unknown rank)."""
+    a = _attrs(node)
+    if a.get("weight_format", "float") != "float":
+        return None
+    n, num_bases = int(a["n"]), int(a["num_bases"])
+    x, rank = node.input[spec.X], lw.rank.get(node.input[spec.X])
+    if not rank:
+        return None
+    is_ffn = node.op_type == spec.PHM_FFN.op_type
+    firsts = ((spec.GATE_CORES, spec.UP_CORES, spec.DOWN_CORES) if a.get("mlp_type", "swiglu") == "swiglu"
+              else (spec.UP_CORES, spec.DOWN_CORES)) if is_ffn else (1,)
+    cores = [lw.array(node.input[f]) for f in firsts]
+    if any(c is None for c in cores):
+        return None  # cores computed at run time (not an initializer): the reference handles it
+    dtype = cores[0].dtype
+    bases = torch.tensor(np.asarray(a["bases"], np.float32)).reshape(num_bases, n, n)
+    mix = lw.const(f"{node.name}_mix", mixing_matrix(bases).numpy().astype(dtype))
+    biases = []
+    for f in firsts:
+        b = lw.array(node.input[f + 2]) if int(a.get("has_bias", 0)) else None
+        biases.append(None if b is None else b.reshape(n, -1))
+    nodes: list = []
+
+    def op(op_type, *inputs, **attrs):
+        out = lw.name(f"{node.name}_{op_type.lower()}")
+        nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def mixed(v: str, k: int) -> str:
+        """(…, n·k) or (…, n, k) → z (…, n, B·k)."""
+        xb = op("Reshape", v, lw.shape(rank, n, k))
+        return op("Reshape", op("MatMul", mix, xb), lw.shape(rank, n, num_bases * k))
+
+    def a_cat_t(*cs: np.ndarray) -> str:
+        return lw.const(f"{node.name}_acat_t", np.concatenate([c.reshape(c.shape[0], -1).T for c in cs], axis=1))
+
+    def add_bias(v: str, bias: np.ndarray | None) -> str:
+        return v if bias is None else op("Add", v, lw.const(f"{node.name}_bias", bias.astype(dtype)))
+
+    k_in = cores[0].shape[2]
+    if not is_ffn:
+        y = add_bias(op("MatMul", mixed(x, k_in), a_cat_t(cores[0])), biases[0])
+        y = op("Reshape", y, lw.shape(rank, n * cores[0].shape[0]))
+        out = _activation(nodes, lw, y, a.get("activation", "none"), dtype)
+    else:
+        z = mixed(x, k_in)
+        if len(cores) == 3:  # swiglu: gate and up in one GEMM, split in the block layout
+            m = cores[0].shape[0]
+            gu = op("MatMul", z, a_cat_t(cores[0], cores[1]))
+            gate_out, up_out = lw.name(f"{node.name}_gate"), lw.name(f"{node.name}_up")
+            nodes.append(helper.make_node("Split", [gu, lw.const("phm_split", np.array([m, m], np.int64))],
+                                          [gate_out, up_out], axis=-1, name=gate_out))
+            gate, up = add_bias(gate_out, biases[0]), add_bias(up_out, biases[1])
+            h = op("Mul", _activation(nodes, lw, gate, a["activation"], dtype), up)
+        else:
+            up = add_bias(op("MatMul", z, a_cat_t(cores[0])), biases[0])
+            h = _activation(nodes, lw, up, a["activation"], dtype)
+        down = cores[-1]
+        y = add_bias(op("MatMul", mixed(h, down.shape[2]), a_cat_t(down)), biases[-1])
+        out = op("Reshape", y, lw.shape(rank, n * down.shape[0]))
+    nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=lw.name(f"{node.name}_out")))
+    return nodes
+
+
+def lower_phm(model: onnx.ModelProto) -> int:
+    """Rewrite the float-core PHM nodes of `model` (in place) into specialised standard ops; returns
+    how many were lowered. Initializers only the replaced nodes read are dropped."""
+    lw = _Lowering(model)
+    new_nodes, lowered = [], 0
+    for node in model.graph.node:
+        repl = _lower_node(node, lw) if node.domain == spec.DOMAIN else None
+        if repl is None:
+            new_nodes.append(node)
+        else:
+            new_nodes.extend(repl)
+            lowered += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    used = {i for nd in model.graph.node for i in nd.input}
+    used |= {i for f in model.functions for nd in f.node for i in nd.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + lw.new_inits)
+    if lowered and not any(nd.domain == spec.DOMAIN for nd in model.graph.node):
+        del model.functions[:]  # nothing calls the reference functions any more
+    log.info("lowered %d PHM nodes to standard ops", lowered)
+    return lowered

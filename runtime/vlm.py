@@ -1,0 +1,149 @@
+"""How the runtime feeds images to the exported Qwen2-VL / Qwen2.5-VL graphs (numpy, no torch).
+
+    spec     = VisionSpec.from_artifacts(artifacts_dir)           # token ids, merge size, fixed grid
+    pixels   = preprocess_image(image_processor(hf_dir), image, spec.grid_thw)   # (patches, patch_dim)
+    ids      = spec.image_prompt(text_ids)                        # vision_start, image tokens…, vision_end, text
+    features = vision.onnx(pixel_values)                          # (image_tokens, hidden), fixed grid
+    embeds   = embed.onnx(input_ids)                              # (1, seq, hidden)
+    embeds   = merge_image_features(embeds, input_ids, features, image_token_id)
+    pos, nxt = mrope_position_ids(input_ids, grid_thw, image_token_id, spatial_merge_size)
+    decoder.onnx(inputs_embeds=embeds, position_ids=pos, …)       # prefill
+    decode step k (k = 0, 1, …): position_ids = full((3, 1, 1), nxt + k)
+
+The prompt holds one image token per merged patch (grid t·h·w / merge²) per image, as the HF
+processor writes them; positions follow HF `get_rope_index` for images (tested against it).
+The vision graph is traced for one image grid (manifest.json `grid_thw`), so every image is
+resized to exactly that grid's pixel size before the HF image processor (from the artifacts'
+hf/ dir) normalises it and cuts it into patches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "preprocess_image"]
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """What the runtime needs to build an image prompt for one VLM artifacts dir."""
+
+    image_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+    spatial_merge_size: int
+    grid_thw: tuple  # (t, h, w) in patches: the one grid vision.onnx was traced for
+
+    @property
+    def image_tokens(self) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w // self.spatial_merge_size ** 2
+
+    def image_prompt(self, text_ids: list[int]) -> list[int]:
+        """The image first, then the text (Qwen2-VL's user-turn layout, without a chat template)."""
+        return [self.vision_start_token_id, *[self.image_token_id] * self.image_tokens,
+                self.vision_end_token_id, *text_ids]
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Path) -> "VisionSpec | None":
+        """None for a text-only artifacts dir (no vision graph in its manifest)."""
+        manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
+        vision = manifest["graphs"].get("vision")
+        if vision is None:
+            return None
+        cfg = json.loads((Path(artifacts) / "hf" / "config.json").read_text())
+        grid = tuple(int(v) for v in np.asarray(vision["grid_thw"]).reshape(-1, 3)[0])
+        return cls(int(cfg["image_token_id"]), int(cfg["vision_start_token_id"]), int(cfg["vision_end_token_id"]),
+                   int(cfg["vision_config"]["spatial_merge_size"]), grid)
+
+
+def image_processor(hf_dir: Path):
+    """The HF image processor saved with the model (preprocessor_config.json in the artifacts' hf/)."""
+    from transformers import AutoImageProcessor
+
+    if not (Path(hf_dir) / "preprocessor_config.json").is_file():
+        raise ValueError(f"{hf_dir} holds no preprocessor_config.json: export a model dir that ships its "
+                         "image processor")
+    try:
+        return AutoImageProcessor.from_pretrained(hf_dir, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"cannot load the image processor in {hf_dir}: {str(e).splitlines()[0]}") from None
+
+
+def preprocess_image(processor, image, grid_thw: tuple) -> np.ndarray:
+    """An image (path, PIL image or HWC uint8 array) → pixel_values (patches, patch_dim) float32 for
+    the vision graph's fixed grid: resized (bicubic) to grid × patch_size pixels, then the
+    processor's own normalisation and patch layout (resizing left off so the grid stays)."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        try:
+            image = Image.open(image)
+            image.load()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {image}: {str(e).splitlines()[0]}") from None
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    t, h, w = grid_thw
+    patch = int(processor.patch_size)
+    image = image.convert("RGB").resize((w * patch, h * patch), Image.Resampling.BICUBIC)
+    out = processor(images=[image], do_resize=False, return_tensors="np")
+    got = tuple(int(v) for v in np.asarray(out["image_grid_thw"]).reshape(-1))
+    if got != (t, h, w):
+        raise ValueError(f"the image processor gave grid {got}, the vision graph was exported for {(t, h, w)}")
+    return np.asarray(out["pixel_values"], dtype=np.float32)
+
+
+def merge_image_features(embeds: np.ndarray, input_ids: np.ndarray, features: np.ndarray,
+                         image_token_id: int) -> np.ndarray:
+    """Replace the embeddings at image-token positions by the vision features, in order.
+
+    embeds (batch, seq, hidden); input_ids (batch, seq); features (image_tokens, hidden).
+    """
+    mask = input_ids == image_token_id
+    if int(mask.sum()) != features.shape[0]:
+        raise ValueError(f"prompt has {int(mask.sum())} image tokens, the vision graph gave {features.shape[0]} features")
+    out = embeds.copy()
+    out[mask] = features.astype(out.dtype)
+    return out
+
+
+def mrope_position_ids(input_ids: np.ndarray, grid_thw: np.ndarray, image_token_id: int,
+                       spatial_merge_size: int) -> tuple[np.ndarray, int]:
+    """(3, batch, seq) M-RoPE positions of a prompt (no padding) and the next text position.
+
+    Text tokens advance all three rows together; each run of image tokens gets (t, h, w) grid
+    coordinates offset by the position where it starts, and the text after it continues from
+    start + max(h, w) / merge. grid_thw: (images, 3) in patches, as given to the vision tower.
+    """
+    batch, seq = input_ids.shape
+    pos = np.zeros((3, batch, seq), np.int64)
+    nxt = 0
+    for b in range(batch):
+        images = iter(np.asarray(grid_thw).reshape(-1, 3))
+        cur, i, rows = 0, 0, []
+        while i < seq:
+            j = i
+            is_image = input_ids[b, i] == image_token_id
+            while j < seq and (input_ids[b, j] == image_token_id) == is_image:
+                j += 1
+            if not is_image:
+                rows.append(np.broadcast_to(np.arange(cur, cur + j - i), (3, j - i)))
+                cur += j - i
+            else:
+                t, h, w = (int(v) for v in next(images))
+                h, w = h // spatial_merge_size, w // spatial_merge_size
+                tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+                grid = np.stack([tt, hh, ww]).reshape(3, -1) + cur
+                if grid.shape[1] != j - i:
+                    raise ValueError(f"image run of {j - i} tokens does not match grid {t}×{h}×{w}")
+                rows.append(grid)
+                cur += max(h, w)
+            i = j
+        pos[:, b] = np.concatenate(rows, axis=1)
+        nxt = max(nxt, int(pos[:, b].max()) + 1)
+    return pos, nxt

@@ -1,0 +1,142 @@
+"""VLM image prompts through the runtime: ORT (vision + embed + decoder) greedy == torch generate.
+
+Tiny random-weight Qwen2-VL / Qwen2.5-VL with PHM MLPs in both towers, shipped with a real HF
+image processor (patch 4, merge 2) and a word-level tokenizer (tinytok.py) whose special tokens
+sit at the config's vision ids, so the artifacts dir is complete the way a real model's is. Test images are
+scikit-image's bundled photos.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from tinytok import word_tokenizer
+
+from phm.export.api import export_model
+from phm.export.config import ExportConfig
+from phm.runtime.cli import main as phm_run
+from phm.runtime.generate import GenerationConfig, generate
+from phm.runtime.ort_backend import OrtBackend
+from phm.runtime.vlm import VisionSpec, image_processor, preprocess_image
+from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
+from phm.trainer.tiny_models import tiny_model
+
+STEPS = 10
+
+
+def _tokenizer(cfg):
+    return word_tokenizer({cfg.vision_start_token_id: "<|vision_start|>", cfg.vision_end_token_id: "<|vision_end|>",
+                           cfg.image_token_id: "<|image_pad|>", cfg.video_token_id: "<|video_pad|>"})
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])
+def vlm(request, tmp_path_factory):
+    from transformers import Qwen2VLImageProcessorPil
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(arch)
+    model = tiny_model(arch)
+    config = PHMConfig(towers=("language", "vision"))
+    targets = inject_phm(model, config)
+    set_lambda(model, 1.0)
+    drop_dense(model)
+    with torch.no_grad():  # off the projection start, so PHM ≠ a rounded dense model
+        for name, p in model.named_parameters():
+            if name.endswith(".cores"):
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    source = root / "source"  # what a real model dir ships besides its weights
+    vcfg = model.config.vision_config
+    Qwen2VLImageProcessorPil(patch_size=vcfg.patch_size, merge_size=vcfg.spatial_merge_size,
+                             temporal_patch_size=vcfg.temporal_patch_size).save_pretrained(source)
+    _tokenizer(model.config).save_pretrained(source)
+    ckpt = save_phm_checkpoint(model, config, targets, root / "ckpt", source_dir=source)
+    art = export_model(ckpt, ExportConfig(), root / "art")
+    model = load(ckpt)
+    model.generation_config.eos_token_id = None  # fixed-length greedy: the runtime gets no stop ids either
+    return model, art
+
+
+def _torch_generate(model, ids, pixels, grid):
+    ids = torch.tensor([ids])
+    mm = (ids == model.config.image_token_id).int()
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
+                         pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor([grid]),
+                         max_new_tokens=STEPS, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_artifacts_carry_the_image_processor(vlm):
+    _, art = vlm
+    assert (art / "hf" / "preprocessor_config.json").is_file()
+    assert image_processor(art / "hf").patch_size == 4
+
+
+def test_image_prompt_greedy_equals_torch(vlm):
+    model, art = vlm
+    backend = OrtBackend.from_artifacts(art, threads=1)
+    spec = backend.vision
+    ids = spec.image_prompt([5, 6, 7, 8, 9])
+    assert ids.count(model.config.image_token_id) == spec.image_tokens == 16
+    proc = image_processor(art / "hf")
+    results = []
+    for photo in (skimage.data.astronaut(), skimage.data.chelsea()):
+        pixels = preprocess_image(proc, photo, spec.grid_thw)
+        ours = generate(backend, np.array([ids]), GenerationConfig(max_new_tokens=STEPS),
+                        images={"pixel_values": pixels}).tokens[0].tolist()
+        assert ours == _torch_generate(model, ids, pixels, spec.grid_thw)
+        backend.reset()
+        results.append((ours, backend.prefill(np.array([ids]), np.ones((1, len(ids)), np.int64),
+                                              {"pixel_values": pixels})))
+    # the image steers the output: the two photos give different first-step logits
+    assert np.abs(results[0][1] - results[1][1]).max() > 1e-3
+
+
+def test_text_prompt_on_vlm_equals_torch(vlm):
+    model, art = vlm
+    ids = [5, 6, 7, 8, 9]
+    ours = generate(OrtBackend.from_artifacts(art, threads=1), np.array([ids]),
+                    GenerationConfig(max_new_tokens=STEPS)).tokens[0].tolist()
+    t = torch.tensor([ids])
+    ref = model.generate(input_ids=t, attention_mask=torch.ones_like(t), max_new_tokens=STEPS, do_sample=False,
+                         pad_token_id=0)[0, len(ids):].tolist()
+    assert ours == ref
+
+
+def test_phm_run_with_image_equals_torch(vlm, tmp_path):
+    model, art = vlm
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5 w6 w7", "--image", str(photo),
+                                          "--max-new-tokens", str(STEPS), "--json", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    spec = VisionSpec.from_artifacts(art)
+    cfg = model.config
+    expected_ids = [cfg.vision_start_token_id] + [cfg.image_token_id] * 16 + [cfg.vision_end_token_id, 5, 6, 7]
+    assert out["prompt_ids"] == expected_ids
+    pixels = preprocess_image(image_processor(art / "hf"), photo, spec.grid_thw)
+    ref = _torch_generate(model, expected_ids, pixels, spec.grid_thw)
+    stop = ref.index(2) + 1 if 2 in ref else len(ref)  # phm-run stops at the tokenizer's EOS
+    assert out["tokens"] == ref[:stop]
+    assert out["prefill_ms"] > 0 and out["peak_rss_mb"] > 0
+
+
+def test_image_prompt_errors_are_one_line(vlm, tmp_path):
+    _, art = vlm
+    backend = OrtBackend.from_artifacts(art, threads=1)
+    from phm.runtime.backend import BackendError
+
+    with pytest.raises(BackendError, match="image tokens but no image"):
+        backend.prefill(np.array([backend.vision.image_prompt([5])]), np.ones((1, 19), np.int64))
+    with pytest.raises(BackendError, match="do not fit"):  # the prompt lacks the image tokens
+        backend.reset()
+        backend.prefill(np.array([[5, 6]]), np.ones((1, 2), np.int64), {"pixel_values": np.zeros((64, 96), np.float32)})
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5", "--image", str(bad)])
+    assert result.exit_code == 1 and "cannot read image" in result.output
+    assert len(result.output.strip().splitlines()) == 1
