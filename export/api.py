@@ -188,12 +188,12 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
     blocks = [asdict(b) for b in find_mlp_blocks(model)]
     counts = param_counts(model, 16 if config.fp16 else 32)
     max_positions = getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence
+    specs = graph_specs(model)  # an architecture without an export path fails here, before the plan
+    ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
     plan = memory_plan_for(model, config)
 
     graphs, reports = {}, []
     with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
-        specs = graph_specs(model)
-        ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
         if config.fp16:
             model.to(dtype)
         for spec, ref_spec in zip(specs, ref_specs):

@@ -27,7 +27,8 @@ from . import io_names as io
 log = logging.getLogger(__name__)
 
 OPSET = 17
-VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "llava")
+MROPE_TYPES = ("qwen2_vl", "qwen2_5_vl")   # VLMs whose decoder takes (3, batch, seq) M-RoPE positions
 ENCODER_TYPES = ("bert",)
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 SUPPORTED_TYPES = DECODER_TYPES + VLM_TYPES + ENCODER_TYPES
@@ -105,6 +106,21 @@ class VisionGraph(nn.Module):
         return image_features(self.model, pixel_values, self.grid_thw)
 
 
+class LlavaVisionGraph(nn.Module):
+    """pixel_values (1, channels, size, size) → projected image features (image_tokens, hidden): the
+    vision tower, Llava's feature-layer/CLS selection and the projector, at the config's image size."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        cfg = self.model.config
+        out = self.model.model.get_image_features(pixel_values, vision_feature_layer=cfg.vision_feature_layer,
+                                                  vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+        return torch.cat(list(out.pooler_output), dim=0)
+
+
 def image_features(model: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
     """(image_tokens, hidden) features of a Qwen2(.5)-VL vision tower, merger included."""
     out = model.model.visual(pixel_values, grid_thw=grid_thw)
@@ -164,7 +180,15 @@ def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -
     pos = torch.arange(past, past + seq).expand(batch, seq)
     kv = [torch.randn(batch, kv_heads, past, head_dim, generator=gen) for _ in range(2 * layers)]
     specs = []
-    if vlm:
+    if model_type == "llava":  # plain 1-D positions; image features scattered at image-token positions
+        first = torch.randn(batch, seq, cfg.hidden_size, generator=gen)
+        ids = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)
+        vcfg = model.config.vision_config
+        pixels = torch.randn(1, vcfg.num_channels, vcfg.image_size, vcfg.image_size, generator=gen)
+        specs.append(GraphSpec("vision", LlavaVisionGraph(model), (pixels,), *io.vision_io(), towers=("vision",),
+                               meta={"image_size": vcfg.image_size}))
+        specs.append(GraphSpec("embed", EmbedGraph(model), (ids,), *io.embed_io(), towers=()))
+    elif vlm:
         first = torch.randn(batch, seq, cfg.hidden_size, generator=gen)
         pos = pos.unsqueeze(0).expand(3, batch, seq)
         ids = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)
@@ -178,7 +202,7 @@ def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -
     else:
         first = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)
     specs.append(GraphSpec("decoder", DecoderGraph(model, embeds=vlm), (first, mask, pos, *kv),
-                           *io.decoder_io(layers, embeds=vlm), towers=("language",)))
+                           *io.decoder_io(layers, embeds=vlm, mrope=model_type in MROPE_TYPES), towers=("language",)))
     return specs
 
 

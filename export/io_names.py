@@ -10,8 +10,8 @@ Graph kinds:
              inputs_embeds        float (batch, sequence, hidden)  VLMs instead of input_ids
              attention_mask       int64 (batch, total_sequence)    1 = attend, 0 = padding;
                                                                    total = past_sequence + sequence
-             position_ids         int64 (batch, sequence)          LLMs
-                                  int64 (3, batch, sequence)       VLMs (M-RoPE rows t, h, w)
+             position_ids         int64 (batch, sequence)          LLMs, LLaVA
+                                  int64 (3, batch, sequence)       Qwen2(.5)-VL (M-RoPE rows t, h, w)
              past_key_values.{i}.key / .value
                                   float (batch, kv_heads, past_sequence, head_dim)
     outputs  logits               float (batch, sequence, vocab)
@@ -19,7 +19,9 @@ Graph kinds:
                                   float (batch, kv_heads, total_sequence, head_dim)
 ``embed``    input_ids int64 (batch, sequence) → inputs_embeds float (batch, sequence, hidden)   VLMs
 ``vision``   pixel_values float (patches, patch_dim) → image_features float (image_tokens, hidden)
-             VLMs; specialised to the image grid recorded in manifest.json (grid_thw)
+             Qwen2(.5)-VL; specialised to the image grid recorded in manifest.json (grid_thw)
+             LLaVA: pixel_values float (1, channels, size, size), one image, size = manifest's
+             image_size; image_features = projector output, one row per image token
 ``encoder``  input_ids, attention_mask int64 (batch, sequence)
              → last_hidden_state float (batch, sequence, hidden)                          BERT
 """
@@ -54,14 +56,16 @@ def present_names(num_layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
-def decoder_io(num_layers: int, embeds: bool) -> tuple[list[str], list[str], dict]:
-    """(input names, output names, dynamic axes) of a decoder graph."""
+def decoder_io(num_layers: int, embeds: bool, mrope: bool | None = None) -> tuple[list[str], list[str], dict]:
+    """(input names, output names, dynamic axes) of a decoder graph; `mrope` (default: `embeds`) gives
+    position_ids a leading axis of 3."""
+    mrope = embeds if mrope is None else mrope
     first = INPUTS_EMBEDS if embeds else INPUT_IDS
     inputs = [first, ATTENTION_MASK, POSITION_IDS, *past_names(num_layers)]
     outputs = [LOGITS, *present_names(num_layers)]
     axes = {first: {0: BATCH, 1: SEQUENCE},
             ATTENTION_MASK: {0: BATCH, 1: TOTAL_SEQUENCE},
-            POSITION_IDS: {1: BATCH, 2: SEQUENCE} if embeds else {0: BATCH, 1: SEQUENCE},
+            POSITION_IDS: {1: BATCH, 2: SEQUENCE} if mrope else {0: BATCH, 1: SEQUENCE},
             LOGITS: {0: BATCH, 1: SEQUENCE}}
     axes.update({name: {0: BATCH, 2: PAST_SEQUENCE} for name in past_names(num_layers)})
     axes.update({name: {0: BATCH, 2: TOTAL_SEQUENCE} for name in present_names(num_layers)})

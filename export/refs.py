@@ -42,12 +42,13 @@ def reference_feeds(spec: GraphSpec, model) -> list[dict[str, torch.Tensor]]:
         return [{io.PIXEL_VALUES: torch.randn(spec.sample[0].shape, generator=gen)}]
     # decoder: prefill, then one decode step on its present KV
     embeds = spec.inputs[0] == io.INPUTS_EMBEDS
+    mrope = spec.sample[2].dim() == 3  # position_ids sample: (3, batch, seq) for M-RoPE VLMs
     ids = _ids(model, 1, PROMPT + 1)
     first = model.get_input_embeddings()(ids).detach() if embeds else ids
 
     def positions(start: int, length: int) -> torch.Tensor:
         pos = torch.arange(start, start + length).unsqueeze(0)
-        return pos.unsqueeze(0).expand(3, 1, length).contiguous() if embeds else pos
+        return pos.unsqueeze(0).expand(3, 1, length).contiguous() if mrope else pos
 
     layers = (len(spec.inputs) - 3) // 2
     kv_heads, head_dim = spec.sample[3].shape[1], spec.sample[3].shape[3]  # past sample (b, h, p, d)

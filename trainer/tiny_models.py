@@ -57,13 +57,21 @@ def _config(arch: str):
                                num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
                                projection_dim=32),
             image_token_id=VOCAB - 1)
+    if arch == "llava_dinov2":  # the samples/vlm layout: DINOv2 tower (CLS + patches), last layer, CLS dropped
+        return tf.LlavaConfig(
+            text_config=dict(_TEXT, model_type="llama", tie_word_embeddings=True),
+            vision_config=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               mlp_ratio=2, image_size=28, patch_size=7),
+            image_token_id=VOCAB - 1, vision_feature_layer=-1, vision_feature_select_strategy="default",
+            tie_word_embeddings=True)
     raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
 
 
-TINY_ARCHS = ("llama", "qwen2", "gpt2", "bert", "qwen2_vl", "qwen2_5_vl", "llava")
+TINY_ARCHS = ("llama", "qwen2", "gpt2", "bert", "qwen2_vl", "qwen2_5_vl", "llava", "llava_dinov2")
 _CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel",
             "bert": "BertModel", "qwen2_vl": "Qwen2VLForConditionalGeneration",
-            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration"}
+            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration",
+            "llava_dinov2": "LlavaForConditionalGeneration"}
 
 
 def tiny_config(arch: str):

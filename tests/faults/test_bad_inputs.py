@@ -131,10 +131,13 @@ def _unsupported_type(src: Path, d: Path) -> Path:
     return model
 
 
-def _llava(d: Path) -> Path:
-    from phm.trainer.tiny_models import save_tiny_model
+def _dinov2(d: Path) -> Path:
+    """A vision-only backbone: the trainer knows its MLPs, the exporter has no graph split for it."""
+    import transformers
 
-    return save_tiny_model("llava", d / "llava")
+    transformers.Dinov2Model(transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                       image_size=28, patch_size=7)).save_pretrained(d / "dinov2")
+    return d / "dinov2"
 
 
 def _empty_jsonl(d: Path) -> Path:
@@ -186,8 +189,8 @@ CASES = {
     "export-truncated-safetensors": lambda i, d: Case(_export(_truncated_weights(i.phm, d), d), "cannot load"),
     "export-pickle-weights-refused": lambda i, d: Case(_export(_pickle_only(i.llama, d), d),
                                                        "pytorch_model.bin: pickle weights are never loaded"),
-    "export-unsupported-model-type": lambda i, d: Case(_export(_llava(d), d),
-                                                       "no ONNX export path for model_type 'llava'; supported: "),
+    "export-unsupported-model-type": lambda i, d: Case(_export(_dinov2(d), d),
+                                                       "no ONNX export path for model_type 'dinov2'; supported: "),
     "export-out-is-a-file": lambda i, d: Case(_export(i.phm, d), "is not a directory", setup=lambda: _file(d)),
     "export-out-not-empty": lambda i, d: Case(_export(i.phm, d), "exists and is not empty",
                                               setup=lambda: _nonempty_out(d)),

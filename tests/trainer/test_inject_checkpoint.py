@@ -8,7 +8,8 @@ from phm.trainer import (PHMConfig, PHMLinear, PHMResidualLinear, drop_dense, in
                          save_phm_checkpoint, set_lambda, teacher_mode)
 from phm.trainer.tiny_models import TINY_ARCHS, tiny_model
 
-EXPECTED_TARGETS = {"llama": 6, "qwen2": 6, "gpt2": 4, "bert": 4, "qwen2_vl": 10, "qwen2_5_vl": 12, "llava": 10}
+EXPECTED_TARGETS = {"llama": 6, "qwen2": 6, "gpt2": 4, "bert": 4, "qwen2_vl": 10, "qwen2_5_vl": 12, "llava": 10,
+                    "llava_dinov2": 10}
 
 
 def _ids(seed=0, length=7):
