@@ -6,12 +6,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
+__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
 
 EXPORT_CONFIG_VERSION = 1
 
 # GPU architecture per target: Jetson Orin (JetPack 6: TensorRT 10.3) and desktop Hopper/Ampere+.
 TARGETS = {"orin": "sm_87", "desktop": "sm_90"}
+CALIB_METHODS = ("minmax", "percentile", "entropy")  # phm.export.calibrate.make_calibrator
 
 
 @dataclass
@@ -19,8 +20,11 @@ class ExportConfig:
     """Options of one export. Validated on construction (ValueError naming the field)."""
 
     fp16: bool = False               # write an fp16 graph (norm/softmax statistics stay fp32)
-    int8: bool = False               # explicit Q/DQ + INT8 PHM cores (the quantization issue)
-    calib_data: str | None = None    # calibration data for --int8
+    int8: bool = False               # explicit Q/DQ (attention) + INT8 weight-only PHM cores (quantize.py)
+    calib_data: str | None = None    # calibration data for --int8 (folder/JSONL/TXT); None: the shipped set
+    calib_method: str = "percentile" # activation calibrator: minmax | percentile (99.99) | entropy (KL)
+    int8_lm_head: bool = False       # also W8A8 the LM head (off: logits are the most sensitive matmul)
+    report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "orin"             # "orin" (sm_87, TensorRT 10.3) | "desktop" (sm_90)
     require_engine: bool = False     # fail when TensorRT is not importable instead of skipping
@@ -33,11 +37,11 @@ class ExportConfig:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if self.fp16 and self.int8:
-            raise ValueError("choose one of fp16 and int8 (int8 keeps fp16 activations itself)")
-        if self.calib_data is not None and not self.int8:
-            raise ValueError("calib_data is only used with int8")
-        for name in ("max_batch", "max_sequence", "opt_sequence"):
+        if not self.int8 and (self.calib_data is not None or self.int8_lm_head):
+            raise ValueError("calib_data and int8_lm_head are only used with int8")
+        if self.calib_method not in CALIB_METHODS:
+            raise ValueError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        for name in ("max_batch", "max_sequence", "opt_sequence", "report_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -48,7 +52,13 @@ class ExportConfig:
 
     @property
     def precision(self) -> str:
+        """Weight precision: "int8" (with fp32 or fp16 activations, see `activations`), "fp16", "fp32"."""
         return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    @property
+    def activations(self) -> str:
+        """Activation dtype of the graph ("fp16" with --fp16; INT8 PHM nodes always run fp16)."""
+        return "fp16" if self.fp16 else "fp32"
 
     @property
     def sm(self) -> str:

@@ -31,6 +31,10 @@ TOLERANCES = {
     ("fp16", "onnxrt"): (5e-2, 5e-2),
     ("fp32", "trt"): (1e-3, 1e-3),
     ("fp16", "trt"): (5e-2, 5e-2),
+    # INT8 (Q/DQ attention + INT8 cores) against the fp32 torch reference: a sanity bound measured on
+    # the tiny models, not an accuracy claim; report.md (top-1 agreement, perplexity) is that.
+    ("int8", "onnxrt"): (0.25, 0.25),
+    ("int8", "trt"): (0.25, 0.25),
 }
 
 
@@ -126,10 +130,25 @@ def _join(argv: list[str]) -> str:
     return " ".join(a if a.startswith("$") or "=$" in a else shlex.quote(a) for a in argv)
 
 
+def precision_note(config: ExportConfig) -> list[str]:
+    """What the graphs carry, for commands.sh: precision lives in the ONNX (strongly typed builds)."""
+    lines = [f"# Graph precision: weights {config.precision}, activations {config.activations}."]
+    if config.int8:
+        lines += [
+            "# INT8 is explicit: QuantizeLinear/DequantizeLinear around the attention matmuls (per-tensor",
+            "# activation scales, per-channel INT8 weights), INT8 weight-only dense MLP weights, INT8 PHM",
+            "# cores (fp16 in/out of the plugins). --stronglyTyped builds it as written on TensorRT 10.x and",
+            "# 11.x (no --int8/--fp16 flags: a strongly typed network rejects them). A weakly typed 10.x build",
+            "# (drop --stronglyTyped) needs --int8 --fp16 instead; no calibration cache is involved either way.",
+        ]
+    return lines
+
+
 def commands_sh(cmds: dict, config: ExportConfig) -> str:
     lines = [
         "#!/usr/bin/env bash",
         f"# TensorRT engines and reference checks for target {config.target} ({config.sm}); run from this dir.",
+        *precision_note(config),
         f"# Plugin library: phm-build-plugins --arch {config.sm} --out plugins/{config.target}"
         f"  (or set PHM_PLUGINS)",
         "set -euo pipefail",

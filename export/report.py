@@ -94,11 +94,13 @@ def _plot(rows: list[ReportRow]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(rows: list[ReportRow], out_dir: str | Path, title: str = "Accuracy report") -> Path:
-    """Write report.md (table), report.png (plot) and report.json into out_dir; returns report.md."""
+def write_report(rows: list[ReportRow], out_dir: str | Path, title: str = "Accuracy report", note: str = "") -> Path:
+    """Write report.md (table, `note` under it), report.png (plot) and report.json into out_dir;
+    returns report.md."""
     if not rows:
         raise ValueError("no report rows to write")
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / "report.png", _plot(rows))
     atomic_write_text(out_dir / "report.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    return atomic_write_text(out_dir / "report.md", f"# {title}\n\n{_table(rows)}\n\n![plot](report.png)\n")
+    body = f"# {title}\n\n{_table(rows)}\n\n" + (f"{note}\n\n" if note else "") + "![plot](report.png)\n"
+    return atomic_write_text(out_dir / "report.md", body)
