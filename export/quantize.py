@@ -59,10 +59,11 @@ _FLOAT, _HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 @dataclass
 class DenseLinear:
-    node: gs.Node
-    weight: np.ndarray          # (K, N) float, as the MatMul reads it
+    node: gs.Node               # MatMul, or Gemm (GPT-2's Conv1D) with a constant B
+    weight: np.ndarray          # as stored: (K, N), or (N, K) for a Gemm with transB = 1
     role: str                   # "attention" | "lm_head" | "mlp"
     mode: str = "float"         # "w8a8" | "weight_only" | "float"
+    channel_axis: int = 1       # the output-channel axis of `weight` (DequantizeLinear's axis)
 
 
 @dataclass
@@ -141,6 +142,11 @@ def plan_int8(graph: gs.Graph, lm_head: bool = False) -> Int8Plan:
             w = _weight(node.inputs[1])
             if w is not None:
                 linears[id(node)] = DenseLinear(node, w, "mlp")
+        elif (node.op == "Gemm" and node.attrs.get("transA", 0) == 0 and node.attrs.get("alpha", 1.0) == 1.0
+              and node.attrs.get("beta", 1.0) == 1.0):
+            w = const_value(node.inputs[1])
+            if w is not None and w.ndim == 2 and w.dtype.kind == "f":
+                linears[id(node)] = DenseLinear(node, w, "mlp", channel_axis=0 if node.attrs.get("transB", 0) else 1)
     act_mm = {id(n) for n in graph.nodes if n.op == "MatMul" and id(n) not in linears
               and all(const_value(t) is None for t in n.inputs)}
 
@@ -220,13 +226,16 @@ class _Builder:
 
 
 def _weight_dq(b: _Builder, lin: DenseLinear, name: str) -> gs.Variable:
-    """INT8 weight (K, N) + per-output-channel scales (N,) → DequantizeLinear(axis=1), float32."""
-    w = lin.weight.astype(np.float32)
-    scales = per_channel_weight_scales(w, axis=1)
-    q = gs.Constant(f"{name}.weight_int8", quantize_symmetric(w, scales))
+    """INT8 weight + per-output-channel scales → DequantizeLinear(axis = channel axis), float32.
+    A MatMul weight (K, N) has its channels on axis 1 (a Gemm's transposed B (N, K) on axis 0)."""
+    w, axis = lin.weight.astype(np.float32), lin.channel_axis
+    scales = per_channel_weight_scales(w, axis=axis)
+    shape = [1, 1]
+    shape[axis] = -1
+    q = gs.Constant(f"{name}.weight_int8", quantize_symmetric(w, scales.reshape(shape)))
     s = gs.Constant(f"{name}.weight_scale", scales)
     zp = gs.Constant(f"{name}.weight_zero_point", np.zeros(scales.shape, np.int8))
-    return b.node("DequantizeLinear", [q, s, zp], np.float32, name, axis=1)
+    return b.node("DequantizeLinear", [q, s, zp], np.float32, name, axis=axis)
 
 
 def _activation_qdq(b: _Builder, x: gs.Tensor, amax: float, fp16: bool, name: str) -> gs.Variable:
@@ -250,6 +259,8 @@ def _quantize_linear(b: _Builder, lin: DenseLinear, amax: dict, types: dict, sha
     if key not in shared:  # one Q/DQ pair per activation tensor (q/k/v share their input)
         shared[key] = _activation_qdq(b, x, amax[x.name], fp16, f"{name}/input")
     node.inputs[0], node.inputs[1] = shared[key], w
+    if fp16 and len(node.inputs) > 2 and const_value(node.inputs[2]) is not None:  # Gemm bias joins the island
+        node.inputs[2] = gs.Constant(f"{name}.bias_fp32", const_value(node.inputs[2]).astype(np.float32))
     if fp16:  # float32 island: the MatMul now computes in fp32, cast its output back
         y = node.outputs[0]
         y32 = gs.Variable(f"{name}/fp32_out", dtype=np.float32)

@@ -25,7 +25,7 @@ def _w8a8_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     prod = _producers(model)
     out = []
     for n in model.graph.node:
-        if n.op_type != "MatMul":
+        if n.op_type not in ("MatMul", "Gemm"):
             continue
         a = prod.get(n.input[0])
         if a is not None and a.op_type == "DequantizeLinear" and prod[a.input[0]].op_type == "QuantizeLinear":
@@ -83,7 +83,7 @@ def test_int8_phm_cores_in_both_files(store):
     assert len(onnx.load(str(art / "decoder.trt.onnx")).functions) == 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])  # gpt2: attention is Gemm (Conv1D)
 def test_int8_ort_close_to_fp32(store, arch):
     """Same inputs through the fp32 export and the INT8 export: logit cosine ≥ 0.999, relative max
     error ≤ 5 % of the logit range, and the INT8 graph really differs (it is quantized)."""
@@ -97,6 +97,8 @@ def test_int8_ort_close_to_fp32(store, arch):
     assert cos.min() >= 0.999
     assert np.abs(ref - got).max() <= 0.05 * (ref.max() - ref.min())
     assert np.abs(ref - got).max() > 1e-5
+    # q/k/v/o of both layers; GPT-2: its fused c_attn and c_proj Conv1Ds (Gemm nodes)
+    assert len(_w8a8_matmuls(onnx.load(str(int8 / "decoder.trt.onnx")))) == (4 if arch == "gpt2" else 8)
 
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["int8", "fp16-int8"])
