@@ -11,7 +11,8 @@ prefill (no KV cache), at most CALIB_TOKENS tokens each.
 
 The report compares, on held-out real text (the held-out split of the chatterbot corpus, which the
 calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same model cast to fp16
-(PyTorch, CPU), INT8 = the exported ONNX graph in ONNX Runtime (CPU), all against FP32's logits:
+(PyTorch, CPU), INT8 = the exported ONNX graph in ONNX Runtime (CPU, basic graph optimizations: see
+`quantize.ort_options`), all against FP32's logits:
 logit cosine, top-1 agreement and perplexity of the real next tokens. Decoders with token inputs
 only (VLM decoders read merged image embeddings: their caption agreement is not measured here).
 """
@@ -32,7 +33,7 @@ from . import io_names as io
 from .calib_data import load_calibration_data
 from .graphs import GraphSpec, cache_geometry, text_config
 from .precision import tensor_types
-from .quantize import calibrate_activations, plan_int8, quantize_graph
+from .quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
 from .reference import attach_functions
 from .report import ReportRow, metrics, write_report
 
@@ -124,7 +125,7 @@ class Int8Stage:
                     lin.mode = "weight_only"
         types = tensor_types(attach_functions(rewritten))
         names = plan.activation_tensors
-        amax = {}
+        acts = {}
         if names:
             float_np = np.float16 if self.config.fp16 else np.float32
             feeds = [self._feed(spec.kind, spec.inputs[0], np.array([ids], np.int64), float_np) for ids in self.ids]
@@ -132,11 +133,12 @@ class Int8Stage:
 
             def tick():
                 done[0] += 1
-                self.stage(f"calibrating {spec.kind} ({self.config.calib_method}): {done[0]}/{len(feeds)} prompts")
+                self.stage(f"calibrating {spec.kind}: {done[0]}/{len(feeds)} prompts")
 
-            amax = calibrate_activations(attach_functions(rewritten), names, feeds, self.config.calib_method,
-                                         types, progress=tick)
-        summary = quantize_graph(graph, plan, amax, types)
+            acts = collect_activations(attach_functions(rewritten), names, feeds, types, progress=tick)
+            self.stage(f"choosing {spec.kind} activation scales ({self.config.calib_method}, smoothing α search)")
+        scales = choose_scales(plan, acts, self.config.calib_method, smooth=self.config.int8_smooth)
+        summary = quantize_graph(graph, plan, scales, types)
         out = gs.export_onnx(graph)
         out.producer_name, out.producer_version = rewritten.producer_name, rewritten.producer_version
         out.graph.name = rewritten.graph.name
@@ -160,9 +162,7 @@ class Int8Stage:
                 half.append(model16(input_ids=x).logits[0, :-1].float().numpy())
                 labels.append(ids[0, 1:])
         del model16
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(onnx_path), ort_options(), providers=["CPUExecutionProvider"])
         float_np = np.float16 if self.config.fp16 else np.float32
         int8 = []
         for ids in windows:

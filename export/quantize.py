@@ -1,8 +1,9 @@
 """INT8 explicit quantization of a rewritten graph (DESIGN.md §3.4): what `phm-export --int8` adds.
 
     plan = plan_int8(graph, lm_head=False)                 # which MatMuls get what
-    amax = calibrate_activations(ort_model, plan, feeds, "entropy")   # ORT on the float graph
-    count = quantize_graph(graph, plan, amax, types)        # Q/DQ + INT8 PHM cores, in place
+    acts = collect_activations(ort_model, plan.activation_tensors, feeds, types)   # ORT, float graph
+    scales = choose_scales(plan, acts, "percentile")       # SmoothQuant α per tensor + amax
+    counts = quantize_graph(graph, plan, scales, types)     # Q/DQ + INT8 PHM cores, in place
 
 Dense linears are MatMuls whose second input is a constant 2-D weight W (K, N) (or the transpose of
 one: a tied LM head reads Transpose(embedding table)). They are classified by graph structure, not by
@@ -14,7 +15,8 @@ linear (a dense model, or an MLP the rewrite left alone).
 What each gets (TensorRT 10 explicit quantization, ONNX opset 17 as exported):
 - attention (and the LM head with `lm_head=True`): W8A8. The input activation goes through
   QuantizeLinear → DequantizeLinear with one per-tensor scale from the calibrator (one Q/DQ pair per
-  tensor, shared by q/k/v); the weight is stored as an INT8 initializer with per-output-channel scales
+  tensor, shared by q/k/v), after SmoothQuant smoothing where it helps: Mul(x, 1/s) before the Q and
+  diag(s)·W in the weight, α chosen per tensor on the calibration activations (`choose_scales`); the weight is stored as an INT8 initializer with per-output-channel scales
   (max |W[:, n]| / 127) feeding DequantizeLinear(axis=1: the channel axis of a MatMul weight (K, N)).
   TensorRT fuses DQ → MatMul ← DQ into an INT8 GEMM.
 - dense MLP linears: INT8 weight-only (weight DQ, activations float): the same treatment as the PHM
@@ -51,7 +53,8 @@ from .rewrite import const_value
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DenseLinear", "Int8Plan", "calibrate_activations", "plan_int8", "quantize_graph"]
+__all__ = ["ActScale", "DenseLinear", "Int8Plan", "choose_scales", "collect_activations", "ort_options",
+           "plan_int8", "quantize_graph"]
 
 _WALK = 64  # nodes a structural walk visits at most (attention: q → rope → Q·Kᵀ is ~10)
 _FLOAT, _HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -171,10 +174,37 @@ def plan_int8(graph: gs.Graph, lm_head: bool = False) -> Int8Plan:
 
 # --- calibration ------------------------------------------------------------------------------
 
-def calibrate_activations(ort_model: onnx.ModelProto, names: list[str], feeds, method: str,
-                          types: dict[str, int], progress=None) -> dict[str, float]:
-    """amax per tensor in `names`: the float model (with its PHM reference functions) runs in ONNX
-    Runtime on every feed of `feeds` and the calibrator `method` observes each tensor."""
+def ort_options():
+    """ONNX Runtime session options that execute a Q/DQ graph as written. ORT's extended graph
+    optimizations rewrite a weight-only DequantizeLinear → MatMul into a kernel that also quantizes
+    the activations dynamically (measured: errors of an outlier channel's size on a 16×8 MatMul),
+    which is neither the ONNX semantics nor what TensorRT builds; basic optimizations keep them."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return opts
+
+
+ALPHAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # SmoothQuant migration strengths tried per tensor
+MAX_ROWS = 2048                                # calibration tokens kept per tensor (the α search)
+
+
+@dataclass
+class ActScale:
+    """Quantization of one activation tensor: per-tensor amax of x / smooth (smooth None: none)."""
+
+    amax: float
+    smooth: np.ndarray | None = None   # (K,) per-channel divisor of x, multiplied into the weights' rows
+    alpha: float = 0.0
+    error: float = 0.0                 # relative output error of the W8A8 linears on calibration data
+
+
+def collect_activations(ort_model: onnx.ModelProto, names: list[str], feeds, types: dict[str, int],
+                        progress=None) -> dict[str, np.ndarray]:
+    """(rows ≤ MAX_ROWS, K) float32 samples of each tensor in `names`: the float model (PHM nodes
+    through their reference functions) runs in ONNX Runtime on every feed of `feeds`."""
     import onnxruntime as ort
 
     if not names:
@@ -185,9 +215,8 @@ def calibrate_activations(ort_model: onnx.ModelProto, names: list[str], feeds, m
     for name in names:
         if name not in known:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, _FLOAT), None))
-    calibrators = {name: make_calibrator(method) for name in names}
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    rows: dict[str, list] = {name: [] for name in names}
+    opts = ort_options()
     with tempfile.TemporaryDirectory(prefix="phm-calib-") as tmp:
         if model.ByteSize() > (1 << 30):  # protobuf's 2 GiB limit: go through a file with external data
             path = Path(tmp) / "calib.onnx"
@@ -198,14 +227,55 @@ def calibrate_activations(ort_model: onnx.ModelProto, names: list[str], feeds, m
         for feed in feeds:
             outs = sess.run(names, feed)
             for name, value in zip(names, outs):
-                calibrators[name].observe(value)
+                rows[name].append(np.asarray(value, np.float32).reshape(-1, value.shape[-1]))
             if progress is not None:
                 progress()
-    amax = {}
-    for name, cal in calibrators.items():
-        a = cal.amax()
-        amax[name] = a if a > 0 else 1.0  # never observed non-zero: any scale quantizes 0 exactly
-    return amax
+    return {name: np.concatenate(v)[:MAX_ROWS] for name, v in rows.items()}
+
+
+def _fake_quant(x: np.ndarray, scale) -> np.ndarray:
+    return quantize_symmetric(x, scale).astype(np.float32) * scale
+
+
+def _amax(x: np.ndarray, method: str) -> float:
+    cal = make_calibrator(method)
+    cal.observe(x)
+    a = cal.amax()
+    return a if a > 0 else 1.0  # never observed non-zero: any scale quantizes 0 exactly
+
+
+def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smooth: bool = True) -> dict:
+    """ActScale per W8A8 input tensor. With `smooth`, SmoothQuant: x / s and diag(s)·W compute the same
+    product, s_j = max|x_j|^α / max|W_j|^(1−α) moves outlier channels of x into the weights; α (0 =
+    no smoothing) is picked per tensor by the smallest relative error of the quantized linears'
+    outputs on the calibration activations. The search uses the percentile calibrator when `method`
+    is entropy (≈2 s per call); the chosen α then gets `method`."""
+    out = {}
+    for name, x in acts.items():
+        ws = [lin.weight.T if lin.channel_axis == 0 else lin.weight for lin in plan.linears
+              if lin.mode == "w8a8" and lin.node.inputs[0].name == name]   # each (K, N)
+        w = np.concatenate(ws, axis=1).astype(np.float32)
+        ref = x @ w
+        ref_norm = float(np.linalg.norm(ref)) or 1.0
+        xmax, wmax = np.abs(x).max(0), np.abs(w).max(1)
+        search = "percentile" if method == "entropy" else method
+        best = None
+        for alpha in ALPHAS if smooth else (0.0,):
+            s = (np.maximum(xmax, 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha)).astype(np.float32)
+            s = np.ones_like(xmax) if alpha == 0 else s
+            xs, wsm = x / s, w * s[:, None]
+            sx = _amax(xs, search) / QMAX
+            sw = per_channel_weight_scales(wsm, axis=1)
+            err = float(np.linalg.norm(_fake_quant(xs, sx) @ _fake_quant(wsm, sw) - ref)) / ref_norm
+            if best is None or err < best.error:
+                best = ActScale(0.0, None if alpha == 0 else s, alpha, err)
+        best.amax = _amax(x / best.smooth if best.smooth is not None else x, method)
+        out[name] = best
+    if out:
+        errs = [a.error for a in out.values()]
+        log.info("activation scales: %d tensors, α %s, output error mean %.4f max %.4f", len(out),
+                 sorted({a.alpha for a in out.values()}), float(np.mean(errs)), float(np.max(errs)))
+    return out
 
 
 # --- graph surgery ----------------------------------------------------------------------------
@@ -225,10 +295,12 @@ class _Builder:
         return self.node("Cast", [x], onnx.helper.tensor_dtype_to_np_dtype(to), name, to=to)
 
 
-def _weight_dq(b: _Builder, lin: DenseLinear, name: str) -> gs.Variable:
+def _weight_dq(b: _Builder, lin: DenseLinear, name: str, smooth: np.ndarray | None = None) -> gs.Variable:
     """INT8 weight + per-output-channel scales → DequantizeLinear(axis = channel axis), float32.
     A MatMul weight (K, N) has its channels on axis 1 (a Gemm's transposed B (N, K) on axis 0)."""
     w, axis = lin.weight.astype(np.float32), lin.channel_axis
+    if smooth is not None:  # diag(s)·W: the input channels are W's rows (K, N), a transposed B's columns
+        w = w * (smooth[None, :] if axis == 0 else smooth[:, None])
     scales = per_channel_weight_scales(w, axis=axis)
     shape = [1, 1]
     shape[axis] = -1
@@ -238,26 +310,31 @@ def _weight_dq(b: _Builder, lin: DenseLinear, name: str) -> gs.Variable:
     return b.node("DequantizeLinear", [q, s, zp], np.float32, name, axis=axis)
 
 
-def _activation_qdq(b: _Builder, x: gs.Tensor, amax: float, fp16: bool, name: str) -> gs.Variable:
+def _activation_qdq(b: _Builder, x: gs.Tensor, act: ActScale, fp16: bool, name: str) -> gs.Variable:
     x32 = b.cast(x, _FLOAT, name) if fp16 else x
-    s = gs.Constant(f"{name}.input_scale", np.array(max(amax, 1e-12) / QMAX, np.float32))
+    if act.smooth is not None:  # x / s (a per-channel Mul TensorRT fuses with the producer's pointwise ops)
+        x32 = b.node("Mul", [x32, gs.Constant(f"{name}.smooth_inv", (1.0 / act.smooth).astype(np.float32))],
+                     np.float32, name)
+    s = gs.Constant(f"{name}.input_scale", np.array(max(act.amax, 1e-12) / QMAX, np.float32))
     zp = gs.Constant(f"{name}.input_zero_point", np.array(0, np.int8))
     q = b.node("QuantizeLinear", [x32, s, zp], np.int8, name)
     return b.node("DequantizeLinear", [q, s, zp], np.float32, name)
 
 
-def _quantize_linear(b: _Builder, lin: DenseLinear, amax: dict, types: dict, shared: dict) -> None:
+def _quantize_linear(b: _Builder, lin: DenseLinear, scales: dict, types: dict, shared: dict) -> None:
     node = lin.node
     name = node.name or f"matmul_{b.count}"
     x = node.inputs[0]
     fp16 = types.get(x.name) == _HALF
-    w = _weight_dq(b, lin, name)
     if lin.mode == "weight_only":
+        w = _weight_dq(b, lin, name)
         node.inputs[1] = b.cast(w, _HALF, name) if fp16 else w
         return
+    act = scales[x.name]
+    w = _weight_dq(b, lin, name, act.smooth)
     key = x.name
     if key not in shared:  # one Q/DQ pair per activation tensor (q/k/v share their input)
-        shared[key] = _activation_qdq(b, x, amax[x.name], fp16, f"{name}/input")
+        shared[key] = _activation_qdq(b, x, act, fp16, f"{name}/input")
     node.inputs[0], node.inputs[1] = shared[key], w
     if fp16 and len(node.inputs) > 2 and const_value(node.inputs[2]) is not None:  # Gemm bias joins the island
         node.inputs[2] = gs.Constant(f"{name}.bias_fp32", const_value(node.inputs[2]).astype(np.float32))
@@ -320,18 +397,19 @@ def _quantize_phm(b: _Builder, node: gs.Node, types: dict, done: dict) -> None:
                                  outputs=[y]))
 
 
-def quantize_graph(graph: gs.Graph, plan: Int8Plan, amax: dict[str, float], types: dict[str, int]) -> dict:
-    """Apply `plan` to `graph` in place (module doc). Returns counts of what was quantized."""
+def quantize_graph(graph: gs.Graph, plan: Int8Plan, scales: dict[str, ActScale], types: dict[str, int]) -> dict:
+    """Apply `plan` to `graph` in place (module doc); `scales` from `choose_scales`. Returns counts."""
     b = _Builder(graph)
     shared: dict = {}
     for lin in plan.linears:
         if lin.mode != "float":
-            _quantize_linear(b, lin, amax, types, shared)
+            _quantize_linear(b, lin, scales, types, shared)
     done: dict = {}
     phm = [n for n in graph.nodes if _is_phm(n)]
     for node in phm:
         _quantize_phm(b, node, types, done)
     graph.cleanup().toposort()
-    counts = {**plan.counts(), "activation_qdq": len(shared), "phm_int8_nodes": len(phm)}
+    counts = {**plan.counts(), "activation_qdq": len(shared), "phm_int8_nodes": len(phm),
+              "smoothed": sum(1 for a in scales.values() if a.smooth is not None)}
     log.info("quantize_graph: %s", counts)
     return counts
