@@ -7,8 +7,9 @@ student quantize at least as stably as the dense model it came from?
 2. PHM: a B=2 student made with the trainer (activation-weighted init + a short progressive
    distillation run of `--steps` steps on the chatterbot corpus's *training* split; `--steps 0`:
    init only), saved as a PHM checkpoint;
-3. both exported with `phm-export --int8` (same calibrator, same shipped calibration prompts); each
-   export writes its own report (FP32 / FP16 PyTorch, INT8 ONNX Runtime on the held-out split of
+3. both exported with `phm-export --int8` (same calibrator, same shipped calibration prompts), and
+   again with weight-only INT8 everywhere (`int8_activations=False`, row "int8-wo": isolates the
+   weights, which is what the claim is about); each export writes its own report (FP32 / FP16 PyTorch, INT8 ONNX Runtime on the held-out split of
    chatterbot, which neither the calibration nor the training saw);
 4. one side-by-side table (printed, JSON in benchmarks/results/, docs/int8.md) and a combined plot.
 The claim holds on this model if PHM's INT8 top-1 loss (1 − agreement with its own FP32) is ≤ the
@@ -62,7 +63,7 @@ def _rows(art: Path) -> list[ReportRow]:
 
 
 def _table(res: dict) -> str:
-    cols = [(m, p) for m in ("dense", "PHM") for p in ("fp32", "fp16", "int8")]
+    cols = [(m, p) for m in ("dense", "PHM") for p in ("fp32", "fp16", "int8", "int8-wo")]
     head = "| metric | " + " | ".join(f"{m} {p.upper()}" for m, p in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols)]
     get = {(r.model, r.precision): r for rows in res.values() for r in rows}
@@ -97,16 +98,23 @@ def main(work, steps, tokens, calib_method, threads, json_path, docs_path):
     t_train = time.time() - t0
     res, walls = {}, {}
     for name, model_dir in (("dense", dense), ("PHM", phm)):
-        t = time.time()
-        art = work / f"{name.lower()}-int8"
-        console.print(f"exporting {name} with --int8 ({calib_method}) → {art}")
-        export_model(model_dir, ExportConfig(int8=True, calib_method=calib_method, report_tokens=tokens,
-                                             overwrite=True), art)
-        res[name], walls[name] = _rows(art), time.time() - t
-        shutil.copy2(art / "report.md", work / f"report-{name.lower()}.md")
+        res[name] = []
+        for acts in (True, False):  # W8A8 attention (what --int8 writes) | weight-only everywhere (ablation)
+            t = time.time()
+            tag = "int8" if acts else "int8-wo"
+            art = work / f"{name.lower()}-{tag}"
+            console.print(f"exporting {name} with --int8 ({calib_method}, activations quantized: {acts}) → {art}")
+            export_model(model_dir, ExportConfig(int8=True, calib_method=calib_method, report_tokens=tokens,
+                                                 int8_activations=acts, overwrite=True), art)
+            rows = _rows(art)
+            res[name] += rows if acts else rows[-1:]
+            walls[f"{name} {tag}"] = time.time() - t
+            shutil.copy2(art / "report.md", work / f"report-{name.lower()}-{tag}.md")
     rows = [r for name in res for r in res[name]]
     write_report(rows, work / "combined", title="INT8: dense vs PHM (SmolLM2-135M-Instruct)")
     loss = {name: 1.0 - next(r for r in res[name] if r.precision == "int8").metrics.top1_agreement for name in res}
+    loss_wo = {name: 1.0 - next(r for r in res[name] if r.precision == "int8-wo").metrics.top1_agreement
+               for name in res}
     verdict = "holds" if loss["PHM"] <= loss["dense"] else "does not hold"
     table = _table(res)
     result = {
@@ -120,8 +128,9 @@ def main(work, steps, tokens, calib_method, threads, json_path, docs_path):
         "heldout_positions": None,
         "rows": [{"model": r.model, "precision": r.precision, **r.metrics.__dict__, "size_bytes": r.size_bytes}
                  for r in rows],
-        "int8_top1_loss": loss, "claim": verdict,
-        "wall_s": {"student": round(t_train, 1), **{f"export_{k}": round(v, 1) for k, v in walls.items()}},
+        "int8_top1_loss": loss, "int8_weight_only_top1_loss": loss_wo, "claim": verdict,
+        "claim_weights_only": "holds" if loss_wo["PHM"] <= loss_wo["dense"] else "does not hold",
+        "wall_s": {"student": round(t_train, 1), **{f"export {k}": round(v, 1) for k, v in walls.items()}},
     }
     windows = heldout_windows(load_tokenizer(dense), 0, tokens)  # what the reports evaluated
     result["heldout_positions"] = sum(w.shape[1] - 1 for w in windows)
@@ -152,7 +161,10 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
             f"split\n- wall time (s): {result['wall_s']}\n\n{table}\n\n"
             f"INT8 top-1 loss against its own FP32: dense {100 * result['int8_top1_loss']['dense']:.2f} %, PHM "
             f"{100 * result['int8_top1_loss']['PHM']:.2f} %: the claim **{result['claim']}** on this model and "
-            f"data.\n\n![dense vs PHM]({png.name})\n")
+            f"data. Weights only (int8-wo: every weight INT8, activations float, the part the claim is about): "
+            f"dense {100 * result['int8_weight_only_top1_loss']['dense']:.2f} %, PHM "
+            f"{100 * result['int8_weight_only_top1_loss']['PHM']:.2f} %: **{result['claim_weights_only']}**."
+            f"\n\n![dense vs PHM]({png.name})\n")
     path.write_text(head + body)
 
 

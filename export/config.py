@@ -25,6 +25,7 @@ class ExportConfig:
     calib_method: str = "percentile" # activation calibrator: minmax | percentile (99.99) | entropy (KL)
     int8_lm_head: bool = False       # also W8A8 the LM head (off: logits are the most sensitive matmul)
     int8_smooth: bool = True         # SmoothQuant smoothing of W8A8 inputs, α searched per tensor
+    int8_activations: bool = True    # False: weight-only INT8 everywhere (no activation Q/DQ; an ablation)
     report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "orin"             # "orin" (sm_87, TensorRT 10.3) | "desktop" (sm_90)
@@ -40,8 +41,9 @@ class ExportConfig:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if not self.int8 and (self.calib_data is not None or self.int8_lm_head):
             raise ValueError("calib_data and int8_lm_head are only used with int8")
-        if not isinstance(self.int8_smooth, bool):
-            raise ValueError(f"int8_smooth must be a bool, got {self.int8_smooth!r}")
+        for name in ("int8_smooth", "int8_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.calib_method not in CALIB_METHODS:
             raise ValueError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         for name in ("max_batch", "max_sequence", "opt_sequence", "report_tokens"):

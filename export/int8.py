@@ -15,6 +15,7 @@ calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same 
 `quantize.ort_options`), all against FP32's logits:
 logit cosine, top-1 agreement and perplexity of the real next tokens. Decoders with token inputs
 only (VLM decoders read merged image embeddings: their caption agreement is not measured here).
+With `int8_activations=False` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Int8Stage:
         """The INT8 graph of one rewritten float graph (quantize.py), calibrated on the prompts."""
         graph = gs.import_onnx(rewritten)
         plan = plan_int8(graph, lm_head=self.config.int8_lm_head)
-        if spec.kind in ("vision", "embed"):  # no calibration images: weights only (module doc)
+        if spec.kind in ("vision", "embed") or not self.config.int8_activations:  # weights only (module doc)
             for lin in plan.linears:
                 if lin.mode == "w8a8":
                     lin.mode = "weight_only"
@@ -171,7 +172,8 @@ class Int8Stage:
         ref, half, int8, labels = (np.concatenate(v) for v in (ref, half, int8, labels))
         rows = [ReportRow(name, "fp32", metrics(ref, ref, labels), params * 4),
                 ReportRow(name, "fp16", metrics(ref, half, labels), params * 2),
-                ReportRow(name, "int8", metrics(ref, int8, labels), int8_bytes)]
+                ReportRow(name, "int8" if self.config.int8_activations else "int8-wo", metrics(ref, int8, labels),
+                          int8_bytes)]
         for r in rows:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)

@@ -187,7 +187,10 @@ def ort_options():
     return opts
 
 
-ALPHAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # SmoothQuant migration strengths tried per tensor
+# SmoothQuant migration strengths tried per tensor: none, or the paper's default 0.5. A wider grid
+# (0.3 … 0.8) picks 0.7-0.8 on SmolLM2 by per-layer output error, yet end to end (top-1 agreement,
+# fake-quant in torch, 256 held-out tokens) α = 0.5 gave 94.9 % against 91.3 % for 0.8 and 87.0 % for none.
+ALPHAS = (0.0, 0.5)
 MAX_ROWS = 2048                                # calibration tokens kept per tensor (the α search)
 
 

@@ -142,3 +142,12 @@ def test_vlm_int8_exports_and_runs(store):
     for kind in ("vision", "decoder"):
         feed = load_json(str(art / f"{kind}.inputs.json"))[0]
         assert all(np.isfinite(o).all() for o in session(art / f"{kind}.onnx").run(None, feed))
+
+
+def test_weight_only_ablation_has_no_activation_qdq(store):
+    art = store.artifacts("llama", True, int8=True, int8_activations=False, report_tokens=64)
+    model = onnx.load(str(art / "decoder.trt.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 8  # the 8 attention weights
+    rows = json.loads((art / "report.json").read_text())
+    assert rows[-1]["precision"] == "int8-wo"
