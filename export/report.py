@@ -84,6 +84,9 @@ def _plot(rows: list[ReportRow]) -> bytes:
             axes[1].annotate(r.precision, (s, r.metrics.perplexity), fontsize=8)
     axes[0].set(xlabel="size (MB)", ylabel="top-1 agreement with FP32 (%)", title="agreement vs size")
     axes[1].set(xlabel="size (MB)", ylabel="perplexity (held-out text)", title="perplexity vs size")
+    ppl = [r.metrics.perplexity for r in rows]
+    if min(ppl) > 0 and max(ppl) > 10 * min(ppl):  # models of very different quality side by side
+        axes[1].set_yscale("log")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
