@@ -39,8 +39,9 @@ class ExportConfig:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if not self.int8 and (self.calib_data is not None or self.int8_lm_head):
-            raise ValueError("calib_data and int8_lm_head are only used with int8")
+        for name in ("calib_data", "int8_lm_head"):
+            if not self.int8 and getattr(self, name) not in (None, False):
+                raise ValueError(f"{name} is only used with int8")
         for name in ("int8_smooth", "int8_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -151,3 +151,14 @@ def test_weight_only_ablation_has_no_activation_qdq(store):
     assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 8  # the 8 attention weights
     rows = json.loads((art / "report.json").read_text())
     assert rows[-1]["precision"] == "int8-wo"
+
+
+def test_int8_lm_head_option(store):
+    """--int8-lm-head: the (tied) LM head becomes W8A8 too, reading an INT8 copy of the table."""
+    art = store.artifacts("llama", True, int8=True, int8_lm_head=True, report_tokens=64)
+    model = onnx.load(str(art / "decoder.trt.onnx"))
+    lm_head = [n for n in _w8a8_matmuls(model) if "lm_head" in n.name]
+    assert len(lm_head) == 1 and len(_w8a8_matmuls(model)) == 9
+    assert sum(n.op_type == "Gather" for n in model.graph.node) >= 1  # the embedding still reads the float table
+    rows = json.loads((art / "report.json").read_text())
+    assert rows[-1]["metrics"]["logit_cosine"] > 0.99
