@@ -127,6 +127,18 @@ def test_cli_int8_end_to_end(store, tmp_path, fp16):
     feed = load_json(str(out / "decoder.inputs.json"))[0]
     logits = session(out / "decoder.onnx").run(["logits"], feed)[0]
     assert logits.dtype == (np.float16 if fp16 else np.float32) and np.isfinite(logits).all()
+    cmd = manifest["commands"]["decoder"]["polygraphy_onnxrt"]
+    assert cmd.endswith("--check-error-stat median")
+    if not fp16:  # the command commands.sh runs, as written, passes on the export
+        import shlex
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        argv = shlex.split(cmd)
+        argv[0] = str(Path(sys.executable).parent / "polygraphy")
+        run = subprocess.run(argv, cwd=out, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
 
 
 def test_vlm_int8_exports_and_runs(store):
