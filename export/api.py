@@ -13,6 +13,7 @@
       export_config.json   the ExportConfig used
       hf/                  config, tokenizer, phm_config.json … of the model dir (what a runtime needs)
       engines/             TensorRT engines, only where `import tensorrt` works
+      report.md/.json/.png --int8: FP32/FP16/INT8 accuracy on held-out text (int8.py)
 
 Everything is assembled in a temporary sibling dir and renamed into place at the end, so a failed
 export leaves nothing behind. The same input gives byte-identical ONNX files.
@@ -159,14 +160,35 @@ def memory_plan_for(model, config: ExportConfig) -> MemoryPlan:
     return plan
 
 
+def _int8_stage(model, model_dir: Path, config: ExportConfig, stage):
+    from .int8 import Int8Stage
+
+    try:
+        return Int8Stage(model, model_dir, config, stage)
+    except ValueError as e:  # empty/invalid calibration data: one line, before anything is written
+        raise ExportError(f"--int8: {e}") from None
+
+
+def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: dict) -> str | None:
+    """report.md of the token-input decoder graph (int8.py); None (logged) for other graphs."""
+    g = graphs.get("decoder")
+    if g is None or g["io"]["inputs"][0]["name"] != "input_ids":
+        log.warning("INT8 accuracy report: only for text decoders with input_ids (not written for %s)",
+                    ", ".join(graphs))
+        return None
+    size = sum((tmp / f).stat().st_size for f in (g["trt_file"], g["external_data"]) if f)
+    name = "PHM" if doc else "dense"
+    if int8.config.fp16:  # the traced model was cast to fp16 and back: the FP32 rows need the real weights
+        int8.model = _merge_lora(load(model_dir), model_dir)
+        int8.model.set_attn_implementation("eager")
+    return int8.report(tmp / g["file"], tmp, counts["params_after"], size, name).name
+
+
 def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,
                  on_stage: Callable[[str], None] | None = None) -> Path:
     """Export the checkpoint (PHM or plain HF) in `model_dir` to an artifacts dir `out_dir`."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     stage = on_stage or (lambda msg: log.info("%s", msg))
-    if config.int8:
-        raise ExportError("--int8 needs the INT8 quantization path (issue: INT8 calibration, Q/DQ and INT8 "
-                          "PHM cores), which is not in this build yet; export fp32 or --fp16")
     trt_reason = trt_engine.unavailable_reason()
     if config.require_engine and trt_reason:
         raise ExportError(f"--require-engine: cannot build TensorRT engines: {trt_reason}")
@@ -191,6 +213,7 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
     specs = graph_specs(model)  # an architecture without an export path fails here, before the plan
     ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
     plan = memory_plan_for(model, config)
+    int8 = _int8_stage(model, model_dir, config, stage) if config.int8 else None
 
     graphs, reports = {}, []
     with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
@@ -209,6 +232,10 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
             rewritten, report = _rewrite(spec.kind, traced, blocks, layers, spec.towers, config.strict,
                                        config.fp16)
             reports += report
+            int8_summary = None
+            if int8 is not None:
+                stage(f"INT8: calibrating and quantizing the {spec.kind} graph")
+                rewritten, int8_summary = int8.quantize(spec, rewritten)
             ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
             name = spec.kind
             data = None
@@ -235,7 +262,13 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
                             "profile": mf.profile_shapes(spec.kind, inputs, config, max_positions),
                             "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
                                           for op in ("PHMLinear", "PHMFFN")},
-                            "plugins": mf.plugin_requirements(trt_model)}
+                            "plugins": mf.plugin_requirements(trt_model),
+                            **({"int8": int8_summary} if int8_summary is not None else {})}
+
+        report_file = None
+        if int8 is not None:
+            model.float()
+            report_file = _int8_report(int8, tmp, graphs, model_dir, doc, counts)
 
         stage("writing manifest and commands")
         hf = tmp / "hf"
@@ -263,6 +296,8 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
             "model_type": model.config.model_type,
             "architecture": type(model).__name__,
             "precision": config.precision,
+            "activations": config.activations,
+            "report": report_file,
             "target": {"name": config.target, "sm": config.sm},
             "memory_plan": plan.to_dict(),
             # TensorRT plugin creators the graphs need (phm-run checks them before loading TensorRT)

@@ -9,7 +9,7 @@ import click
 
 from phm.trainer.cliutil import OneLineCommand
 
-from .config import TARGETS, ExportConfig
+from .config import CALIB_METHODS, TARGETS, ExportConfig
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,8 +17,12 @@ from .config import TARGETS, ExportConfig
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="artifacts dir [default: MODEL_DIR-onnx]")
 @click.option("--fp16", is_flag=True, help="fp16 graph (norm/softmax statistics stay fp32)")
-@click.option("--int8", is_flag=True, help="INT8 Q/DQ + INT8 PHM cores (needs the quantization path)")
-@click.option("--calib-data", type=click.Path(), default=None, help="calibration data for --int8")
+@click.option("--int8", is_flag=True, help="INT8: Q/DQ attention matmuls + INT8 PHM cores; writes report.md")
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="calibration data for --int8: folder, .jsonl or .txt [default: the shipped prompts]")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="percentile", show_default=True,
+              help="activation calibrator for --int8")
+@click.option("--int8-lm-head", is_flag=True, help="with --int8, quantize the LM head too")
 @click.option("--strict", is_flag=True, help="fail if any PHM-configured MLP is not rewritten")
 @click.option("--target", type=click.Choice(list(TARGETS)), default=ExportConfig.target, show_default=True,
               help="device the memory plan, engine profile and commands are for (Jetson Orin modules: sm_87)")
@@ -29,8 +33,8 @@ from .config import TARGETS, ExportConfig
 @click.option("--require-engine", is_flag=True, help="fail (non-zero) where TensorRT cannot build engines")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty output dir")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
-def main(model_dir, out_dir, fp16, int8, calib_data, strict, target, context, device_gib, require_engine, overwrite,
-         verbose):
+def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, int8_lm_head, strict, target, context, device_gib,
+         require_engine, overwrite, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
     from rich.console import Console
     from rich.logging import RichHandler
@@ -39,7 +43,8 @@ def main(model_dir, out_dir, fp16, int8, calib_data, strict, target, context, de
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
     try:
-        config = ExportConfig(fp16=fp16, int8=int8, calib_data=calib_data, strict=strict, target=target,
+        config = ExportConfig(fp16=fp16, int8=int8, calib_data=calib_data, calib_method=calib_method,
+                              int8_lm_head=int8_lm_head, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),
                               require_engine=require_engine, overwrite=overwrite)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .memory_plan import DEVICES
 
-__all__ = ["EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
+__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
 
 EXPORT_CONFIG_VERSION = 1
 
@@ -16,6 +16,7 @@ EXPORT_CONFIG_VERSION = 1
 # modules (JetPack 6: TensorRT 10.3, sm_87) and a desktop GPU (sm_90).
 TARGETS = {name: device.sm for name, device in DEVICES.items()}
 _LEGACY_TARGETS = {"orin": "agx-orin"}  # export_config.json written before the per-module targets
+CALIB_METHODS = ("minmax", "percentile", "entropy")  # phm.export.calibrate.make_calibrator
 
 
 @dataclass
@@ -23,8 +24,13 @@ class ExportConfig:
     """Options of one export. Validated on construction (ValueError naming the field)."""
 
     fp16: bool = False               # write an fp16 graph (norm/softmax statistics stay fp32)
-    int8: bool = False               # explicit Q/DQ + INT8 PHM cores (the quantization issue)
-    calib_data: str | None = None    # calibration data for --int8
+    int8: bool = False               # explicit Q/DQ (attention) + INT8 weight-only PHM cores (quantize.py)
+    calib_data: str | None = None    # calibration data for --int8 (folder/JSONL/TXT); None: the shipped set
+    calib_method: str = "percentile" # activation calibrator: minmax | percentile (99.99) | entropy (KL)
+    int8_lm_head: bool = False       # also W8A8 the LM head (off: logits are the most sensitive matmul)
+    int8_smooth: bool = True         # SmoothQuant smoothing of W8A8 inputs, α searched per tensor
+    int8_activations: bool = True    # False: weight-only INT8 everywhere (no activation Q/DQ; an ablation)
+    report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "agx-orin"         # orin-nano | orin-nx | agx-orin (sm_87, TensorRT 10.3) | desktop (sm_90)
     device_gib: float | None = None  # the target's memory when not its table value (e.g. Orin Nano 4GB)
@@ -40,11 +46,15 @@ class ExportConfig:
         self.target = _LEGACY_TARGETS.get(self.target, self.target)
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if self.fp16 and self.int8:
-            raise ValueError("choose one of fp16 and int8 (int8 keeps fp16 activations itself)")
-        if self.calib_data is not None and not self.int8:
-            raise ValueError("calib_data is only used with int8")
-        for name in ("max_batch", "max_sequence", "opt_sequence"):
+        for name in ("calib_data", "int8_lm_head"):
+            if not self.int8 and getattr(self, name) not in (None, False):
+                raise ValueError(f"{name} is only used with int8")
+        for name in ("int8_smooth", "int8_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.calib_method not in CALIB_METHODS:
+            raise ValueError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        for name in ("max_batch", "max_sequence", "opt_sequence", "report_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -59,7 +69,13 @@ class ExportConfig:
 
     @property
     def precision(self) -> str:
+        """Weight precision: "int8" (with fp32 or fp16 activations, see `activations`), "fp16", "fp32"."""
         return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    @property
+    def activations(self) -> str:
+        """Activation dtype of the graph ("fp16" with --fp16; INT8 PHM nodes always run fp16)."""
+        return "fp16" if self.fp16 else "fp32"
 
     @property
     def sm(self) -> str:

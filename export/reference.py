@@ -12,8 +12,9 @@ its shape or B:
     PHMFFN:    swiglu: down(act(gate(x)) ⊙ up(x));  plain: down(act(up(x)))  (via PHMLinear calls)
 
 String attributes are turned into numbers with ai.onnx.ml LabelEncoder (standard ONNX-ML), the
-activation is a one-hot blend of the spec's activations (exact: weights are 0 or 1). Only
-`weight_format="float"` cores are covered (the INT8/INT4 formats come with the quantization issue).
+activation is a one-hot blend of the spec's activations (exact: weights are 0 or 1). Cores are
+`weight_format="float"` or `"int8"` (dequantised in the body: Cast to float32 · per-row scales);
+the exporter writes no INT4 cores, and the body has no INT4 unpacking.
 
 TensorRT ≤ 10.6 would import such a function instead of our plugin, so the TensorRT file is written
 without `model.functions` (`strip_functions`); both come from the same rewritten graph.
@@ -97,6 +98,17 @@ def _attr_names(op: spec.OpSpec) -> list[str]:
     return [a.name for a in op.attributes]
 
 
+def _dequantized_cores(b: _Body, cores: str, scales: str, like: str) -> str:
+    """Cores as x's dtype, by weight_format: "float" as stored; "int8" q (m, B, k) · scales (m,) in
+    float32 (the layout of phm.trt_plugins.quant), then cast. One blend serves both formats (the
+    float case multiplies by 1: its scales input is the (1,) placeholder, never read)."""
+    is_int8 = b.op("Cast", b.code("weight_format", ("int8",), scales)["int8"], to=TensorProto.FLOAT)
+    s = b.op("Reshape", scales, b.ints(-1, 1, 1))                                 # (m, 1, 1) | (1, 1, 1)
+    one = b.op("Constant", value_float=1.0)
+    factor = b.op("Add", b.op("Mul", is_int8, s), b.op("Sub", one, is_int8))
+    return b.op("CastLike", b.op("Mul", b.op("Cast", cores, to=TensorProto.FLOAT), factor), like)
+
+
 def phm_linear_function() -> onnx.FunctionProto:
     op = spec.PHM_LINEAR
     x, cores, scales, bias = op.input_names
@@ -114,7 +126,7 @@ def phm_linear_function() -> onnx.FunctionProto:
     bk = b.op("Mul", b1, k1)
     xb = b.op("Reshape", x, b.op("Concat", b.ints(-1), n1, k1, axis=0))           # (T, n, k)
     z = b.op("Reshape", b.op("MatMul", mix, xb), b.op("Concat", b.ints(-1), bk, axis=0))  # (T·n, B·k)
-    a_cat_t = b.op("Transpose", b.op("Reshape", b.op("CastLike", cores, x), b.op("Concat", m1, bk, axis=0)),
+    a_cat_t = b.op("Transpose", b.op("Reshape", _dequantized_cores(b, cores, scales, x), b.op("Concat", m1, bk, axis=0)),
                    perm=[1, 0])                                                   # (B·k, m)
     lead = b.op("Slice", b.op("Shape", x), b.ints(0), b.ints(-1))
     y = b.op("Reshape", b.op("MatMul", z, a_cat_t), b.op("Concat", lead, b.op("Mul", n1, m1), axis=0))
@@ -122,7 +134,6 @@ def phm_linear_function() -> onnx.FunctionProto:
     y = b.op("Add", y, b.op("Mul", has_bias, bias))
     out = _activation(b, y, x)
     b.nodes.append(helper.make_node("Identity", [out], ["y"]))
-    del scales  # float cores only: the scales input is a placeholder (module doc)
     return helper.make_function(spec.DOMAIN, op.op_type, list(op.input_names), ["y"], b.nodes,
                                 [helper.make_opsetid("", OPSET), helper.make_opsetid(*ONNX_ML)],
                                 attributes=_attr_names(op), doc_string=op.doc)

@@ -84,6 +84,9 @@ def _plot(rows: list[ReportRow]) -> bytes:
             axes[1].annotate(r.precision, (s, r.metrics.perplexity), fontsize=8)
     axes[0].set(xlabel="size (MB)", ylabel="top-1 agreement with FP32 (%)", title="agreement vs size")
     axes[1].set(xlabel="size (MB)", ylabel="perplexity (held-out text)", title="perplexity vs size")
+    ppl = [r.metrics.perplexity for r in rows]
+    if min(ppl) > 0 and max(ppl) > 10 * min(ppl):  # models of very different quality side by side
+        axes[1].set_yscale("log")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -94,11 +97,13 @@ def _plot(rows: list[ReportRow]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(rows: list[ReportRow], out_dir: str | Path, title: str = "Accuracy report") -> Path:
-    """Write report.md (table), report.png (plot) and report.json into out_dir; returns report.md."""
+def write_report(rows: list[ReportRow], out_dir: str | Path, title: str = "Accuracy report", note: str = "") -> Path:
+    """Write report.md (table, `note` under it), report.png (plot) and report.json into out_dir;
+    returns report.md."""
     if not rows:
         raise ValueError("no report rows to write")
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / "report.png", _plot(rows))
     atomic_write_text(out_dir / "report.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    return atomic_write_text(out_dir / "report.md", f"# {title}\n\n{_table(rows)}\n\n![plot](report.png)\n")
+    body = f"# {title}\n\n{_table(rows)}\n\n" + (f"{note}\n\n" if note else "") + "![plot](report.png)\n"
+    return atomic_write_text(out_dir / "report.md", body)

@@ -54,6 +54,16 @@ def _model_bytes(path: Path) -> bytes | None:
     return data
 
 
+def _quantized(source: bytes | str) -> bool:
+    """Whether the graph holds Q/DQ nodes (an --int8 export). Op types are plain strings in the
+    protobuf, so serialized bytes are searched directly; a path is read without its weights."""
+    if isinstance(source, bytes):
+        return b"DequantizeLinear" in source
+    import onnx
+
+    return any(n.op_type == "DequantizeLinear" for n in onnx.load(source, load_external_data=False).graph.node)
+
+
 def _session(ort, path: Path, providers: list[str] | None, threads: int | None, lower: bool = True):
     if not path.is_file():
         raise BackendError(f"ONNX model {path} does not exist")
@@ -62,7 +72,10 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     except Exception as e:  # onnx raises DecodeError / ValidationError …: one line
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
+    # DequantizeLinear -> MatMul into a kernel that also quantizes the activations (phm.export.quantize).
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if _quantized(source)
+                                     else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     # The memory pattern is planned per input shape, and every decode step has a new past length:
     # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
     opts.enable_mem_pattern = False

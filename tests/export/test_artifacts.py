@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import make_phm_checkpoint
+from exportkit import make_phm_checkpoint
 from ortloop import manifest, session
 
 from phm.export import ExportConfig, ExportError, export_model

@@ -44,10 +44,18 @@ def test_corrupt_weights(store, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dir left
 
 
-def test_int8_is_a_clear_error_until_the_quantization_path_lands(store, tmp_path):
-    result, lines = _run([store.checkpoint("llama", True), "--int8", "--out", tmp_path / "out"])
-    _assert_one_line_error(result, lines, "--int8")
+@pytest.mark.parametrize("setup,needle", [
+    (lambda p: (p / "calib").mkdir() or p / "calib", "is empty"),
+    (lambda p: (p / "c.jsonl").write_text("{oops\n") and p / "c.jsonl", "not valid JSON"),
+    (lambda p: p / "missing", "does not exist"),
+])
+def test_int8_bad_calibration_data_is_one_line(store, tmp_path, setup, needle):
+    result, lines = _run([store.checkpoint("llama", True), "--int8", "--calib-data", setup(tmp_path),
+                          "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, needle)
+    assert "--int8" in result.output
     assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is importable here: --require-engine can be met")
@@ -69,11 +77,13 @@ def test_existing_output_dir_is_not_overwritten(store, tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="target"):
         ExportConfig(target="jetson-nano")
-    with pytest.raises(ValueError, match="one of fp16 and int8"):
-        ExportConfig(fp16=True, int8=True)
     with pytest.raises(ValueError, match="calib_data"):
         ExportConfig(calib_data="x.jsonl")
+    with pytest.raises(ValueError, match="calib_method"):
+        ExportConfig(int8=True, calib_method="mse")
     assert ExportConfig(fp16=True).precision == "fp16"
+    both = ExportConfig(fp16=True, int8=True)
+    assert (both.precision, both.activations) == ("int8", "fp16")
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

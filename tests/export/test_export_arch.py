@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHS, VLMS
+from exportkit import ARCHS, VLMS
 from ortloop import eos_ids, greedy, manifest, session, torch_greedy
 
 from phm.export import io_names as io

@@ -140,6 +140,11 @@ def _dinov2(d: Path) -> Path:
     return d / "dinov2"
 
 
+def _empty_dir(d: Path) -> Path:
+    (d / "calib").mkdir()
+    return d / "calib"
+
+
 def _empty_jsonl(d: Path) -> Path:
     (d / "data.jsonl").write_text("\n\n")
     return d / "data.jsonl"
@@ -194,7 +199,10 @@ CASES = {
     "export-out-is-a-file": lambda i, d: Case(_export(i.phm, d), "is not a directory", setup=lambda: _file(d)),
     "export-out-not-empty": lambda i, d: Case(_export(i.phm, d), "exists and is not empty",
                                               setup=lambda: _nonempty_out(d)),
-    "export-fp16-and-int8": lambda i, d: Case(_export(i.phm, d, "--fp16", "--int8"), "choose one of fp16 and int8"),
+    "export-int8-empty-calib-dir": lambda i, d: Case(_export(i.phm, d, "--int8", "--calib-data", _empty_dir(d)),
+                                                     "is empty"),
+    "export-int8-empty-calib-jsonl": lambda i, d: Case(_export(i.phm, d, "--int8", "--calib-data", _empty_jsonl(d)),
+                                                       "--int8: "),
     "export-calib-data-without-int8": lambda i, d: Case(_export(i.phm, d, "--calib-data", i.data),
                                                         "calib_data is only used with int8"),
     "export-unknown-target": lambda i, d: Case(_export(i.phm, d, "--target", "tx2"),

@@ -72,7 +72,7 @@ def test_sampling_flags_are_seeded(art):
 @pytest.mark.parametrize("args,message", [
     (["--prompt", "w5", "--temperature", "-1"], "Invalid value for '--temperature'"),
     (["--prompt", "w5", "--top-p", "0"], "Invalid value for '--top-p'"),
-    (["--prompt", "w5", "--image", "/nonexistent.png"], "text-only model"),
+    (["--prompt", "w5", "--image", "/nonexistent.png"], "does not exist"),
     (["--prompt", "w5", "--backend", "trt"], "no TensorRT engine"),
 ])
 def test_bad_input_one_line(art, args, message):

@@ -1,0 +1,184 @@
+"""The --int8 stage of `export_model`: calibration feeds, quantizing one graph, the accuracy report.
+
+    stage = Int8Stage(model, model_dir, config, on_stage)    # loads calibration data + tokenizer once
+    quantized, summary = stage.quantize(spec, rewritten)     # rewritten float graph → INT8 graph
+    stage.report(tmp / "decoder.onnx", tmp, params, int8_bytes)   # report.md/.json/.png
+
+Text becomes token ids through the model dir's tokenizer; a model dir without one (the tiny test
+models) gets the UTF-8 bytes of the text modulo the vocabulary, with a warning. Calibration runs the
+float graph (PHM nodes through their ORT reference functions) on every calibration prompt as one
+prefill (no KV cache), at most CALIB_TOKENS tokens each.
+
+The report compares, on held-out real text (the held-out split of the chatterbot corpus, which the
+calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same model cast to fp16
+(PyTorch, CPU), INT8 = the exported ONNX graph in ONNX Runtime (CPU, basic graph optimizations: see
+`quantize.ort_options`), all against FP32's logits:
+logit cosine, top-1 agreement and perplexity of the real next tokens. Decoders with token inputs
+only (VLM decoders read merged image embeddings: their caption agreement is not measured here).
+With `int8_activations=False` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+from . import io_names as io
+from .calib_data import load_calibration_data
+from .graphs import GraphSpec, cache_geometry, text_config
+from .precision import tensor_types
+from .quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
+from .reference import attach_functions
+from .report import ReportRow, metrics, write_report
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CALIB_TOKENS", "Int8Stage", "heldout_windows", "text_to_ids"]
+
+CALIB_TOKENS = 128   # tokens per calibration prompt (longer ones are cut)
+WINDOW = 128         # tokens per held-out evaluation window
+
+
+def _tokenizer(model_dir: Path):
+    import transformers
+
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None  # AutoTokenizer would build an empty one from config.json alone
+    try:
+        return transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def text_to_ids(text: str, tokenizer, vocab: int) -> list[int]:
+    """Token ids of `text`: the tokenizer's, or UTF-8 bytes mod `vocab` when there is none."""
+    if tokenizer is not None:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return [b % vocab for b in text.encode("utf-8")]
+
+
+def heldout_windows(tokenizer, vocab: int, tokens: int, window: int = WINDOW) -> list[np.ndarray]:
+    """Windows (1, ≤ window) of held-out real text, `tokens` ids in all (fewer if the text runs out)."""
+    from phm.trainer.data import chatterbot_texts, split_holdout
+
+    _, held = split_holdout(chatterbot_texts())
+    ids = text_to_ids("\n".join(held), tokenizer, vocab)[:tokens]
+    if len(ids) < 2:
+        raise ValueError("the held-out text gave fewer than 2 tokens")
+    return [np.array([ids[i:i + window]], dtype=np.int64) for i in range(0, len(ids) - 1, window)
+            if len(ids[i:i + window]) >= 2]
+
+
+class Int8Stage:
+    """Everything --int8 needs that does not change per graph (calibration data, tokenizer)."""
+
+    def __init__(self, model, model_dir: Path, config, on_stage: Callable[[str], None]):
+        self.model, self.config, self.stage = model, config, on_stage
+        self.samples = load_calibration_data(config.calib_data)  # ValueError on empty/invalid data
+        self.tokenizer = _tokenizer(model_dir)
+        self.vocab = text_config(model).vocab_size
+        if self.tokenizer is None:
+            log.warning("%s has no tokenizer: calibration and the report use UTF-8 bytes mod vocab as token ids",
+                        model_dir)
+        if any(s.image is not None for s in self.samples):
+            log.warning("calibration images are not used: the vision graph's attention is weight-only INT8")
+        self.ids = [ids[:CALIB_TOKENS] for ids in (text_to_ids(s.text, self.tokenizer, self.vocab)
+                                                   for s in self.samples) if ids]
+        if not self.ids:
+            raise ValueError("calibration data has no text to tokenize")
+
+    # -- feeds --------------------------------------------------------------------------------
+    def _feed(self, kind: str, first_input: str, ids: np.ndarray, float_np) -> dict:
+        """One prefill feed of a `kind` graph whose first input is `first_input`, for token ids (1, T)."""
+        t = ids.shape[1]
+        if kind == "encoder":
+            return {io.INPUT_IDS: ids, io.ATTENTION_MASK: np.ones_like(ids)}
+        layers, kv_heads, head_dim = cache_geometry(self.model)
+        feed = {io.ATTENTION_MASK: np.ones((1, t), np.int64)}
+        pos = np.arange(t, dtype=np.int64)[None]
+        if first_input == io.INPUTS_EMBEDS:  # VLM decoder: text embeddings, M-RoPE positions (3, 1, T)
+            with torch.no_grad():
+                emb = self.model.get_input_embeddings()(torch.from_numpy(ids)).float().numpy()
+            feed[io.INPUTS_EMBEDS] = emb.astype(float_np)
+            pos = np.broadcast_to(pos[None], (3, 1, t)).copy()
+        else:
+            feed[io.INPUT_IDS] = ids
+        feed[io.POSITION_IDS] = pos
+        for name in io.past_names(layers):
+            feed[name] = np.zeros((1, kv_heads, 0, head_dim), float_np)
+        return feed
+
+    # -- quantization -------------------------------------------------------------------------
+    def quantize(self, spec: GraphSpec, rewritten: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+        """The INT8 graph of one rewritten float graph (quantize.py), calibrated on the prompts."""
+        graph = gs.import_onnx(rewritten)
+        plan = plan_int8(graph, lm_head=self.config.int8_lm_head)
+        if spec.kind in ("vision", "embed") or not self.config.int8_activations:  # weights only (module doc)
+            for lin in plan.linears:
+                if lin.mode == "w8a8":
+                    lin.mode = "weight_only"
+        types = tensor_types(attach_functions(rewritten))
+        names = plan.activation_tensors
+        acts = {}
+        if names:
+            float_np = np.float16 if self.config.fp16 else np.float32
+            feeds = [self._feed(spec.kind, spec.inputs[0], np.array([ids], np.int64), float_np) for ids in self.ids]
+            done = [0]
+
+            def tick():
+                done[0] += 1
+                self.stage(f"calibrating {spec.kind}: {done[0]}/{len(feeds)} prompts")
+
+            acts = collect_activations(attach_functions(rewritten), names, feeds, types, progress=tick)
+            self.stage(f"choosing {spec.kind} activation scales ({self.config.calib_method}, smoothing α search)")
+        scales = choose_scales(plan, acts, self.config.calib_method, smooth=self.config.int8_smooth)
+        summary = quantize_graph(graph, plan, scales, types)
+        out = gs.export_onnx(graph)
+        out.producer_name, out.producer_version = rewritten.producer_name, rewritten.producer_version
+        out.graph.name = rewritten.graph.name
+        summary["calib_method"] = self.config.calib_method
+        summary["calib_prompts"] = len(self.ids) if names else 0
+        return out, summary
+
+    # -- accuracy report ----------------------------------------------------------------------
+    def report(self, onnx_path: Path, out_dir: Path, params: int, int8_bytes: int, name: str) -> Path:
+        """report.md/.json/.png of FP32/FP16/INT8 of a token-input decoder graph at `onnx_path`."""
+        import onnxruntime as ort
+
+        self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out text")
+        windows = heldout_windows(self.tokenizer, self.vocab, self.config.report_tokens)
+        ref, half, labels = [], [], []
+        model16 = copy.deepcopy(self.model).half()
+        with torch.no_grad():
+            for ids in windows:
+                x = torch.from_numpy(ids)
+                ref.append(self.model(input_ids=x).logits[0, :-1].float().numpy())
+                half.append(model16(input_ids=x).logits[0, :-1].float().numpy())
+                labels.append(ids[0, 1:])
+        del model16
+        sess = ort.InferenceSession(str(onnx_path), ort_options(), providers=["CPUExecutionProvider"])
+        float_np = np.float16 if self.config.fp16 else np.float32
+        int8 = []
+        for ids in windows:
+            logits = sess.run([io.LOGITS], self._feed("decoder", io.INPUT_IDS, ids, float_np))[0]
+            int8.append(logits[0, :-1].astype(np.float32))
+        ref, half, int8, labels = (np.concatenate(v) for v in (ref, half, int8, labels))
+        rows = [ReportRow(name, "fp32", metrics(ref, ref, labels), params * 4),
+                ReportRow(name, "fp16", metrics(ref, half, labels), params * 2),
+                ReportRow(name, "int8" if self.config.int8_activations else "int8-wo", metrics(ref, int8, labels),
+                          int8_bytes)]
+        for r in rows:
+            log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
+                     100 * r.metrics.top1_agreement, r.metrics.perplexity)
+        note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
+                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: "
+                f"{onnx_path.name} in ONNX Runtime (CPU), activations {self.config.activations}, "
+                f"calibrator {self.config.calib_method}. Metrics against FP32's logits.")
+        return write_report(rows, out_dir, title=f"INT8 accuracy report: {name}", note=note)
