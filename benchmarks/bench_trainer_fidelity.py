@@ -36,7 +36,8 @@ from phm.trainer.models import load_minilm, load_smollm2
 
 log = logging.getLogger("bench")
 
-# Per-model settings of the runs recorded in docs/trainer.md (first guesses, not tuned; the acceptance
+# Per-model settings of the runs recorded in docs/trainer.md (MiniLM: hidden-state weight 3 from the short sweep
+# there, the rest first guesses; the acceptance
 # thresholds were not reached with them on the shared CPU, see there).
 SETTINGS = {
     "minilm": dict(load=load_minilm, objective="embedding", steps=150, batch_size=32, max_length=64,
