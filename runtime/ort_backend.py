@@ -72,6 +72,7 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     except Exception as e:  # onnx raises DecodeError / ValidationError …: one line
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: fp16 graphs make the CPU constant folder warn per node
     # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
     # DequantizeLinear -> MatMul into a kernel that also quantizes the activations (phm.export.quantize).
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if _quantized(source)
