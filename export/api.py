@@ -264,6 +264,9 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
                                           for op in ("PHMLinear", "PHMFFN")},
                             "plugins": mf.plugin_requirements(trt_model),
                             **({"int8": int8_summary} if int8_summary is not None else {})}
+            if spec.kind == "vision":  # a runtime lays out the prompt's image tokens by this count, which
+                # the ONNX graph leaves symbolic (LLaVA's features are a Concat over images)
+                graphs[name]["image_tokens"] = int(outputs[0][spec.outputs[0]].shape[0])
 
         report_file = None
         if int8 is not None:

@@ -2,10 +2,11 @@
 
 Prints the generated text on stdout and one timing line on stderr (prefill ms, decode tokens/s,
 peak RSS; peak device memory on a GPU backend), or one JSON object with `--json`. Backends:
-`ort` (ONNX Runtime: CPU, or its CUDA EP where installed; text decoders and Qwen2(.5)-VL with an
-image) and `trt` (the TensorRT decoder engine phm-export builds where TensorRT is importable).
-An image prompt is the image first, then the text (`VisionSpec.image_prompt`); no chat template
-is applied to any prompt. Every known failure is one line on stderr and exit status 1.
+`ort` (ONNX Runtime: CPU, or its CUDA EP where installed; text decoders, and Qwen2(.5)-VL and
+LLaVA with an image) and `trt` (the TensorRT decoder engine phm-export builds where TensorRT is
+importable). An image prompt is the image first, then the text, or for LLaVA the image at the
+prompt's `<image>` token where it has one (`VisionSpec.image_prompt`); no chat template is applied
+to any prompt. Every known failure is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from .backend import BackendError
 from .generate import GenerationConfig, generate
 from .sampling import SamplingConfig
-from .vlm import VisionSpec, image_processor, preprocess_image
+from .vlm import VisionSpec, image_processor
 
 
 def _tokenizer(artifacts: Path):
@@ -90,7 +91,7 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
         ids = tok(prompt, add_special_tokens=True)["input_ids"]
         images = None
         if image is not None:
-            images = {"pixel_values": preprocess_image(image_processor(artifacts / "hf"), image, vision.grid_thw)}
+            images = {"pixel_values": vision.pixel_values(image_processor(artifacts / "hf"), image)}
             ids = vision.image_prompt(ids)
         if not ids:
             raise click.ClickException("the prompt is empty after tokenization")

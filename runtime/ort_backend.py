@@ -4,14 +4,15 @@ I/O contract (written by phm.export, read here from the session, never guessed f
   inputs   input_ids (batch, seq) int64          LLMs
            inputs_embeds (batch, seq, hidden)     VLMs (embed.onnx output, image features merged in)
            attention_mask (batch, past+seq) int64,
-           position_ids (batch, seq) int64 [optional]; (3, batch, seq) for VLMs (M-RoPE),
+           position_ids (batch, seq) int64 [optional]; (3, batch, seq) for Qwen2(.5)-VL (M-RoPE),
            past_key_values.{i}.key / .value (batch, kv_heads, past, head_dim)
   outputs  logits (batch, seq, vocab), present.{i}.key / .value (batch, kv_heads, past+seq, head_dim)
 
 VLM artifacts (`OrtBackend.from_artifacts` on a dir with vision.onnx and embed.onnx): prefill
 takes `images={"pixel_values": (patches, patch_dim)}` for a prompt laid out by
-`VisionSpec.image_prompt`; the vision graph's features replace the image tokens' embeddings and
-positions follow M-RoPE (phm.runtime.vlm); decode positions continue from there.
+`VisionSpec.image_prompt`; the vision graph's features replace the image tokens' embeddings.
+Qwen2(.5)-VL positions follow M-RoPE (phm.runtime.vlm) and decode positions continue from there;
+LLaVA takes `images={"pixel_values": (1, 3, S, S)}` and the text decoder's cumsum(mask) - 1 positions.
 
 The KV cache stays in OrtValues between steps (`run_with_ort_values`), so decode does not copy
 the cache through numpy; only the last position's logits come back as an array.
@@ -153,9 +154,11 @@ class OrtBackend:
         return feeds
 
     def _vlm_feeds(self, ids: np.ndarray, mask: np.ndarray, images: dict | None) -> dict:
-        """inputs_embeds and (3, batch, seq) M-RoPE position_ids of a VLM step."""
+        """inputs_embeds and position_ids of a VLM step: (3, batch, seq) M-RoPE for Qwen2(.5)-VL,
+        (batch, seq) cumsum(mask) - 1 for LLaVA (as for a text decoder)."""
         embeds = self.embed_session.run(None, {"input_ids": ids})[0]
         spec = self.vision
+        pos = position_ids_from_mask(mask, ids.shape[1])
         if images:
             if (mask == 0).any():
                 raise BackendError("image prompts take unpadded rows (attention_mask all ones)")
@@ -163,18 +166,20 @@ class OrtBackend:
             features = self.vision_session.run(None, {"pixel_values": pixels})[0]
             try:
                 embeds = merge_image_features(embeds, ids, features, spec.image_token_id)
-                pos, _ = mrope_position_ids(ids, np.array([spec.grid_thw]), spec.image_token_id,
-                                            spec.spatial_merge_size)
+                if spec.mrope:
+                    pos, _ = mrope_position_ids(ids, np.array([spec.grid_thw]), spec.image_token_id,
+                                                spec.spatial_merge_size)
             except (ValueError, StopIteration) as e:
                 raise BackendError(f"prompt and image do not fit: {e or 'more image-token runs than images'}") from None
-            self.rope_delta = pos.max(axis=(0, 2)) + 1 - ids.shape[1]  # per row, as HF's rope_deltas
+            if spec.mrope:
+                self.rope_delta = pos.max(axis=(0, 2)) + 1 - ids.shape[1]  # per row, as HF's rope_deltas
         else:
-            if self.cache is None:  # a text-only prompt: all three rows are the text positions
+            if self.cache is None:
                 if (ids == spec.image_token_id).any():
                     raise BackendError("the prompt has image tokens but no image was given")
-                self.rope_delta = np.zeros(ids.shape[0], np.int64)
-            pos = position_ids_from_mask(mask, ids.shape[1]) + self.rope_delta[:, None]
-            pos = np.ascontiguousarray(np.broadcast_to(pos, (3, *pos.shape)))
+                self.rope_delta = np.zeros(ids.shape[0], np.int64)  # a text-only prompt: no shift
+            if spec.mrope:  # all three rows are the text positions, shifted past the prompt's image
+                pos = np.ascontiguousarray(np.broadcast_to(pos + self.rope_delta[:, None], (3, *pos.shape)))
         return {"inputs_embeds": embeds, "position_ids": pos.astype(np.int64)}
 
     def _step(self, ids: np.ndarray, mask: np.ndarray, images: dict | None = None) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""How the runtime feeds images to the exported Qwen2-VL / Qwen2.5-VL graphs (numpy, no torch).
+"""How the runtime feeds images to the exported VLM graphs (numpy, no torch).
+
+Qwen2-VL / Qwen2.5-VL:
 
     spec     = VisionSpec.from_artifacts(artifacts_dir)           # token ids, merge size, fixed grid
-    pixels   = preprocess_image(image_processor(hf_dir), image, spec.grid_thw)   # (patches, patch_dim)
+    pixels   = spec.pixel_values(image_processor(hf_dir), image)  # preprocess_image: (patches, patch_dim)
     ids      = spec.image_prompt(text_ids)                        # vision_start, image tokens…, vision_end, text
     features = vision.onnx(pixel_values)                          # (image_tokens, hidden), fixed grid
     embeds   = embed.onnx(input_ids)                              # (1, seq, hidden)
@@ -15,6 +17,11 @@ processor writes them; positions follow HF `get_rope_index` for images (tested a
 The vision graph is traced for one image grid (manifest.json `grid_thw`), so every image is
 resized to exactly that grid's pixel size before the HF image processor (from the artifacts'
 hf/ dir) normalises it and cuts it into patches.
+
+LLaVA (LlavaForConditionalGeneration, e.g. a DINOv2 tower + Llama): the same three graphs, but
+vision.onnx takes one (1, 3, S, S) image (S = manifest `image_size`; preprocess_square_image), the
+prompt holds one image token per row of its output (no start/end tokens) and the decoder takes
+ordinary (batch, seq) positions, cumsum(mask) - 1, as for a text LLM: no M-RoPE, no rope_delta.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "preprocess_image"]
+__all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "preprocess_image",
+           "preprocess_square_image"]
 
 
 @dataclass(frozen=True)
@@ -33,20 +41,52 @@ class VisionSpec:
     """What the runtime needs to build an image prompt for one VLM artifacts dir."""
 
     image_token_id: int
-    vision_start_token_id: int
-    vision_end_token_id: int
-    spatial_merge_size: int
-    grid_thw: tuple  # (t, h, w) in patches: the one grid vision.onnx was traced for
+    vision_start_token_id: int | None = None  # Qwen only
+    vision_end_token_id: int | None = None    # Qwen only
+    spatial_merge_size: int = 1
+    grid_thw: tuple | None = None  # Qwen: (t, h, w) in patches, the one grid vision.onnx was traced for
+    image_size: int | None = None  # LLaVA: the square side in pixels vision.onnx was traced for
+    features: int | None = None    # LLaVA: rows of vision.onnx's output = image tokens per image
+    bos_token_id: int | None = None  # LLaVA: the image goes after a leading BOS
+
+    @property
+    def mrope(self) -> bool:
+        """Qwen2(.5)-VL: (3, batch, seq) M-RoPE positions; LLaVA: plain (batch, seq) positions."""
+        return self.grid_thw is not None
 
     @property
     def image_tokens(self) -> int:
+        if not self.mrope:
+            return self.features
         t, h, w = self.grid_thw
         return t * h * w // self.spatial_merge_size ** 2
 
     def image_prompt(self, text_ids: list[int]) -> list[int]:
-        """The image first, then the text (Qwen2-VL's user-turn layout, without a chat template)."""
-        return [self.vision_start_token_id, *[self.image_token_id] * self.image_tokens,
-                self.vision_end_token_id, *text_ids]
+        """The prompt ids with the image's tokens in place.
+
+        Qwen: the image first, then the text (Qwen2-VL's user-turn layout, without a chat template).
+        LLaVA: an image token the text already holds (a prompt written with `<image>`, as LLaVA's
+        chat template places it) is expanded to one token per image feature, as LlavaProcessor
+        does; a text without one gets the image first (after a leading BOS, which must stay first).
+        """
+        tokens = [self.image_token_id] * self.image_tokens
+        if self.mrope:
+            return [self.vision_start_token_id, *tokens, self.vision_end_token_id, *text_ids]
+        text_ids = list(text_ids)
+        n = text_ids.count(self.image_token_id)
+        if n > 1:
+            raise ValueError(f"the prompt holds {n} image tokens; one image takes one")
+        if n == 1:
+            i = text_ids.index(self.image_token_id)
+            return text_ids[:i] + tokens + text_ids[i + 1:]
+        head = 1 if self.bos_token_id is not None and text_ids[:1] == [self.bos_token_id] else 0
+        return text_ids[:head] + tokens + text_ids[head:]
+
+    def pixel_values(self, processor, image) -> np.ndarray:
+        """The vision graph's pixel_values input for one image (path, PIL image or HWC uint8 array)."""
+        if self.mrope:
+            return preprocess_image(processor, image, self.grid_thw)
+        return preprocess_square_image(processor, image, self.image_size)
 
     @classmethod
     def from_artifacts(cls, artifacts: Path) -> "VisionSpec | None":
@@ -56,9 +96,24 @@ class VisionSpec:
         if vision is None:
             return None
         cfg = json.loads((Path(artifacts) / "hf" / "config.json").read_text())
+        if cfg.get("model_type") == "llava":
+            return cls._llava(cfg, vision)
         grid = tuple(int(v) for v in np.asarray(vision["grid_thw"]).reshape(-1, 3)[0])
         return cls(int(cfg["image_token_id"]), int(cfg["vision_start_token_id"]), int(cfg["vision_end_token_id"]),
                    int(cfg["vision_config"]["spatial_merge_size"]), grid)
+
+    @classmethod
+    def _llava(cls, cfg: dict, vision: dict) -> "VisionSpec":
+        # The image-token count is what the exporter's traced vision graph returned, not recomputed
+        # from the tower's config: CLS / register tokens and the select strategy differ by tower.
+        if "image_tokens" not in vision:
+            raise ValueError("manifest.json does not record the vision graph's image_tokens: re-export the model")
+        token = cfg.get("image_token_id", cfg.get("image_token_index"))
+        if token is None:
+            raise ValueError("hf/config.json holds no image_token_id / image_token_index")
+        bos = cfg.get("text_config", {}).get("bos_token_id", cfg.get("bos_token_id"))
+        return cls(int(token), image_size=int(vision["image_size"]), features=int(vision["image_tokens"]),
+                   bos_token_id=None if bos is None else int(bos))
 
 
 def image_processor(hf_dir: Path):
@@ -74,10 +129,8 @@ def image_processor(hf_dir: Path):
         raise ValueError(f"cannot load the image processor in {hf_dir}: {str(e).splitlines()[0]}") from None
 
 
-def preprocess_image(processor, image, grid_thw: tuple) -> np.ndarray:
-    """An image (path, PIL image or HWC uint8 array) → pixel_values (patches, patch_dim) float32 for
-    the vision graph's fixed grid: resized (bicubic) to grid × patch_size pixels, then the
-    processor's own normalisation and patch layout (resizing left off so the grid stays)."""
+def _rgb(image, size: tuple):
+    """An image (path, PIL image or HWC uint8 array) as an RGB PIL image of `size` (w, h), bicubic."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
@@ -88,14 +141,35 @@ def preprocess_image(processor, image, grid_thw: tuple) -> np.ndarray:
             raise ValueError(f"cannot read image {image}: {str(e).splitlines()[0]}") from None
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
+    return image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+
+
+def preprocess_image(processor, image, grid_thw: tuple) -> np.ndarray:
+    """An image (path, PIL image or HWC uint8 array) → pixel_values (patches, patch_dim) float32 for
+    the vision graph's fixed grid: resized (bicubic) to grid × patch_size pixels, then the
+    processor's own normalisation and patch layout (resizing left off so the grid stays)."""
     t, h, w = grid_thw
     patch = int(processor.patch_size)
-    image = image.convert("RGB").resize((w * patch, h * patch), Image.Resampling.BICUBIC)
+    image = _rgb(image, (w * patch, h * patch))
     out = processor(images=[image], do_resize=False, return_tensors="np")
     got = tuple(int(v) for v in np.asarray(out["image_grid_thw"]).reshape(-1))
     if got != (t, h, w):
         raise ValueError(f"the image processor gave grid {got}, the vision graph was exported for {(t, h, w)}")
     return np.asarray(out["pixel_values"], dtype=np.float32)
+
+
+def preprocess_square_image(processor, image, size: int) -> np.ndarray:
+    """An image → pixel_values (1, 3, size, size) float32 for a LLaVA vision graph traced at `size`:
+    resized (bicubic) straight to size × size, then the processor's rescale and normalisation.
+    Its own resize / center crop are left off: they would give another size than the graph's
+    (DINOv2's processor resizes to 256 and crops to 224 whatever the tower was trained at)."""
+    skip = {k: False for k in ("do_resize", "do_center_crop") if hasattr(processor, k)}
+    out = processor(images=[_rgb(image, (size, size))], return_tensors="np", **skip)
+    pixels = np.asarray(out["pixel_values"], dtype=np.float32)
+    if pixels.shape[0] != 1 or pixels.shape[-2:] != (size, size):
+        raise ValueError(f"the image processor gave pixel_values {pixels.shape}, the vision graph takes "
+                         f"(1, 3, {size}, {size})")
+    return pixels
 
 
 def merge_image_features(embeds: np.ndarray, input_ids: np.ndarray, features: np.ndarray,

@@ -39,6 +39,7 @@ def test_llava_image_greedy_equals_torch(store, phm):
     m = manifest(art)
     assert set(m["graphs"]) == {"vision", "embed", "decoder"}
     assert m["graphs"]["vision"]["image_size"] == cfg.vision_config.image_size
+    assert m["graphs"]["vision"]["image_tokens"] == _image_tokens(model)  # the runtime's prompt layout
     if phm:
         assert sum(m["graphs"]["decoder"]["phm_nodes"].values()) > 0
     ids, pixels = _prompt(model), _pixels(model)
