@@ -67,7 +67,7 @@ def _from_txt(path: Path) -> list[Sample]:
     return [Sample(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _from_dir(folder: Path) -> list[Sample]:
+def _from_dir(folder: Path, captions_required: bool = True) -> list[Sample]:
     out = []
     images = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     for p in sorted(folder.iterdir()):
@@ -77,32 +77,36 @@ def _from_dir(folder: Path) -> list[Sample]:
             out += _from_txt(p)
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             caption = p.with_suffix(".txt")
-            if not caption.is_file():
+            if not caption.is_file() and captions_required:  # training needs the target text
                 raise ValueError(f"image {p} has no caption file {caption.name}")
-            out.append(Sample(caption.read_text(encoding="utf-8").strip(), p))
+            out.append(Sample(caption.read_text(encoding="utf-8").strip() if caption.is_file() else "", p))
     return out
 
 
-def read_samples(path: str | Path) -> list[Sample]:
-    """Samples of a JSONL/TXT file, a folder, or the name `chatterbot`, in a stable order."""
+def read_samples(path: str | Path, captions_required: bool = True, what: str = "data") -> list[Sample]:
+    """Samples of a JSONL/TXT file, a folder, or the name `chatterbot`, in a stable order.
+
+    `captions_required=False` (INT8 calibration: only the inputs matter) takes a folder's images
+    without a caption file as image-only samples. `what` names the data in error messages.
+    """
     if str(path) == "chatterbot":
         return [Sample(t) for t in chatterbot_texts()]
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"data {path} does not exist")
+        raise ValueError(f"{what} {path} does not exist")
     try:
         if path.is_dir():
-            samples = _from_dir(path)
+            samples = _from_dir(path, captions_required)
         elif path.suffix == ".jsonl":
             samples = _from_jsonl(path)
         elif path.suffix == ".txt":
             samples = _from_txt(path)
         else:
-            raise ValueError(f"data {path}: expected a folder, a .jsonl or a .txt file, or 'chatterbot'")
+            raise ValueError(f"{what} {path}: expected a folder, a .jsonl or a .txt file, or 'chatterbot'")
     except UnicodeDecodeError:
-        raise ValueError(f"data {path} is not UTF-8 text") from None
+        raise ValueError(f"{what} {path} is not UTF-8 text") from None
     if not samples:
-        raise ValueError(f"data {path} is empty")
+        raise ValueError(f"{what} {path} is empty")
     return samples
 
 

@@ -34,3 +34,13 @@ def test_jsonl_txt_and_image_folder(tmp_path):
 def test_bad_calibration_data(tmp_path, setup, message):
     with pytest.raises(ValueError, match=message):
         load_calibration_data(setup(tmp_path))
+
+
+def test_image_without_caption_is_an_image_only_sample_for_calibration_not_for_training(tmp_path):
+    from phm.trainer.data import read_samples
+
+    (tmp_path / "dog.png").write_bytes(b"\x89PNG")
+    (sample,) = load_calibration_data(tmp_path)
+    assert sample.text == "" and sample.image == tmp_path / "dog.png"
+    with pytest.raises(ValueError, match="has no caption file dog.txt"):
+        read_samples(tmp_path)
