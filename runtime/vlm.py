@@ -117,12 +117,18 @@ class VisionSpec:
 
 
 def image_processor(hf_dir: Path):
-    """The HF image processor saved with the model (preprocessor_config.json in the artifacts' hf/)."""
+    """The HF image processor saved with the model in the artifacts' hf/: preprocessor_config.json, or
+    (transformers 5 processors, e.g. LlavaProcessor) the "image_processor" entry of processor_config.json."""
+    import json
+
     from transformers import AutoImageProcessor
 
-    if not (Path(hf_dir) / "preprocessor_config.json").is_file():
-        raise ValueError(f"{hf_dir} holds no preprocessor_config.json: export a model dir that ships its "
-                         "image processor")
+    hf_dir = Path(hf_dir)
+    nested = hf_dir / "processor_config.json"
+    if not (hf_dir / "preprocessor_config.json").is_file() and not (
+            nested.is_file() and "image_processor" in json.loads(nested.read_text(encoding="utf-8"))):
+        raise ValueError(f"{hf_dir} holds no image processor (preprocessor_config.json or processor_config.json): "
+                         "export a model dir that ships its image processor")
     try:
         return AutoImageProcessor.from_pretrained(hf_dir, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
