@@ -5,8 +5,9 @@ peak RSS; peak device memory on a GPU backend), or one JSON object with `--json`
 `ort` (ONNX Runtime: CPU, or its CUDA EP where installed; text decoders, and Qwen2(.5)-VL and
 LLaVA with an image) and `trt` (the TensorRT decoder engine phm-export builds where TensorRT is
 importable). An image prompt is the image first, then the text, or for LLaVA the image at the
-prompt's `<image>` token where it has one (`VisionSpec.image_prompt`); no chat template is applied
-to any prompt. Every known failure is one line on stderr and exit status 1.
+prompt's `<image>` token where it has one (`VisionSpec.image_prompt`). `--chat` wraps the prompt
+as one user turn in the tokenizer's chat template; without it the prompt is used as written.
+Every known failure is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def _backend(artifacts: Path, kind: str, threads: int | None):
     return OrtBackend.from_artifacts(artifacts, threads=threads)
 
 
+def _chat(tok, prompt: str) -> str:
+    """The prompt as one user turn in the tokenizer's chat template, ready for the assistant's answer
+    (instruct models such as SmolLM2-Instruct answer far better inside their template). The template
+    writes its own special tokens, so the caller tokenizes without adding more."""
+    if not getattr(tok, "chat_template", None):
+        raise click.ClickException("--chat: this model's tokenizer has no chat template; pass the formatted prompt")
+    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+
+
 def _stop_ids(tok, artifacts: Path) -> tuple:
     """EOS of the tokenizer and of generation_config.json (chat models end turns with another token)."""
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
@@ -67,8 +77,9 @@ def _stop_ids(tok, artifacts: Path) -> tuple:
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt as one user turn with the model's chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text + timing line.")
-def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, seed, threads, as_json):
+def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, seed, threads, chat, as_json):
     """Generate text from an artifacts dir written by phm-export."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     manifest_path = artifacts / "manifest.json"
@@ -88,7 +99,7 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
             raise click.ClickException("an image was given but this artifact is a text-only model")
         engine = _backend(artifacts, backend, threads)
         tok = _tokenizer(artifacts)
-        ids = tok(prompt, add_special_tokens=True)["input_ids"]
+        ids = tok(_chat(tok, prompt) if chat else prompt, add_special_tokens=not chat)["input_ids"]
         images = None
         if image is not None:
             images = {"pixel_values": vision.pixel_values(image_processor(artifacts / "hf"), image)}

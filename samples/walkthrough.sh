@@ -33,7 +33,7 @@ step "1/4 phm-train: PHM B=2 on every MLP of SmolLM2-135M, $STEPS distillation s
 step "2/4 phm-export: ONNX + PHM ops, fp16, INT8 (calibrated), accuracy report" \
     phm-export "$OUT/ckpt" --out "$OUT/artifacts" --fp16 --int8 --target agx-orin
 step "3/4 phm-run: generate with ONNX Runtime" \
-    phm-run "$OUT/artifacts" --prompt "$PROMPT" --max-new-tokens 24
+    phm-run "$OUT/artifacts" --prompt "$PROMPT" --chat --max-new-tokens 24
 POLY=$(python - "$OUT/artifacts/manifest.json" <<'PY'
 import json, sys
 print(json.load(open(sys.argv[1]))["commands"]["decoder"]["polygraphy_onnxrt"])

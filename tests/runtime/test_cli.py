@@ -129,3 +129,24 @@ def test_matching_engine_then_needs_tensorrt(art, tmp_path):
         pytest.skip("TensorRT is importable here: the next check needs a real engine")
     with pytest.raises(BackendError, match="TensorRT is not installed"):
         TrtBackend.from_artifacts(good)
+
+
+def test_chat_wraps_the_prompt_in_the_template(art, tmp_path):
+    chat = tmp_path / "art"
+    shutil.copytree(art, chat)
+    cfg_path = chat / "hf" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    # a template that brackets the user turn with known words, so the ids show it was applied
+    cfg["chat_template"] = "{% for m in messages %}w40 {{ m['content'] }} w41{% endfor %}{% if add_generation_prompt %} w42{% endif %}"
+    cfg_path.write_text(json.dumps(cfg))
+    (chat / "hf" / "chat_template.jinja").unlink(missing_ok=True)
+    out = json.loads(_run([chat, "--prompt", "w5 w17", "--max-new-tokens", 2, "--chat", "--json"]).stdout)
+    assert out["prompt_ids"] == [40, 5, 17, 41, 42]
+    plain = json.loads(_run([chat, "--prompt", "w5 w17", "--max-new-tokens", 2, "--json"]).stdout)
+    assert plain["prompt_ids"] == [5, 17]
+
+
+def test_chat_without_a_template_is_one_line(art):
+    result = _run([art, "--prompt", "w5", "--chat"])
+    assert result.exit_code == 1 and "has no chat template" in result.output
+    assert len(result.output.strip().splitlines()) == 1
