@@ -16,15 +16,29 @@ with `device_memory_used_mb`); the loop reports it next to the process's peak RS
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "BackendError", "device_memory_used_mb", "position_ids_from_mask"]
+__all__ = ["Backend", "BackendError", "device_memory_used_mb", "position_ids_from_mask", "read_manifest"]
 
 
 class BackendError(RuntimeError):
     """A backend cannot run this request (wrong input kind, engine/plugin mismatch, …): one line."""
+
+
+def read_manifest(artifacts: str | Path) -> dict:
+    """manifest.json of an artifacts dir: the one reader every backend and phm-run use, so a missing
+    or corrupt manifest is the same one-line BackendError wherever it is first read."""
+    path = Path(artifacts) / "manifest.json"
+    if not path.is_file():
+        raise BackendError(f"{artifacts} is not an artifacts dir (no manifest.json)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BackendError(f"{path} is not valid JSON: re-export the model") from None
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .backend import BackendError
+from .backend import BackendError, read_manifest
 from .generate import GenerationConfig, generate
 from .sampling import SamplingConfig
 from .vlm import VisionSpec, image_processor
@@ -82,13 +82,10 @@ def _stop_ids(tok, artifacts: Path) -> tuple:
 def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, seed, threads, chat, as_json):
     """Generate text from an artifacts dir written by phm-export."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    manifest_path = artifacts / "manifest.json"
-    if not manifest_path.is_file():
-        raise click.ClickException(f"{artifacts} is not an artifacts dir (no manifest.json)")
     try:
-        json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise click.ClickException(f"{manifest_path} is not valid JSON: re-export the model") from None
+        read_manifest(artifacts)
+    except BackendError as e:
+        raise click.ClickException(str(e)) from None
     if not (artifacts / "decoder.onnx").is_file():
         raise click.ClickException(f"{artifacts} holds no decoder graph: phm-run generates text from decoder models")
     try:

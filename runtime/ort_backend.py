@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import BackendError, device_memory_used_mb, position_ids_from_mask
+from .backend import BackendError, device_memory_used_mb, position_ids_from_mask, read_manifest
 from .vlm import VisionSpec, merge_image_features, mrope_position_ids
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class OrtBackend:
                        threads: int | None = None, lower: bool = True) -> "OrtBackend":
         """The backend of an artifacts dir written by phm-export (text decoder or VLM)."""
         artifacts = Path(artifacts)
-        if not (artifacts / "manifest.json").is_file():
-            raise BackendError(f"{artifacts} is not an artifacts dir (no manifest.json)")
+        read_manifest(artifacts)  # a missing or corrupt manifest is one clear error before any session
         return cls(artifacts / "decoder.onnx", providers, threads, VisionSpec.from_artifacts(artifacts), lower)
 
     def reset(self) -> None:

@@ -19,12 +19,11 @@ TensorRT on the development machines, DESIGN.md §6) except step 1.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .backend import BackendError, device_memory_used_mb, position_ids_from_mask
+from .backend import BackendError, device_memory_used_mb, position_ids_from_mask, read_manifest
 
 __all__ = ["TrtBackend", "check_manifest_plugins", "check_plugins", "engine_path", "import_tensorrt"]
 
@@ -57,16 +56,13 @@ def check_manifest_plugins(artifacts: Path, kind: str = "decoder") -> tuple[Path
     """
     from phm.trt_plugins import spec
 
-    try:
-        manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise BackendError(f"{Path(artifacts) / 'manifest.json'} is not valid JSON: re-export the model") from None
+    manifest = read_manifest(artifacts)
     graph = (manifest.get("graphs") or {}).get(kind, {})
     required = graph.get("plugins")
     if required is None and sum(graph.get("phm_nodes", {}).values()):
         raise BackendError(f"the manifest records no plugin versions for the {kind} engine (exported by an "
                            "older phm-edge): re-export the model")
-    for plugin in [*(required or []), *(manifest.get("plugins") or [])]:  # per graph, and the union
+    for plugin in required or []:
         if (plugin["version"], plugin["namespace"]) != (spec.PLUGIN_VERSION, spec.PLUGIN_NAMESPACE):
             raise BackendError(f"artifacts built for plugin {plugin['name']} version {plugin['version']!r} "
                                f"(namespace {plugin['namespace']!r}); this phm-edge provides version "
@@ -136,7 +132,7 @@ class TrtBackend:
         from phm.export.engine import plugin_library
 
         artifacts = Path(artifacts)
-        if "vision" in json.loads((artifacts / "manifest.json").read_text())["graphs"]:
+        if "vision" in read_manifest(artifacts)["graphs"]:
             raise BackendError("--backend trt drives text decoders only so far; use --backend ort for VLMs")
         engine, required, manifest = check_manifest_plugins(artifacts)
         trt = import_tensorrt()

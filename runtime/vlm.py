@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import read_manifest
+
 __all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "preprocess_image",
            "preprocess_square_image"]
 
@@ -91,8 +93,7 @@ class VisionSpec:
     @classmethod
     def from_artifacts(cls, artifacts: Path) -> "VisionSpec | None":
         """None for a text-only artifacts dir (no vision graph in its manifest)."""
-        manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
-        vision = manifest["graphs"].get("vision")
+        vision = read_manifest(artifacts)["graphs"].get("vision")
         if vision is None:
             return None
         cfg = json.loads((Path(artifacts) / "hf" / "config.json").read_text())

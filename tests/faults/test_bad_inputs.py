@@ -114,7 +114,9 @@ def _engine_from_commands_sh(art: Path) -> None:
 
 def _other_plugin_version(art: Path) -> None:
     manifest = json.loads((art / "manifest.json").read_text())
-    manifest["plugins"] = [{**p, "version": "0"} for p in manifest["plugins"]]
+    for record in (manifest["plugins"], *(g.get("plugins", []) for g in manifest["graphs"].values())):
+        for plugin in record:
+            plugin["version"] = "0"
     (art / "manifest.json").write_text(json.dumps(manifest))
 
 
