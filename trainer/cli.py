@@ -42,6 +42,8 @@ def _csv(choices):
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--lr", default=1e-4, show_default=True, type=float, help="LoRA / bias learning rate.")
 @click.option("--core-lr", default=2e-3, show_default=True, type=float, help="PHM core learning rate.")
+@click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Epochs of layer-wise local distillation on cached activations before the KD loop (0: off).")
 @click.option("--schedule", type=click.Choice(["progressive", "abrupt"]), default="progressive", show_default=True)
 @click.option("--lora-r", default=8, show_default=True, type=click.IntRange(0), help="0 disables LoRA.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(0))
@@ -51,7 +53,7 @@ def _csv(choices):
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
 def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers, projections, init, steps, epochs,
-         batch_size, max_length, lr, core_lr, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
+         batch_size, max_length, lr, core_lr, local_epochs, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -64,7 +66,7 @@ def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers
         phm = PHMConfig(n=n, num_bases=bases, towers=towers, projections=projections, top_k_b3=top_k_b3,
                         init="random" if init == "random" else "projection")
         cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, lr=lr, core_lr=core_lr,
-                            schedule=schedule, lora_r=lora_r, calibrate_init=init == "calibrated",
+                            local_epochs=local_epochs, schedule=schedule, lora_r=lora_r, calibrate_init=init == "calibrated",
                             checkpoint_every=checkpoint_every, log_every=log_every, device=device, seed=seed)
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,
                     epochs=epochs)

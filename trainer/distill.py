@@ -82,6 +82,9 @@ class DistillConfig:
     calibrate_init: bool = True      # activation-weighted ridge init of the cores (DESIGN.md §1)
     calib_batches: int = 32
     calib_ridge: float = 1e-2
+    local_epochs: int = 0            # layer-wise local distillation before the KD loop (local.py); 0 = off
+    local_batches: int = 64          # training batches the local stage caches activations of (0 = all)
+    local_lr: float = 3e-3
     seed: int = 0
     device: str = "cpu"
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
@@ -91,7 +94,8 @@ class DistillConfig:
 
     def __post_init__(self):
         ints = dict(steps=(0, None), batch_size=(1, None), max_length=(2, None), warmup_steps=(0, None),
-                    lora_r=(0, None), lora_alpha=(1, None), calib_batches=(1, None), checkpoint_every=(0, None),
+                    lora_r=(0, None), lora_alpha=(1, None), calib_batches=(1, None),
+                    local_epochs=(0, None), local_batches=(0, None), checkpoint_every=(0, None),
                     log_every=(1, None))
         for name, (lo, _) in ints.items():
             value = getattr(self, name)
@@ -109,7 +113,7 @@ class DistillConfig:
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         for name in ("kd_weight", "ce_weight", "hidden_weight", "recon_weight", "lr", "core_lr", "weight_decay",
-                     "grad_clip", "calib_ridge"):
+                     "grad_clip", "calib_ridge", "local_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -323,6 +327,7 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
     model.to(device).eval()
     objective = _objective(model, config)
     groups = _block_groups(model)
+    history: list[dict] = []
     schedule = LambdaSchedule(config.stage_a_steps, max(groups.values()) + 1, config.fade_fraction,
                               config.ramp_width, config.order, abrupt=config.schedule == "abrupt")
     if config.calibrate_init and saved is None:
@@ -330,11 +335,17 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
 
         calibrate_phm(model, (_to(data.batch(i), device) for i in range(min(config.calib_batches, len(data)))),
                       config.calib_ridge)
+    if config.local_epochs and saved is None:
+        from .local import local_distill
+
+        count = min(config.local_batches or len(data), len(data))
+        history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,
+                                     config.local_lr, config.seed, config.progress))
     model = _add_lora(model, config)
     model.eval()
     named = _trainable(model)
     optimizer = torch.optim.AdamW(_param_groups(named, config), weight_decay=config.weight_decay)
-    start, history, stage_b = 0, [], False
+    start, stage_b = 0, False
     if saved is not None:
         start, history = saved["step"], saved["history"]
         stage_b = start >= config.stage_a_steps

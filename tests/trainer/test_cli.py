@@ -29,19 +29,21 @@ def tiny_dirs(tmp_path_factory):
 def test_end_to_end_train_resume_and_reload(tiny_dirs, tmp_path):
     llama, data = tiny_dirs
     out = tmp_path / "out"
-    result = _run(llama, "--out", out, "--data", data, "--steps", 6, "--batch-size", 4, "--checkpoint-every", 2)
+    result = _run(llama, "--out", out, "--data", data, "--steps", 6, "--batch-size", 4, "--checkpoint-every", 2,
+                  "--local-epochs", 1)
     assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "phm_config.json", "distill_config.json", "train_log.jsonl",
             "train_state", "tokenizer.json"} <= names
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 6 and {"loss", "kd", "lam"} <= set(log[-1])
+    assert [e["layer"] for e in log if e["stage"] == "local"] == ["model.layers.0", "model.layers.1"]
     model = load(out)
     ids = torch.randint(3, 200, (1, 9))
     before = model(input_ids=ids).logits
     # resuming a finished run changes nothing and rewrites the same checkpoint
     result = _run(llama, "--out", out, "--data", data, "--steps", 6, "--batch-size", 4, "--checkpoint-every", 2,
-                  "--resume")
+                  "--local-epochs", 1, "--resume")
     assert result.exit_code == 0, result.output
     torch.testing.assert_close(load(out)(input_ids=ids).logits, before, rtol=0, atol=0)
     # the same options without --resume refuse to overwrite

@@ -8,18 +8,11 @@ import torch
 
 from phm.trainer import PHMConfig, PHMLinear, PHMResidualLinear, inject_phm, load, save_phm_checkpoint
 from phm.trainer.arch import is_vision_module
-from phm.trainer.data import TokenBatches
 from phm.trainer.distill import DistillConfig, _add_lora, _trainable, distill, read_state
 from phm.trainer.tiny_models import tiny_model
 
-FAST = dict(progress=False, log_every=1, calib_batches=2, warmup_steps=2)
-
-
-def _batches(seed=0, count=48, batch_size=8):
-    gen = torch.Generator().manual_seed(seed)
-    seqs = [torch.randint(3, 250, (int(torch.randint(6, 16, (), generator=gen)),), generator=gen).tolist()
-            for _ in range(count)]
-    return TokenBatches(seqs, batch_size, pad_id=0, seed=seed)
+from trainkit import FAST
+from trainkit import random_batches as _batches
 
 
 def _logits(model, ids):

@@ -1,0 +1,165 @@
+"""Layer-wise local distillation: fit each transformer layer's PHM cores on cached activations.
+
+Before the global KD loop (distill.py) the cores can be trained one layer at a time, which is far
+cheaper per useful gradient than end-to-end KD: no teacher forward, no attention over the whole
+stack, no backward through the other layers. For every layer stack holding PHM wrappers (e.g.
+`encoder.layer`, `model.layers`, a vision tower's `blocks`), in forward order:
+
+    h_s, h_t = the student's / teacher's input of the stack's first PHM layer (one cut-short forward each)
+    for each layer l from there to the stack's last PHM layer:
+        t   = layer_l(h_t) in teacher mode (λ = 0)                  the target
+        fit layer l's PHM cores/biases (λ = 1) so that layer_l(h_s) ≈ t   (per-token ‖·‖²/‖t‖², Adam)
+        h_s = layer_l(h_s) with the fitted cores;  h_t = t
+
+The student's inputs carry the errors of the layers fitted before, so each layer learns to correct
+its predecessors' drift (sequential, error-correcting fit) instead of matching the teacher on
+inputs it will never see. Layers are called with the keyword arguments captured from the model's
+own forward (attention mask, rotary tables, …), so nothing architecture-specific lives here.
+Measured effect: docs/trainer.md ("Local stage").
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import re
+
+import torch
+from torch import nn
+
+from .inject import phm_wrappers, teacher_mode
+from .losses import hidden_kd_loss
+
+__all__ = ["local_distill", "phm_layer_stacks"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: the rest of the forward is not needed."""
+
+
+def phm_layer_stacks(model: nn.Module) -> list[tuple[str, list[int]]]:
+    """(ModuleList path, sorted indices of its layers holding PHM wrappers), in forward order."""
+    stacks: dict[str, set[int]] = {}
+    for name, _ in phm_wrappers(model):
+        # the innermost "<path>.<index>." whose <path> is a ModuleList is the wrapper's layer
+        for m in reversed(list(re.finditer(r"\.(\d+)(?=\.)", name))):
+            path = name[:m.start()]
+            if isinstance(model.get_submodule(path), nn.ModuleList):
+                stacks.setdefault(path, set()).add(int(m.group(1)))
+                break
+    order = [name for name, _ in model.named_modules()]  # registration order ≈ forward order
+    return [(p, sorted(stacks[p])) for p in sorted(stacks, key=lambda p: order.index(p))]
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) the model passes to `layer`, per batch; the forward stops there."""
+    seen: list = []
+
+    def hook(_module, args, kwargs):
+        seen.append((args, kwargs))
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(**batch, **_no_cache(model))
+            except _Stop:
+                pass
+            else:
+                raise ValueError("local distillation: the model's forward never reached its PHM layer stack")
+    finally:
+        handle.remove()
+    return seen
+
+
+def _no_cache(model: nn.Module) -> dict:
+    """use_cache=False where the forward takes it: a KV cache in the captured kwargs would grow."""
+    return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+
+
+def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float, seed: int = 0,
+                  progress: bool = False) -> list[dict]:
+    """Fit every PHM layer's cores on cached activations (module docstring); returns per-layer logs.
+
+    `batches`: model keyword dicts (on the model's device). λ of every wrapper is 1 afterwards
+    (the fitted student); the dense weights are untouched.
+    """
+    stacks = phm_layer_stacks(model)
+    if not stacks or epochs <= 0:
+        return []
+    wrappers = phm_wrappers(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    total = sum(epochs * len(batches) * (idx[-1] - idx[0] + 1) for _, idx in stacks)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="local", unit="step", dynamic_ncols=True)
+    logs = []
+    for path, indices in stacks:
+        layers = model.get_submodule(path)
+        first = layers[indices[0]]
+        for _, w in wrappers:
+            w.lam = 1.0
+        student = _capture(model, first, batches)
+        with teacher_mode(model):
+            teacher = _capture(model, first, batches)
+        h_s = [args[0] for args, _ in student]
+        h_t = [args[0] for args, _ in teacher]
+        rest = [(args[1:], kwargs) for args, kwargs in student]
+        masks = [b.get("attention_mask") for b in batches]
+        for index in range(indices[0], indices[-1] + 1):
+            layer = layers[index]
+            params = [p for name, p in layer.named_parameters() if ".phm." in name]
+
+            def run(i, _layer=layer):
+                args, kwargs = rest[i]
+                return _first(_layer(h_s[i], *args, **kwargs))
+
+            with torch.no_grad(), teacher_mode(model):
+                targets = [_first(layer(h_t[i], *rest[i][0], **rest[i][1])) for i in range(len(batches))]
+            loss_sum = 0.0
+            if params:
+                for p in params:
+                    p.requires_grad_(True)
+                opt = torch.optim.Adam(params, lr=lr)
+                steps, step = epochs * len(batches), 0
+                gen = torch.Generator().manual_seed(seed * 1000 + index)
+                for _ in range(epochs):
+                    for i in torch.randperm(len(batches), generator=gen).tolist():
+                        for g in opt.param_groups:  # cosine to 10 %
+                            g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+                        mask = masks[i] if masks[i] is not None and masks[i].shape == targets[i].shape[:2] else None
+                        loss = hidden_kd_loss(run(i), targets[i], mask)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        step += 1
+                        if bar is not None:
+                            bar.update(1)
+                for p in params:
+                    p.requires_grad_(False)
+            elif bar is not None:
+                bar.update(epochs * len(batches))
+            with torch.no_grad():
+                outs = [run(i) for i in range(len(batches))]
+                for i, out in enumerate(outs):
+                    mask = masks[i] if masks[i] is not None and masks[i].shape == out.shape[:2] else None
+                    loss_sum += hidden_kd_loss(out, targets[i], mask).item()
+            h_s, h_t = outs, targets
+            entry = {"stage": "local", "layer": f"{path}.{index}", "loss": round(loss_sum / len(batches), 6)}
+            logs.append(entry)
+            log.info("local %s.%d: layer output error %.4f", path, index, entry["loss"])
+    if bar is not None:
+        bar.close()
+    return logs
