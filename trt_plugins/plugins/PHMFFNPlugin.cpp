@@ -51,14 +51,14 @@ CUresult PHMFFNPlugin::launch(nvinfer1::PluginTensorDesc const* inputDesc, void 
 {
     auto const& x = inputDesc[kX].dims;
     int32_t const dModel = static_cast<int32_t>(x.d[x.nbDims - 1]);
-    int32_t const tokens = static_cast<int32_t>(leadingVolume(x));
     int32_t const f = static_cast<int32_t>(inputDesc[kUP_CORES].dims.d[0]);
+    int32_t const strideH = mCfg.n * f;
     // h lives in the workspace, 256-byte aligned
     auto* h = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace) + 255) & ~uintptr_t{255});
     CUresult rc;
     if (gated())
     {
-        phm_gate_up_args a{};
+        auto a = launchArgs<phm_gate_up_args>(inputDesc[kX]);
         a.x = inputs[kX];
         a.gate_cores = inputs[kGATE_CORES];
         a.up_cores = inputs[kUP_CORES];
@@ -66,66 +66,23 @@ CUresult PHMFFNPlugin::launch(nvinfer1::PluginTensorDesc const* inputDesc, void 
         a.up_scales = quantized() ? inputs[kUP_SCALES] : nullptr;
         a.gate_bias = mCfg.hasBias ? inputs[kGATE_BIAS] : nullptr;
         a.up_bias = mCfg.hasBias ? inputs[kUP_BIAS] : nullptr;
-        a.bases = deviceBasesPtr();
         a.h = h;
-        a.tokens = tokens;
         a.f = f;
         a.k = dModel / mCfg.n;
-        a.num_bases = mCfg.numBases;
-        a.group_size = mCfg.groupSize;
         a.stride_x = dModel;
-        a.stride_h = mCfg.n * f;
-        a.has_bias = mCfg.hasBias;
-        a.activation = mCfg.act();
-        a.n = mCfg.n;
-        a.dtype = toPhmDtype(inputDesc[kX].type);
-        a.weight_format = mCfg.wfmt();
+        a.stride_h = strideH;
         rc = phm_gate_up_launch(stream, &a);
     }
     else
     {
-        phm_linear_args a{};
-        a.x = inputs[kX];
-        a.cores = inputs[kUP_CORES];
-        a.scales = quantized() ? inputs[kUP_SCALES] : nullptr;
-        a.bias = mCfg.hasBias ? inputs[kUP_BIAS] : nullptr;
-        a.bases = deviceBasesPtr();
-        a.y = h;
-        a.tokens = tokens;
-        a.m = f;
-        a.k = dModel / mCfg.n;
-        a.num_bases = mCfg.numBases;
-        a.group_size = mCfg.groupSize;
-        a.stride_x = dModel;
-        a.stride_y = mCfg.n * f;
-        a.has_bias = mCfg.hasBias;
-        a.activation = mCfg.act();
-        a.n = mCfg.n;
-        a.dtype = toPhmDtype(inputDesc[kX].type);
-        a.weight_format = mCfg.wfmt();
+        // plain: up with the activation is a PHMLinear
+        phm_linear_args const a = projectionArgs(inputDesc, inputs, kUP_CORES, inputs[kX], dModel, h, strideH);
         rc = phm_linear_launch(stream, &a);
     }
     if (rc == CUDA_SUCCESS)
     {
-        phm_linear_args d{};
-        d.x = h;
-        d.cores = inputs[kDOWN_CORES];
-        d.scales = quantized() ? inputs[kDOWN_SCALES] : nullptr;
-        d.bias = mCfg.hasBias ? inputs[kDOWN_BIAS] : nullptr;
-        d.bases = deviceBasesPtr();
-        d.y = y;
-        d.tokens = tokens;
-        d.m = static_cast<int32_t>(inputDesc[kDOWN_CORES].dims.d[0]);
-        d.k = f;
-        d.num_bases = mCfg.numBases;
-        d.group_size = mCfg.groupSize;
-        d.stride_x = mCfg.n * f;
-        d.stride_y = dModel;
-        d.has_bias = mCfg.hasBias;
+        phm_linear_args d = projectionArgs(inputDesc, inputs, kDOWN_CORES, h, strideH, y, dModel);
         d.activation = PHM_ACT_NONE;
-        d.n = mCfg.n;
-        d.dtype = toPhmDtype(inputDesc[kX].type);
-        d.weight_format = mCfg.wfmt();
         rc = phm_linear_launch(stream, &d);
     }
     return rc;

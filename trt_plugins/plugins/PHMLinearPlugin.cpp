@@ -18,27 +18,9 @@ CUresult PHMLinearPlugin::launch(nvinfer1::PluginTensorDesc const* inputDesc, vo
 {
     (void) workspace;
     auto const& x = inputDesc[kX].dims;
-    auto const& cores = inputDesc[kCORES].dims;
     int32_t const dIn = static_cast<int32_t>(x.d[x.nbDims - 1]);
-    phm_linear_args a{};
-    a.x = inputs[kX];
-    a.cores = inputs[kCORES];
-    a.scales = quantized() ? inputs[kSCALES] : nullptr;
-    a.bias = mCfg.hasBias ? inputs[kBIAS] : nullptr;
-    a.bases = deviceBasesPtr();
-    a.y = y;
-    a.tokens = static_cast<int32_t>(leadingVolume(x));
-    a.m = static_cast<int32_t>(cores.d[0]);
-    a.k = dIn / mCfg.n;
-    a.num_bases = mCfg.numBases;
-    a.group_size = mCfg.groupSize;
-    a.stride_x = dIn;
-    a.stride_y = mCfg.n * a.m;
-    a.has_bias = mCfg.hasBias;
-    a.activation = mCfg.act();
-    a.n = mCfg.n;
-    a.dtype = toPhmDtype(inputDesc[kX].type);
-    a.weight_format = mCfg.wfmt();
+    int32_t const m = static_cast<int32_t>(inputDesc[kCORES].dims.d[0]);
+    phm_linear_args const a = projectionArgs(inputDesc, inputs, kCORES, inputs[kX], dIn, y, mCfg.n * m);
     return phm_linear_launch(stream, &a);
 }
 

@@ -175,6 +175,22 @@ int32_t PHMPluginBase::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     return 0;
 }
 
+phm_linear_args PHMPluginBase::projectionArgs(nvinfer1::PluginTensorDesc const* inputDesc,
+    void const* const* inputs, int32_t coresPos, void const* x, int32_t strideX, void* y, int32_t strideY) const
+{
+    auto a = launchArgs<phm_linear_args>(inputDesc[0]);
+    a.x = x;
+    a.cores = inputs[coresPos];
+    a.scales = quantized() ? inputs[coresPos + 1] : nullptr;
+    a.bias = mCfg.hasBias ? inputs[coresPos + 2] : nullptr;
+    a.y = y;
+    a.m = static_cast<int32_t>(inputDesc[coresPos].dims.d[0]);
+    a.k = strideX / mCfg.n;
+    a.stride_x = strideX;
+    a.stride_y = strideY;
+    return a;
+}
+
 nvinfer1::IPluginV3* PHMPluginBase::attachToContext(nvinfer1::IPluginResourceContext* context) noexcept
 {
     (void) context;

@@ -75,6 +75,29 @@ protected:
     //! d_in = n*k (dIn < 0: unknown) and the weight format. Empty when consistent, else the reason.
     std::string projectionShapeError(
         nvinfer1::DynamicPluginTensorDesc const* in, int32_t coresPos, int64_t dIn, char const* what) const;
+    //! Launch arguments of the projection at input coresPos: reads x (rows of strideX = n*k) and
+    //! writes y (rows of strideY); scales / bias stay null where they are placeholders.
+    phm_linear_args projectionArgs(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs,
+        int32_t coresPos, void const* x, int32_t strideX, void* y, int32_t strideY) const;
+
+    //! The launch fields that come from the op's fields and x's type and token count, the same in
+    //! phm_linear_args and phm_gate_up_args; the caller sets the pointers, sizes and strides.
+    template <typename Args>
+    Args launchArgs(nvinfer1::PluginTensorDesc const& x) const
+    {
+        Args a{};
+        a.bases = deviceBasesPtr();
+        a.tokens = static_cast<int32_t>(leadingVolume(x.dims));
+        a.num_bases = mCfg.numBases;
+        a.group_size = mCfg.groupSize;
+        a.has_bias = mCfg.hasBias;
+        a.activation = mCfg.act();
+        a.n = mCfg.n;
+        a.dtype = toPhmDtype(x.type);
+        a.weight_format = mCfg.wfmt();
+        return a;
+    }
+
     //! clone() of subclass T: the copy constructor gives each clone its own device bases.
     template <typename T>
     nvinfer1::IPluginV3* cloneAs() const noexcept
