@@ -27,27 +27,14 @@ public:
     static constexpr int32_t kNB_INPUTS = 4;
 
     explicit PHMLinearPlugin(PHMConfig cfg);
+    nvinfer1::IPluginV3* clone() noexcept override { return cloneAs<PHMLinearPlugin>(); }
 
-    nvinfer1::IPluginV3* clone() noexcept override;
-    char const* getPluginName() const noexcept override { return kPLUGIN_NAME; }
-
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
-        nvinfer1::DimsExprs const* shapeInputs, int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs,
-        int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+private:
+    std::string shapeError(nvinfer1::DynamicPluginTensorDesc const* in, int64_t dIn) const override;
+    CUresult launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* y, void* workspace,
+        CUstream stream) const noexcept override;
 };
 
 using PHMLinearPluginCreator = PHMPluginCreator<PHMLinearPlugin>;
-
-//! Checks a projection's static shapes: cores (rows, B, kc) against d_in = n*k and the format.
-//! Returns an empty string when consistent, else the reason.
-std::string checkProjection(PHMConfig const& cfg, nvinfer1::Dims const& cores, nvinfer1::Dims const& scales,
-    nvinfer1::Dims const& bias, int64_t dIn, char const* what);
 
 } // namespace phm

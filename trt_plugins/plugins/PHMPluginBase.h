@@ -1,15 +1,29 @@
 /*
- * IPluginV3 boilerplate shared by PHMLinear and PHMFFN: capability dispatch, names, fields to
- * serialise, per-context device bases. Subclasses implement shapes, formats, workspace, enqueue.
+ * IPluginV3 code shared by PHMLinear and PHMFFN: capability dispatch, names, fields to serialise,
+ * per-context device bases, format rules, output shape and type, configure's input count and
+ * enqueue's bases upload and error report. Both ops' inputs are x followed by one (cores, scales,
+ * bias) triple per projection (spec.py), which is what lets one implementation serve both. A
+ * subclass keeps its shape checks (shapeError), its launches (launch) and, for PHMFFN, the workspace.
  */
 #pragma once
 
 #include "PHMPluginCommon.h"
 
+#include <exception>
 #include <memory>
+#include <string>
 
 namespace phm
 {
+
+//! What the shared code needs to know about an op (the subclass's spec.py constants).
+struct PHMOpInfo
+{
+    char const* name;   // plugin name (ONNX op_type)
+    bool isFFN;         // PHMFFN: one more field (mlp_type)
+    int32_t nbInputs;   // x + 3 per projection; the last projection's cores give y's width
+    char const* inputs; // the inputs, named in the input-count error
+};
 
 class PHMPluginBase : public nvinfer1::IPluginV3,
                       public nvinfer1::IPluginV3OneCore,
@@ -17,7 +31,7 @@ class PHMPluginBase : public nvinfer1::IPluginV3,
                       public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    PHMPluginBase(PHMConfig cfg, bool isFFN);
+    PHMPluginBase(PHMConfig cfg, PHMOpInfo op);
     PHMPluginBase(PHMPluginBase const& other);
     ~PHMPluginBase() override = default;
 
@@ -25,29 +39,87 @@ public:
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
 
     // IPluginV3OneCore
+    char const* getPluginName() const noexcept override { return mOp.name; }
     char const* getPluginVersion() const noexcept override { return kPLUGIN_VERSION; }
     char const* getPluginNamespace() const noexcept override { return kPLUGIN_NAMESPACE; }
 
-    // IPluginV3OneBuild (common parts)
+    // IPluginV3OneBuild
     int32_t getNbOutputs() const noexcept override { return 1; }
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
         nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+        nvinfer1::DimsExprs const* shapeInputs, int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs,
+        int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept final;
 
-    // IPluginV3OneRuntime (common parts)
+    // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept final;
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 protected:
-    //! x / cores / scales / bias type rules of one projection whose cores sit at input `coresPos`.
-    bool projectionFormatOk(int32_t pos, int32_t coresPos, nvinfer1::DynamicPluginTensorDesc const* inOut) const;
+    //! Why the static shapes of `in` (all nbInputs present) do not fit the fields; empty if they do.
+    //! dIn is x's last dim, -1 if unknown.
+    virtual std::string shapeError(nvinfer1::DynamicPluginTensorDesc const* in, int64_t dIn) const = 0;
+    //! The kernel launches writing y; called with the bases on the device.
+    virtual CUresult launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* y,
+        void* workspace, CUstream stream) const noexcept = 0;
+
+    //! Checks the (cores, scales, bias) triple at input coresPos: cores (rows, B, kc) against
+    //! d_in = n*k (dIn < 0: unknown) and the weight format. Empty when consistent, else the reason.
+    std::string projectionShapeError(
+        nvinfer1::DynamicPluginTensorDesc const* in, int32_t coresPos, int64_t dIn, char const* what) const;
+    //! Launch arguments of the projection at input coresPos: reads x (rows of strideX = n*k) and
+    //! writes y (rows of strideY); scales / bias stay null where they are placeholders.
+    phm_linear_args projectionArgs(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs,
+        int32_t coresPos, void const* x, int32_t strideX, void* y, int32_t strideY) const;
+
+    //! The launch fields that come from the op's fields and x's type and token count, the same in
+    //! phm_linear_args and phm_gate_up_args; the caller sets the pointers, sizes and strides.
+    template <typename Args>
+    Args launchArgs(nvinfer1::PluginTensorDesc const& x) const
+    {
+        Args a{};
+        a.bases = deviceBasesPtr();
+        a.tokens = static_cast<int32_t>(leadingVolume(x.dims));
+        a.num_bases = mCfg.numBases;
+        a.group_size = mCfg.groupSize;
+        a.has_bias = mCfg.hasBias;
+        a.activation = mCfg.act();
+        a.n = mCfg.n;
+        a.dtype = toPhmDtype(x.type);
+        a.weight_format = mCfg.wfmt();
+        return a;
+    }
+
+    //! clone() of subclass T: the copy constructor gives each clone its own device bases.
+    template <typename T>
+    nvinfer1::IPluginV3* cloneAs() const noexcept
+    {
+        try
+        {
+            return new T(static_cast<T const&>(*this));
+        }
+        catch (std::exception const& e)
+        {
+            logError(e.what());
+        }
+        return nullptr;
+    }
+
     //! Bases on the device for this context (uploads on first use); false if the upload failed.
     bool deviceBases() noexcept { return mDeviceBases->ensure(mCfg.bases); }
     float const* deviceBasesPtr() const { return mDeviceBases->get(); }
+    bool quantized() const { return mCfg.wfmt() != PHM_WFMT_FLOAT; }
 
     PHMConfig mCfg;
-    bool mIsFFN;
+    PHMOpInfo mOp;
     std::unique_ptr<DeviceBases> mDeviceBases;
     FieldSerializer mSerializer;
 };
