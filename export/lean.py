@@ -15,6 +15,8 @@ in place:
     that index, when it is symbolically the same dim) and at most one -1;
   - an Expand shape that still holds dynamic dims -> constant with 1 where the (right-aligned)
     input already has that dim (Expand broadcasts, so 1 keeps it);
+  - rotary's rotate_half, `cat(-x[..., h:], x[..., :h])` (Slice, Slice, Neg, Concat once the
+    slice bounds are constants) -> one MatMul with a constant (D, D) signed permutation;
 and drops the nodes nothing reads any more. The result is standard ONNX with the same outputs for
 every input shape (tests/export/test_lean.py). A graph the inference cannot complete (custom ops
 left unlowered, an unsupported op) is left unchanged: the pass returns 0.
@@ -92,12 +94,17 @@ class _Lean:
         self.new_inits: list[TensorProto] = []
         self.produced_by_constant = {o for n in self.graph.node if n.op_type == "Constant" for o in n.output}
         self.fixed = {i.name for i in self.graph.input} | {i.name for i in self.graph.initializer}
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.const_nodes = {n.output[0]: next(a.t for a in n.attribute if a.name == "value")
+                            for n in self.graph.node if n.op_type == "Constant"
+                            and any(a.name == "value" for a in n.attribute)}
 
     def const(self, values: np.ndarray) -> str:
         key = (values.dtype.str, values.shape, values.tobytes())
         if key not in self.cache:
             name = f"lean_c{len(self.cache)}"
             self.new_inits.append(numpy_helper.from_array(values, name))
+            self.inits[name] = self.new_inits[-1]
             self.cache[key] = name
         return self.cache[key]
 
@@ -166,6 +173,56 @@ class _Lean:
         return self.const(np.array(out, np.int64))
 
 
+    def value(self, name: str) -> list[int] | None:
+        """The ints of an initializer or Constant output (Slice arguments after the fold)."""
+        init = self.const_nodes.get(name) or self.inits.get(name)
+        if init is None:
+            return None
+        arr = numpy_helper.to_array(init)
+        return [int(v) for v in arr.reshape(-1)] if arr.dtype.kind == "i" else None
+
+    def slice_of(self, name: str, producers: dict) -> tuple | None:
+        """(x, start, end) of a unit-step Slice of x's last axis producing `name`."""
+        node = producers.get(name)
+        if node is None or node.op_type != "Slice" or len(node.input) < 4:
+            return None
+        x = node.input[0]
+        shape = self.sym_shape(x)
+        args = [self.value(n) for n in node.input[1:4]] + [self.value(node.input[4]) if len(node.input) > 4 and
+                                                            node.input[4] else [1]]
+        if shape is None or any(a is None or len(a) != 1 for a in args):
+            return None
+        (start,), (end,), (axis,), (step,) = args
+        return (x, start, end) if step == 1 and axis in (-1, len(shape) - 1) else None
+
+    def rotate_half(self, node: onnx.NodeProto, producers: dict) -> onnx.NodeProto | None:
+        """MatMul(x, R) for rotary's `cat(-x[..., h:], x[..., :h])` (Slice, Slice, Neg, Concat): R is
+        the constant signed permutation, so four nodes per q/k become one small MatMul."""
+        if node.op_type != "Concat" or len(node.input) != 2:
+            return None
+        neg = producers.get(node.input[0])
+        if neg is None or neg.op_type != "Neg":
+            return None
+        hi, lo = self.slice_of(neg.input[0], producers), self.slice_of(node.input[1], producers)
+        if hi is None or lo is None or hi[0] != lo[0]:
+            return None
+        x, shape = hi[0], self.sym_shape(hi[0])
+        dim, axis = _ints([shape[-1]]), next((a.i for a in node.attribute if a.name == "axis"), None)
+        vi = self.vi(x)
+        if dim is None or dim[0] % 2 or axis not in (-1, len(shape) - 1) or vi is None \
+                or vi.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            return None
+        d, h = dim[0], dim[0] // 2
+        if not (lo[1] == 0 and lo[2] == h and hi[1] == h and hi[2] >= d):
+            return None
+        rot = np.zeros((d, d), np.float32)
+        rot[np.arange(h) + h, np.arange(h)] = -1.0  # out[:, :h] = -x[:, h:]
+        rot[np.arange(h), np.arange(h) + h] = 1.0   # out[:, h:] = x[:, :h]
+        dtype = np.float16 if vi.type.tensor_type.elem_type == TensorProto.FLOAT16 else np.float32
+        return helper.make_node("MatMul", [x, self.const(rot.astype(dtype))], [node.output[0]],
+                                name=f"{node.name}_lean_rotate_half")
+
+
 def _same(a, b) -> bool:
     try:
         return bool(a == b) or (a - b) == 0
@@ -202,6 +259,11 @@ def lean_graph(model: onnx.ModelProto) -> int:
                 folded = lean.target(node)
             if folded is not None:
                 node.input[i] = folded
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for i, node in enumerate(model.graph.node):
+        rot = lean.rotate_half(node, producers)
+        if rot is not None:
+            model.graph.node[i].CopyFrom(rot)
     # Drop what nothing reads any more, last node first.
     needed = {o.name for o in model.graph.output} | _subgraph_names(model.graph)
     needed |= {i for f in model.functions for n in f.node for i in n.input}

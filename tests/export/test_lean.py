@@ -80,7 +80,8 @@ def test_lean_graph_equals_plain(store, arch, phm, kind):
 
 def test_lean_drops_most_of_the_per_step_nodes(store, tmp_path):
     """Counted after ORT's own optimisation (what a decode step runs): the Llama decoder's
-    Shape/Gather/Unsqueeze/Concat chains and GQA's Equal/Where are gone, the node count drops > 30 %."""
+    Shape/Gather/Unsqueeze/Concat chains, GQA's Equal/Where and rotate_half's Neg are gone, the
+    node count drops > 30 %."""
     art = store.artifacts("llama", True)
     counts = {}
     for lean in (False, True):
@@ -95,6 +96,7 @@ def test_lean_drops_most_of_the_per_step_nodes(store, tmp_path):
     chains = ("Shape", "Gather", "Unsqueeze", "Concat", "Equal", "Where")
     left = {op: (counts[False].count(op), counts[True].count(op)) for op in chains}
     assert sum(b for _, b in left.values()) < 0.4 * sum(a for a, _ in left.values()), left
+    assert counts[False].count("Neg") > 0 == counts[True].count("Neg")  # rotate_half is one MatMul now
 
 
 def test_graph_it_cannot_infer_is_left_unchanged(store):
