@@ -106,3 +106,20 @@ def test_graph_it_cannot_infer_is_left_unchanged(store):
     before = model.SerializeToString()
     assert lean_graph(model) == 0
     assert model.SerializeToString() == before
+
+
+def test_lean_fp16_graph_equals_plain(store):
+    """--fp16 export: the folded constants keep int64 shapes, rotate_half's permutation is fp16."""
+    from polygraphy.json import load_json
+
+    art = store.artifacts("llama", True, fp16=True)
+    plain, model = onnx.load(str(art / "decoder.onnx")), onnx.load(str(art / "decoder.onnx"))
+    lower_phm(plain)
+    lower_phm(model)
+    assert lean_graph(model) > 0
+    want_sess, got_sess = _session(plain), _session(model)
+    for feeds in load_json(str(art / "decoder.inputs.json")):
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        for got, want in zip(got_sess.run(None, feeds), want_sess.run(None, feeds)):
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-3, atol=1e-3)
