@@ -1,7 +1,7 @@
 """Decode benchmark: PHM artifacts vs the dense artifacts of the same model, ONNX Runtime CPU fp32.
 
     python benchmarks/bench_decode.py [--threads 1 2] [--rounds 7] [--new-tokens 64] [--prompt-tokens 32]
-                                      [--work DIR] [--phm-b2 CKPT] [--phm-b1 CKPT] [--docs docs/runtime.md]
+                                      [--work DIR] [--phm-b2 CKPT] [--phm-b1 CKPT] [--no-plain] [--docs docs/runtime.md]
 
 SmolLM2-135M (trainer/models.py `load_smollm2`) is exported three times with phm-export's
 `export_model`: dense, PHM B=2 and PHM B=1 (every MLP projection, n = 2). The PHM checkpoints are
@@ -14,10 +14,12 @@ timed interleaved: each round runs every variant once (order rotated per round) 
 runtime's generation loop (`OrtBackend`, PHM nodes lowered to specialised standard ops; prefill +
 `--new-tokens` greedy steps, EOS ignored), so the shared machine's load hits all of them alike.
 One more variant, "phm B=2 generic", runs the same B=2 file on its generic reference functions
-(`lower=False`), to show what the lowering buys (`--no-generic` leaves it out). The table gives
-the median over rounds and the spread (min–max); ratios to dense are paired per round (the
-variants of one round ran back to back under about the same load) and summarised by their
-median and quartiles (decode tokens/s; prefill: dense ms / PHM ms). Results go to
+(`lower=False`), to show what the lowering buys (`--no-generic` leaves it out); "dense plain"
+and "phm B=2 plain" run dense and B=2 without the lean pass (`lean=False`: the traced shape
+arithmetic left as exported, phm.export.lean), to show what that buys (`--no-plain` leaves them
+out); their ratios are paired with "dense plain". The table gives the median over rounds and
+the spread (min–max); ratios to dense are paired per round (the variants of one round ran back
+to back under about the same load) and summarised by their median and quartiles (decode tokens/s; prefill: dense ms / PHM ms). Results go to
 benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the measured-figures block of
 docs/runtime.md (between its bench_decode markers).
 """
@@ -91,6 +93,7 @@ def main():
     ap.add_argument("--phm-b1", type=Path, default=None, help="existing B=1 PHM checkpoint to time")
     ap.add_argument("--no-b1", action="store_true", help="leave out B=1")
     ap.add_argument("--no-generic", action="store_true", help="leave out B=2 on the unlowered reference functions")
+    ap.add_argument("--no-plain", action="store_true", help="leave out dense and B=2 without the lean pass")
     ap.add_argument("--docs", type=Path, default=None, help="fill the measured block of this markdown file")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "decode_smollm2_cpu.json")
     args = ap.parse_args()
@@ -116,10 +119,14 @@ def main():
     text = "The quick brown fox jumps over the lazy dog. " * 16
     ids = np.array([tok(text)["input_ids"][: args.prompt_tokens]], dtype=np.int64)
     params = {n: json.loads((a / "manifest.json").read_text())["params"]["params_after"] for n, a in arts.items()}
-    runs = {name: (art, True) for name, art in arts.items()}  # variant -> (artifacts, lower PHM nodes)
+    runs = {name: (art, True, True) for name, art in arts.items()}  # variant -> (artifacts, lower, lean)
     if not args.no_generic:
-        runs["phm B=2 generic"] = (arts["phm B=2"], False)
+        runs["phm B=2 generic"] = (arts["phm B=2"], False, True)
         params["phm B=2 generic"] = params["phm B=2"]
+    if not args.no_plain:
+        for name in ("dense", "phm B=2"):
+            runs[f"{name} plain"] = (arts[name], True, False)
+            params[f"{name} plain"] = params[name]
     rows = []
     for threads in args.threads:
         rows += measure(runs, ids, threads, args, console, params)
@@ -138,7 +145,8 @@ def main():
                  f"{meta['load_average_at_end'][0]:.1f}); ONNX Runtime {meta['onnxruntime']} CPU EP, fp32; "
                  f"prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens (greedy); {args.rounds} interleaved "
                  "rounds. tok/s and ms: median (min–max). × dense: median of the per-round ratios to dense "
-                 "(quartiles); prefill × dense = dense ms / variant ms.", "",
+                 "(quartiles); prefill × dense = dense ms / variant ms; the plain rows are paired with "
+                 "\"dense plain\".", "",
                  "| threads | variant | params | decode tok/s | decode × dense | prefill ms | prefill × dense |",
                  "|---:|---|---:|---:|---:|---:|---:|"]
         for row in rows:
@@ -156,7 +164,7 @@ def measure(runs: dict, ids: np.ndarray, threads: int, args, console, params: di
     from phm.runtime.ort_backend import OrtBackend
 
     backends = {name: OrtBackend(art / "decoder.onnx", providers=["CPUExecutionProvider"], threads=threads,
-                                 lower=lower) for name, (art, lower) in runs.items()}
+                                 lower=lower, lean=lean) for name, (art, lower, lean) in runs.items()}
     for b in backends.values():  # warm-up: first-run allocations and kernel choices
         run_once(b, ids, 4)
     samples = {name: {"decode_tok_s": [], "prefill_ms": []} for name in backends}
@@ -177,9 +185,10 @@ def measure(runs: dict, ids: np.ndarray, threads: int, args, console, params: di
         d, p = samples[n]["decode_tok_s"], samples[n]["prefill_ms"]
         # Paired per round (the variants of a round ran back to back under about the same load):
         # median of the per-round ratios, and their quartiles as the noise figure.
-        paired = [x / y for x, y in zip(d, samples["dense"]["decode_tok_s"])]
+        ref = "dense plain" if n.endswith(" plain") else "dense"  # plain rows: ratio to the plain dense graph
+        paired = [x / y for x, y in zip(d, samples[ref]["decode_tok_s"])]
         q1, dec_ratio, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
-        pre_ratio = statistics.median(y / x for x, y in zip(p, samples["dense"]["prefill_ms"]))  # > 1: faster
+        pre_ratio = statistics.median(y / x for x, y in zip(p, samples[ref]["prefill_ms"]))  # > 1: faster
         rows.append({"threads": threads, "variant": n, "params": params[n], "decode_tok_s": med[n]["decode_tok_s"],
                      "decode_tok_s_all": d, "decode_speedup": dec_ratio, "decode_speedup_q1_q3": [q1, q3],
                      "decode_speedup_all": paired, "prefill_ms": med[n]["prefill_ms"], "prefill_ms_all": p,

@@ -37,18 +37,24 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _model_bytes(path: Path) -> bytes | None:
-    """The graph with its PHM nodes lowered to specialised standard ops (phm.export.lower), or None
-    when there is nothing to lower or the result would pass protobuf's 2 GiB limit."""
+def _model_bytes(path: Path, lower: bool, lean: bool) -> bytes | None:
+    """The graph as ORT should run it, or None to load the file as it is: PHM nodes lowered to
+    specialised standard ops (phm.export.lower) and the traced shape arithmetic folded into
+    constants (phm.export.lean). None too when the result would pass protobuf's 2 GiB limit."""
     import onnx
 
+    from phm.export.lean import lean_graph
     from phm.export.lower import lower_phm
 
     model = onnx.load(str(path))
-    if not lower_phm(model):
+    changed = bool(lower and lower_phm(model))
+    # Q/DQ graphs are left as exported: the fold is untested on them.
+    if lean and not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        changed |= lean_graph(model) > 0
+    if not changed:
         return None
     if model.ByteSize() >= (1 << 31) - (1 << 20):
-        log.warning("%s: over 2 GiB after lowering; running the PHM reference functions instead", path.name)
+        log.warning("%s: over 2 GiB after rewriting; running the file as it is", path.name)
         return None
     data = model.SerializeToString()
     del model  # keep one copy of the weights in memory while ORT builds the session
@@ -65,11 +71,12 @@ def _quantized(source: bytes | str) -> bool:
     return any(n.op_type == "DequantizeLinear" for n in onnx.load(source, load_external_data=False).graph.node)
 
 
-def _session(ort, path: Path, providers: list[str] | None, threads: int | None, lower: bool = True):
+def _session(ort, path: Path, providers: list[str] | None, threads: int | None, lower: bool = True,
+             lean: bool = True):
     if not path.is_file():
         raise BackendError(f"ONNX model {path} does not exist")
     try:
-        source = (_model_bytes(path) if lower else None) or str(path)
+        source = (_model_bytes(path, lower, lean) if lower or lean else None) or str(path)
     except Exception as e:  # onnx raises DecodeError / ValidationError …: one line
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     opts = ort.SessionOptions()
@@ -95,14 +102,15 @@ class OrtBackend:
     name = "ort"
 
     def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 vision: VisionSpec | None = None, lower: bool = True):
+                 vision: VisionSpec | None = None, lower: bool = True, lean: bool = True):
         """`onnx_path`: decoder.onnx. `vision`: the VLM's image spec; embed.onnx and vision.onnx are
         then read from the decoder's directory. `lower`: run PHM nodes as specialised standard ops
-        (phm.export.lower) instead of the generic reference functions the file carries."""
+        (phm.export.lower) instead of the generic reference functions the file carries. `lean`: fold
+        the traced graph's run-time shape arithmetic into constants first (phm.export.lean)."""
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
-        self.session = _session(ort, onnx_path, providers, threads, lower)
+        self.session = _session(ort, onnx_path, providers, threads, lower, lean)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embeds = "inputs_embeds" in self.inputs
@@ -120,8 +128,8 @@ class OrtBackend:
             if vision is None:
                 raise BackendError(f"{onnx_path.name} takes inputs_embeds: open VLM artifacts with "
                                    "OrtBackend.from_artifacts")
-            self.embed_session = _session(ort, onnx_path.with_name("embed.onnx"), providers, threads, lower)
-            self.vision_session = _session(ort, onnx_path.with_name("vision.onnx"), providers, threads, lower)
+            self.embed_session = _session(ort, onnx_path.with_name("embed.onnx"), providers, threads, lower, lean)
+            self.vision_session = _session(ort, onnx_path.with_name("vision.onnx"), providers, threads, lower, lean)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._ort = ort
@@ -131,11 +139,11 @@ class OrtBackend:
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
-                       threads: int | None = None, lower: bool = True) -> "OrtBackend":
+                       threads: int | None = None, lower: bool = True, lean: bool = True) -> "OrtBackend":
         """The backend of an artifacts dir written by phm-export (text decoder or VLM)."""
         artifacts = Path(artifacts)
         read_manifest(artifacts)  # a missing or corrupt manifest is one clear error before any session
-        return cls(artifacts / "decoder.onnx", providers, threads, VisionSpec.from_artifacts(artifacts), lower)
+        return cls(artifacts / "decoder.onnx", providers, threads, VisionSpec.from_artifacts(artifacts), lower, lean)
 
     def reset(self) -> None:
         self.cache = None

@@ -31,12 +31,13 @@ def exported(request, tmp_path_factory):
     return load(model_dir), out
 
 
-def test_ort_greedy_equals_torch(exported):
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "plain"])
+def test_ort_greedy_equals_torch(exported, lean):
     model, art = exported
     cfg = GenerationConfig(max_new_tokens=16)
     ids = np.array([[5, 17, 33, 9, 101], [0, 0, 44, 12, 7]])
     mask = np.array([[1] * 5, [0, 0, 1, 1, 1]])
-    ours = generate(OrtBackend(art / "decoder.onnx"), ids, cfg, attention_mask=mask).tokens
+    ours = generate(OrtBackend(art / "decoder.onnx", lean=lean), ids, cfg, attention_mask=mask).tokens
     ref = generate(TorchBackend(model), ids, cfg, attention_mask=mask).tokens
     np.testing.assert_array_equal(ours, ref)
 
