@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import re
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 
 from .inject import phm_wrappers, teacher_mode
 from .losses import hidden_kd_loss
+from .schedule import lr_factor
 
 __all__ = ["local_distill", "phm_layer_stacks"]
 
@@ -67,11 +67,12 @@ def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tu
         seen.append((args, kwargs))
         raise _Stop
 
+    no_cache = _no_cache(model)
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for batch in batches:
             try:
-                model(**batch, **_no_cache(model))
+                model(**batch, **no_cache)
             except _Stop:
                 pass
             else:
@@ -117,7 +118,9 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
         h_s = [args[0] for args, _ in student]
         h_t = [args[0] for args, _ in teacher]
         rest = [(args[1:], kwargs) for args, kwargs in student]
-        masks = [b.get("attention_mask") for b in batches]
+        # padding mask where it matches the hidden states' token axis (VLM image tokens extend it)
+        masks = [m if m is not None and m.shape == h.shape[:2] else None
+                 for m, h in zip((b.get("attention_mask") for b in batches), h_t)]
         for index in range(indices[0], indices[-1] + 1):
             layer = layers[index]
             params = [p for name, p in layer.named_parameters() if ".phm." in name]
@@ -137,10 +140,9 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
                 gen = torch.Generator().manual_seed(seed * 1000 + index)
                 for _ in range(epochs):
                     for i in torch.randperm(len(batches), generator=gen).tolist():
-                        for g in opt.param_groups:  # cosine to 10 %
-                            g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
-                        mask = masks[i] if masks[i] is not None and masks[i].shape == targets[i].shape[:2] else None
-                        loss = hidden_kd_loss(run(i), targets[i], mask)
+                        for g in opt.param_groups:  # cosine to 10 %, no warm-up: the cores start fitted
+                            g["lr"] = lr * lr_factor(step, steps, 0)
+                        loss = hidden_kd_loss(run(i), targets[i], masks[i])
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -154,8 +156,7 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
             with torch.no_grad():
                 outs = [run(i) for i in range(len(batches))]
                 for i, out in enumerate(outs):
-                    mask = masks[i] if masks[i] is not None and masks[i].shape == out.shape[:2] else None
-                    loss_sum += hidden_kd_loss(out, targets[i], mask).item()
+                    loss_sum += hidden_kd_loss(out, targets[i], masks[i]).item()
             h_s, h_t = outs, targets
             entry = {"stage": "local", "layer": f"{path}.{index}", "loss": round(loss_sum / len(batches), 6)}
             logs.append(entry)
