@@ -326,13 +326,17 @@ def main(argv=None) -> int:
 
     from phm.trainer import load
 
-    if "dense" in stages and "dense" not in results:
-        processor = transformers.AutoProcessor.from_pretrained(dense_dir)
+    def evaluate(kind: str, model_dir: Path) -> None:
+        """results[kind]: easy-vqa accuracy of the model in `model_dir` on the held-out questions."""
+        processor = transformers.AutoProcessor.from_pretrained(model_dir)
         t0 = time.perf_counter()
-        acc, preds = answer_accuracy(load(dense_dir), processor, eval_rows)
-        results["dense"] = {**scores(eval_rows, preds), "eval_minutes": round((time.perf_counter() - t0) / 60, 2)}
+        acc, preds = answer_accuracy(load(model_dir), processor, eval_rows)
+        results[kind] = {**scores(eval_rows, preds), "eval_minutes": round((time.perf_counter() - t0) / 60, 2)}
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
-        log.info("dense accuracy %.3f on %d questions", acc, len(eval_rows))
+        log.info("%s accuracy %.3f on %d questions", kind, acc, len(eval_rows))
+
+    if "dense" in stages and "dense" not in results:
+        evaluate("dense", dense_dir)
 
     if "phm" in stages and not (phm_dir / "model.safetensors").is_file():
         from phm.trainer.distill import DistillConfig
@@ -354,11 +358,7 @@ def main(argv=None) -> int:
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
     if "phm" in stages and "phm" not in results:
-        processor = transformers.AutoProcessor.from_pretrained(phm_dir)
-        t0 = time.perf_counter()
-        acc, preds = answer_accuracy(load(phm_dir), processor, eval_rows)
-        results["phm"] = {**scores(eval_rows, preds), "eval_minutes": round((time.perf_counter() - t0) / 60, 2)}
-        log.info("PHM accuracy %.3f on %d questions", acc, len(eval_rows))
+        evaluate("phm", phm_dir)
 
     if "export" in stages and "export" not in results and (phm_dir / "model.safetensors").is_file():
         results["export"] = export_and_compare(phm_dir, work / "phm-art", eval_rows[:args.export_k])
