@@ -233,7 +233,7 @@ def train_projector(model, processor, proj_rows, feats, index, labels, args) -> 
     # 3b: answer CE through the frozen LM
     t0 = time.perf_counter()
     n_img = feats.shape[1]
-    rows = subset(train_rows, args.vqa_steps * args.batch, args.seed + 1)
+    rows = subset(proj_rows, args.vqa_steps * args.batch, args.seed + 1)  # only featurised images have feats
     seqs = encode_vqa(processor, rows, n_img)
     opt = torch.optim.AdamW(proj.parameters(), lr=args.lr, weight_decay=0.0)
     bar = tqdm(range(args.vqa_steps), desc="projector: vqa", unit="step")
