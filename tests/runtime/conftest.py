@@ -1,4 +1,4 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from tinytok import ...`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from tinytok / runkit import ...`

@@ -7,7 +7,6 @@ dense and with PHM MLPs, shipped the way a real model dir is: DINOv2's own image
 28-pixel tower) and a word-level tokenizer whose `<image>` sits at the config's image_token_id.
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import skimage.data
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from runkit import phm_run_image_json
 from tinytok import word_tokenizer
 
 from phm.export.api import export_model
@@ -109,11 +109,7 @@ def test_image_prompt_greedy_equals_torch(llava):
 def test_phm_run_with_image_equals_torch(llava, tmp_path):
     model, art = llava
     photo = tmp_path / "chelsea.png"
-    Image.fromarray(skimage.data.chelsea()).save(photo)
-    result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5 <image> w6 w7", "--image", str(photo),
-                                          "--max-new-tokens", str(STEPS), "--json", "--threads", "1"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
+    out = phm_run_image_json(art, "w5 <image> w6 w7", skimage.data.chelsea(), photo, STEPS)
     expected_ids = [5] + [model.config.image_token_id] * IMAGE_TOKENS + [6, 7]
     assert out["prompt_ids"] == expected_ids
     pixels = VisionSpec.from_artifacts(art).pixel_values(image_processor(art / "hf"), photo)

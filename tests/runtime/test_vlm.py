@@ -6,14 +6,13 @@ sit at the config's vision ids, so the artifacts dir is complete the way a real 
 scikit-image's bundled photos.
 """
 
-import json
 
 import numpy as np
 import pytest
 import skimage.data
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from runkit import phm_run_image_json
 from tinytok import word_tokenizer
 
 from phm.export.api import export_model
@@ -109,11 +108,7 @@ def test_text_prompt_on_vlm_equals_torch(vlm):
 def test_phm_run_with_image_equals_torch(vlm, tmp_path):
     model, art = vlm
     photo = tmp_path / "astronaut.png"
-    Image.fromarray(skimage.data.astronaut()).save(photo)
-    result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5 w6 w7", "--image", str(photo),
-                                          "--max-new-tokens", str(STEPS), "--json", "--threads", "1"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
+    out = phm_run_image_json(art, "w5 w6 w7", skimage.data.astronaut(), photo, STEPS)
     spec = VisionSpec.from_artifacts(art)
     cfg = model.config
     expected_ids = [cfg.vision_start_token_id] + [cfg.image_token_id] * 16 + [cfg.vision_end_token_id, 5, 6, 7]
