@@ -37,38 +37,38 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _model_bytes(path: Path, lower: bool, lean: bool) -> bytes | None:
-    """The graph as ORT should run it, or None to load the file as it is: PHM nodes lowered to
-    specialised standard ops (phm.export.lower) and the traced shape arithmetic folded into
-    constants (phm.export.lean). None too when the result would pass protobuf's 2 GiB limit."""
+def _quantized(model) -> bool:
+    """Whether the graph holds Q/DQ nodes (an --int8 export)."""
+    return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+
+
+def _prepared(path: Path, lower: bool, lean: bool) -> tuple[bytes | None, bool]:
+    """(the graph as ORT should run it, or None to load the file as it is; whether it is Q/DQ).
+
+    The rewrites: PHM nodes lowered to specialised standard ops (phm.export.lower) and the traced
+    shape arithmetic folded into constants (phm.export.lean). None too when the result would pass
+    protobuf's 2 GiB limit. The file is parsed once for both answers."""
     import onnx
 
     from phm.export.lean import lean_graph
     from phm.export.lower import lower_phm
 
+    if not (lower or lean):  # nothing to rewrite: read the graph without its weights
+        return None, _quantized(onnx.load(str(path), load_external_data=False))
     model = onnx.load(str(path))
+    quantized = _quantized(model)
     changed = bool(lower and lower_phm(model))
     # Q/DQ graphs are left as exported: the fold is untested on them.
-    if lean and not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+    if lean and not quantized:
         changed |= lean_graph(model) > 0
     if not changed:
-        return None
+        return None, quantized
     if model.ByteSize() >= (1 << 31) - (1 << 20):
         log.warning("%s: over 2 GiB after rewriting; running the file as it is", path.name)
-        return None
+        return None, quantized
     data = model.SerializeToString()
     del model  # keep one copy of the weights in memory while ORT builds the session
-    return data
-
-
-def _quantized(source: bytes | str) -> bool:
-    """Whether the graph holds Q/DQ nodes (an --int8 export). Op types are plain strings in the
-    protobuf, so serialized bytes are searched directly; a path is read without its weights."""
-    if isinstance(source, bytes):
-        return b"DequantizeLinear" in source
-    import onnx
-
-    return any(n.op_type == "DequantizeLinear" for n in onnx.load(source, load_external_data=False).graph.node)
+    return data, quantized
 
 
 def _session(ort, path: Path, providers: list[str] | None, threads: int | None, lower: bool = True,
@@ -76,14 +76,14 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     if not path.is_file():
         raise BackendError(f"ONNX model {path} does not exist")
     try:
-        source = (_model_bytes(path, lower, lean) if lower or lean else None) or str(path)
+        data, quantized = _prepared(path, lower, lean)
     except Exception as e:  # onnx raises DecodeError / ValidationError …: one line
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: fp16 graphs make the CPU constant folder warn per node
     # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
     # DequantizeLinear -> MatMul into a kernel that also quantizes the activations (phm.export.quantize).
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if _quantized(source)
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if quantized
                                      else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     # The memory pattern is planned per input shape, and every decode step has a new past length:
     # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
@@ -93,7 +93,7 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     available = ort.get_available_providers()
     providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(source, opts, providers=providers)
+        return ort.InferenceSession(data or str(path), opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types; report one line
         raise BackendError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
 
