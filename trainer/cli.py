@@ -40,6 +40,8 @@ def _csv(choices):
 @click.option("--epochs", type=float, default=None, help="Passes over the data (instead of --steps).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(2))
+@click.option("--pack", is_flag=True, help="Causal LMs: pack the text into full --max-length windows "
+              "(trains every position a long prompt reaches; short lines alone never do).")
 @click.option("--lr", default=1e-4, show_default=True, type=float, help="LoRA / bias learning rate.")
 @click.option("--core-lr", default=2e-3, show_default=True, type=float, help="PHM core learning rate.")
 @click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
@@ -53,7 +55,7 @@ def _csv(choices):
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
 def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers, projections, init, steps, epochs,
-         batch_size, max_length, lr, core_lr, local_epochs, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
+         batch_size, max_length, pack, lr, core_lr, local_epochs, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -65,7 +67,7 @@ def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers
     try:
         phm = PHMConfig(n=n, num_bases=bases, towers=towers, projections=projections, top_k_b3=top_k_b3,
                         init="random" if init == "random" else "projection")
-        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, lr=lr, core_lr=core_lr,
+        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, pack=pack, lr=lr, core_lr=core_lr,
                             local_epochs=local_epochs, schedule=schedule, lora_r=lora_r, calibrate_init=init == "calibrated",
                             checkpoint_every=checkpoint_every, log_every=log_every, device=device, seed=seed)
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,

@@ -12,6 +12,7 @@ Accepted `--data PATH` forms (same conventions as the exporter's calibration dat
   distinct utterance.
 Empty or unreadable data is a ValueError with one clear line.
 
+`TokenBatches.packed` packs texts into full windows of `max_length` tokens (causal LMs; `--pack`).
 `TokenBatches.batch(step)` is a pure function of (seed, step): epoch e shuffles with seed + e, so
 a resumed run sees exactly the batches the uninterrupted run would have seen.
 """
@@ -196,6 +197,22 @@ class TokenBatches:
         enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return cls(enc["input_ids"], batch_size, pad, seed)
+
+    @classmethod
+    def packed(cls, tokenizer, texts: list[str], batch_size: int, length: int = 128, seed: int = 0,
+               separator: str = "\n") -> "TokenBatches":
+        """Causal-LM packing: `texts` joined by `separator` into one token stream, cut into windows of
+        `length` tokens (the last, shorter one kept when it has ≥ 2). Every window is full, so the
+        model sees every position up to `length` — per-sample batches of short lines never train the
+        positions a long prompt reaches. No special tokens are added (a window starts mid-stream)."""
+        if not texts:
+            raise ValueError("no texts to train on")
+        if length < 2:
+            raise ValueError(f"packing needs windows of >= 2 tokens, got {length}")
+        ids = tokenizer(separator.join(texts), add_special_tokens=False)["input_ids"]
+        windows = [ids[i:i + length] for i in range(0, len(ids), length) if len(ids[i:i + length]) >= 2]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(windows, batch_size, pad, seed)
 
     def __len__(self) -> int:
         """Batches per epoch (the last partial batch is dropped when there is more than one)."""

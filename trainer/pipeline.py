@@ -68,6 +68,8 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
                 processor = transformers.AutoProcessor.from_pretrained(model_dir, local_files_only=True)
             except (OSError, ValueError, TypeError) as e:
                 raise ValueError(f"image data needs a processor in {model_dir}: {str(e).splitlines()[0]}") from None
+            if config.pack:
+                raise ValueError("--pack applies to text data; this data has images")
             return ImageTextBatches(processor, samples, config.batch_size, seed=config.seed)
         texts = [s.text for s in samples]
     else:
@@ -79,7 +81,10 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
             texts = sample_teacher_texts(model, load_tokenizer(model_dir), data_free_samples,
                                          max_new_tokens=min(config.max_length, 96), seed=config.seed)
             atomic_write_text(cache, "".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return TokenBatches.from_texts(load_tokenizer(model_dir), texts, config.batch_size, config.max_length, config.seed)
+    tokenizer = load_tokenizer(model_dir)
+    if config.pack:
+        return TokenBatches.packed(tokenizer, texts, config.batch_size, config.max_length, config.seed)
+    return TokenBatches.from_texts(tokenizer, texts, config.batch_size, config.max_length, config.seed)
 
 
 def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, config: DistillConfig,

@@ -51,6 +51,15 @@ def test_end_to_end_train_resume_and_reload(tiny_dirs, tmp_path):
     assert result.exit_code != 0 and "exists and is not empty" in result.output
 
 
+def test_pack_trains_on_full_windows(tiny_dirs, tmp_path):
+    llama, data = tiny_dirs
+    out = tmp_path / "packed"
+    result = _run(llama, "--out", out, "--data", data, "--steps", 2, "--batch-size", 4, "--max-length", 32, "--pack")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "distill_config.json").read_text())["pack"] is True
+    load(out)
+
+
 def _bad_arch_dir(tmp_path):
     import transformers
 

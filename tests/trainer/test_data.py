@@ -82,7 +82,11 @@ def test_token_batches_are_deterministic_and_cover_each_epoch():
 class _ByteTokenizer:
     """Minimal tokenizer for a 256-token tiny model (ids are bytes)."""
 
-    bos_token_id, eos_token_id = 1, 2
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __call__(self, text, add_special_tokens=True, **_):
+        ids = list(text.encode("latin-1"))
+        return {"input_ids": [self.bos_token_id] + ids if add_special_tokens else ids}
 
     def batch_decode(self, ids, skip_special_tokens=False):
         return [bytes(int(i) for i in row).decode("latin-1") for row in ids]
@@ -95,3 +99,15 @@ def test_teacher_sampled_texts_are_deterministic():
     assert a == b and len(a) == 3 and all(len(t) == 6 for t in a)
     with pytest.raises(ValueError, match="language model head"):
         sample_teacher_texts(tiny_model("bert"), _ByteTokenizer(), num=1)
+
+
+def test_packed_batches_are_full_windows_of_the_joined_stream():
+    texts = ["abc", "defgh", "ij"]
+    data = TokenBatches.packed(_ByteTokenizer(), texts, batch_size=2, length=4)
+    stream = list(b"abc\ndefgh\nij")  # joined by newlines, no special tokens
+    assert data.sequences == [stream[0:4], stream[4:8], stream[8:12]]  # 12 ids: three full windows
+    assert len(data) == 1 and data.batch(0)["attention_mask"].all()  # full windows: no padding
+    tail = TokenBatches.packed(_ByteTokenizer(), ["abcde"], batch_size=1, length=2)
+    assert tail.sequences == [list(b"ab"), list(b"cd")]  # a 1-token tail cannot train a next token: dropped
+    with pytest.raises(ValueError, match="no texts"):
+        TokenBatches.packed(_ByteTokenizer(), [], 2)
