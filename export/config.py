@@ -29,7 +29,7 @@ class ExportConfig:
     calib_method: str = "percentile" # activation calibrator: minmax | percentile (99.99) | entropy (KL)
     int8_lm_head: bool = False       # also W8A8 the LM head (off: logits are the most sensitive matmul)
     int8_smooth: bool = True         # SmoothQuant smoothing of W8A8 inputs, α searched per tensor
-    int8_activations: bool = True    # False: weight-only INT8 everywhere (no activation Q/DQ; an ablation)
+    int8_activations: bool = True    # False: weight-only INT8 everywhere (--int8-weights-only; no activation Q/DQ)
     report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "agx-orin"         # orin-nano | orin-nx | agx-orin (sm_87, TensorRT 10.3) | desktop (sm_90)
@@ -52,6 +52,8 @@ class ExportConfig:
         for name in ("int8_smooth", "int8_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not self.int8 and not self.int8_activations:
+            raise ValueError("int8_activations=False (--int8-weights-only) is only used with int8")
         if self.calib_method not in CALIB_METHODS:
             raise ValueError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         for name in ("max_batch", "max_sequence", "opt_sequence", "report_tokens"):

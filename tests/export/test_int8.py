@@ -156,8 +156,11 @@ def test_vlm_int8_exports_and_runs(store):
         assert all(np.isfinite(o).all() for o in session(art / f"{kind}.onnx").run(None, feed))
 
 
-def test_weight_only_ablation_has_no_activation_qdq(store):
-    art = store.artifacts("llama", True, int8=True, int8_activations=False, report_tokens=64)
+def test_weights_only_has_no_activation_qdq(store, tmp_path):
+    art = tmp_path / "wo"  # through the CLI flag: --int8 --int8-weights-only = ExportConfig(int8_activations=False)
+    result = CliRunner().invoke(main, [str(store.checkpoint("llama", True)), "--int8", "--int8-weights-only",
+                                       "--out", str(art)])
+    assert result.exit_code == 0, result.output
     model = onnx.load(str(art / "decoder.trt.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 8  # the 8 attention weights

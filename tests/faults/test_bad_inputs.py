@@ -207,6 +207,8 @@ CASES = {
                                                        "--int8: "),
     "export-calib-data-without-int8": lambda i, d: Case(_export(i.phm, d, "--calib-data", i.data),
                                                         "calib_data is only used with int8"),
+    "export-weights-only-without-int8": lambda i, d: Case(_export(i.phm, d, "--int8-weights-only"),
+                                                          "--int8-weights-only) is only used with int8"),
     "export-unknown-target": lambda i, d: Case(_export(i.phm, d, "--target", "tx2"),
                                                "Invalid value for '--target': 'tx2' is not one of"),
     "export-context-zero": lambda i, d: Case(_export(i.phm, d, "--context", 0), "Invalid value for '--context'"),
