@@ -54,6 +54,9 @@ def phm_layer_stacks(model: nn.Module) -> list[tuple[str, list[int]]]:
     return [(p, sorted(stacks[p])) for p in sorted(stacks, key=lambda p: order.index(p))]
 
 
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+
+
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -64,6 +67,11 @@ def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tu
     seen: list = []
 
     def hook(_module, args, kwargs):
+        # a cache object in the kwargs would take every replayed call's K/V (LLaVA's forward has no
+        # use_cache parameter, so its language model makes one): the layer must run without it
+        kwargs = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items()}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
         seen.append((args, kwargs))
         raise _Stop
 

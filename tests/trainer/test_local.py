@@ -26,7 +26,7 @@ def _last_hidden_error(model, batches) -> float:
     return torch.stack(errs).mean().item()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert", "llava"])  # llava: its forward makes a KV cache
 def test_local_stage_fits_every_layer(arch):
     model = tiny_model(arch)
     inject_phm(model, PHMConfig())  # projection init: the start the trainer uses
