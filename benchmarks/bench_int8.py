@@ -1,7 +1,8 @@
 """INT8 stability, dense vs PHM, on the real SmolLM2-135M-Instruct (CPU): does the hypercomplex
 student quantize at least as stably as the dense model it came from?
 
-    python benchmarks/bench_int8.py [--steps 20] [--tokens 512] [--calib-method percentile]
+    python benchmarks/bench_int8.py [--steps 40] [--local-epochs 8] [--tokens 2048] [--calib-method percentile]
+    (the defaults are the run in docs/int8.md: ~35 min on one CPU core)
 
 1. dense: the bundled SmolLM2-135M-Instruct (dequantised from its GGUF once into $PHM_CACHE);
 2. PHM: a B=2 student made with the trainer (activation-weighted init, `--local-epochs` of the
@@ -92,14 +93,14 @@ def _table(res: dict) -> str:
 
 @click.command()
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/phm-bench-int8"), show_default=True)
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(0), help="distillation steps (0: init only)")
-@click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--steps", default=40, show_default=True, type=click.IntRange(0), help="distillation steps (0: init only)")
+@click.option("--local-epochs", default=8, show_default=True, type=click.IntRange(0),
               help="layer-wise local distillation epochs before the KD steps")
 @click.option("--local-batches", default=0, show_default=True, type=click.IntRange(0),
               help="batches the local stage fits on (0: the whole training split)")
 @click.option("--schedule", type=click.Choice(["abrupt", "progressive"]), default="abrupt", show_default=True,
               help="abrupt: what docs/trainer.md recommends with a local stage")
-@click.option("--tokens", default=512, show_default=True, type=click.IntRange(16), help="held-out tokens")
+@click.option("--tokens", default=2048, show_default=True, type=click.IntRange(16), help="held-out tokens")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
               show_default=True)
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
