@@ -278,6 +278,10 @@ def main(argv=None) -> int:
     ap.add_argument("--phm-steps", type=int, default=24)
     ap.add_argument("--phm-calib-batches", type=int, default=12, help="batches for the activation-weighted core init")
     ap.add_argument("--phm-batch", type=int, default=4)
+    ap.add_argument("--phm-local-epochs", type=int, default=2,
+                    help="layer-wise local epochs before the KD steps (0: off, the session-2 recipe)")
+    ap.add_argument("--phm-schedule", choices=("abrupt", "progressive"), default="abrupt",
+                    help="abrupt: what docs/trainer.md recommends with a local stage")
     ap.add_argument("--stages", default="dense,phm,export", help="dense,phm,export")
     ap.add_argument("--export-k", type=int, default=8, help="eval questions checked ORT vs torch")
     ap.add_argument("--work", type=Path, default=None, help="artifact dir [default: $PHM_CACHE/vlm-sample]")
@@ -346,15 +350,17 @@ def main(argv=None) -> int:
         kd_rows = subset(train_rows, max(args.phm_steps, args.phm_calib_batches) * args.phm_batch, args.seed + 3)
         data = write_kd_data(kd_rows, work / "kd_data.jsonl")
         cfg = DistillConfig(steps=args.phm_steps, batch_size=args.phm_batch, calib_batches=args.phm_calib_batches,
-                            kd_temperature=2.0,
+                            kd_temperature=2.0, local_epochs=args.phm_local_epochs, schedule=args.phm_schedule,
                             recon_weight=0.5, checkpoint_every=0, log_every=4, seed=args.seed)
         t0 = time.perf_counter()
         train(dense_dir, phm_dir, PHMConfig(n=2, num_bases=2, towers=("language",)), cfg, data=str(data))
         results["phm_train"] = {"steps": args.phm_steps, "batch": args.phm_batch, "samples": len(kd_rows),
                                 "minutes": round((time.perf_counter() - t0) / 60, 2), "bases": 2,
                                 "towers": "language", "kd_temperature": 2.0, "recon_weight": 0.5, "lora_r": 8,
-                                "calib_batches": args.phm_calib_batches}
+                                "calib_batches": args.phm_calib_batches, "local_epochs": args.phm_local_epochs,
+                                "schedule": args.phm_schedule}
         results.pop("phm", None)
+        results.pop("export", None)  # the export is of the old student
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
     if "phm" in stages and "phm" not in results:
@@ -465,7 +471,8 @@ def print_table(results: dict, work: Path) -> None:
             minutes = pr.get("align_minutes", 0) + pr.get("vqa_minutes", 0)
         else:
             pt = results.get("phm_train", {})
-            training = f"KD {pt.get('steps')}×{pt.get('batch')}"
+            local = f"{pt['local_epochs']} local ep. + " if pt.get("local_epochs") else ""
+            training = f"{local}KD {pt.get('steps')}×{pt.get('batch')}"
             minutes = pt.get("minutes", 0)
         kinds = " | ".join(f"{v['accuracy']:.2f} ({v['n']})" for v in results[key].get("by_kind", {}).values()
                            if v["accuracy"] is not None)
