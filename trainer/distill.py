@@ -86,6 +86,7 @@ class DistillConfig:
     local_epochs: int = 0            # layer-wise local distillation before the KD loop (local.py); 0 = off
     local_batches: int = 64          # training batches the local stage caches activations of (0 = all)
     local_lr: float = 3e-3
+    local_inputs: str = "student"    # each layer's input in the local stage: "student" (PHM below) | "teacher"
     seed: int = 0
     device: str = "cpu"
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
@@ -109,6 +110,8 @@ class DistillConfig:
             raise ValueError(f"ramp_width must be in (0, 1], got {self.ramp_width}")
         if self.schedule not in ("progressive", "abrupt"):
             raise ValueError(f"schedule must be 'progressive' or 'abrupt', got {self.schedule!r}")
+        if self.local_inputs not in ("student", "teacher"):
+            raise ValueError(f"local_inputs must be 'student' or 'teacher', got {self.local_inputs!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.kd_temperature <= 0:
@@ -341,7 +344,7 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
 
         count = min(config.local_batches or len(data), len(data))
         history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,
-                                     config.local_lr, config.seed, config.progress))
+                                     config.local_lr, config.seed, config.progress, config.local_inputs))
     model = _add_lora(model, config)
     model.eval()
     named = _trainable(model)

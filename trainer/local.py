@@ -54,6 +54,7 @@ def phm_layer_stacks(model: nn.Module) -> list[tuple[str, list[int]]]:
     return [(p, sorted(stacks[p])) for p in sorted(stacks, key=lambda p: order.index(p))]
 
 
+LOCAL_INPUTS = ("student", "teacher")
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
@@ -96,12 +97,17 @@ def _no_cache(model: nn.Module) -> dict:
 
 
 def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float, seed: int = 0,
-                  progress: bool = False) -> list[dict]:
+                  progress: bool = False, inputs: str = "student") -> list[dict]:
     """Fit every PHM layer's cores on cached activations (module docstring); returns per-layer logs.
 
     `batches`: model keyword dicts (on the model's device). λ of every wrapper is 1 afterwards
-    (the fitted student); the dense weights are untouched.
+    (the fitted student); the dense weights are untouched. `inputs`: "student" feeds each layer the
+    output of the already fitted PHM layers below it (what the abrupt swap runs), "teacher" the dense
+    model's (each layer fitted alone: what a progressive fade starts from, with the layers below
+    still mostly dense).
     """
+    if inputs not in LOCAL_INPUTS:
+        raise ValueError(f"local inputs must be one of {LOCAL_INPUTS}, got {inputs!r}")
     stacks = phm_layer_stacks(model)
     if not stacks or epochs <= 0:
         return []
@@ -133,9 +139,11 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
             layer = layers[index]
             params = [p for name, p in layer.named_parameters() if ".phm." in name]
 
-            def run(i, _layer=layer):
+            h_in = h_s if inputs == "student" else h_t
+
+            def run(i, _layer=layer, _h=h_in):
                 args, kwargs = rest[i]
-                return _first(_layer(h_s[i], *args, **kwargs))
+                return _first(_layer(_h[i], *args, **kwargs))
 
             with torch.no_grad(), teacher_mode(model):
                 targets = [_first(layer(h_t[i], *rest[i][0], **rest[i][1])) for i in range(len(batches))]

@@ -87,3 +87,30 @@ def _fresh_llama():
     model = tiny_model("llama")
     inject_phm(model, PHMConfig())
     return model
+
+
+def test_teacher_inputs_fit_each_layer_alone():
+    """inputs="teacher": layer 1 is fitted on the dense model's layer-0 output, so what layer 0's cores
+    are does not change layer 1's fit; with student inputs it does."""
+    batches = [_batches().batch(i) for i in range(2)]
+
+    def fitted_layer1(inputs, perturb):
+        model = tiny_model("llama")
+        inject_phm(model, PHMConfig())
+        set_lambda(model, 1.0)
+        if perturb:  # different layer-0 cores: the student's input to layer 1 changes
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.startswith("model.layers.0.") and ".phm." in name:
+                        p.mul_(1.5)
+        local_distill(model, batches, epochs=2, lr=1e-2, inputs=inputs)
+        return {n: p.detach().clone() for n, p in model.named_parameters()
+                if n.startswith("model.layers.1.") and ".phm." in n}
+
+    for inputs, same in (("teacher", True), ("student", False)):
+        a, b = fitted_layer1(inputs, False), fitted_layer1(inputs, True)
+        assert a and all(torch.equal(a[n], b[n]) for n in a) == same, inputs
+    with pytest.raises(ValueError, match="local inputs must be one of"):
+        local_distill(tiny_model("llama"), batches, epochs=1, lr=1e-2, inputs="dense")
+    with pytest.raises(ValueError, match="local_inputs must be"):
+        DistillConfig(local_inputs="dense")
