@@ -1,0 +1,126 @@
+"""Which attention inputs make W8A8 lose accuracy? A per-tensor sweep on SmolLM2-135M (CPU, PyTorch).
+
+    python benchmarks/int8_sensitivity.py [--tokens 512] [--skip 1 2 4 8] [--threads 1]
+
+The same arithmetic as `phm-export --int8` on an attention projection, simulated in PyTorch
+(fake quantization, no smoothing): the input of q/k/v (one shared tensor per layer) and of o_proj
+gets one per-tensor scale from the export's percentile calibrator (`phm.export.calibrate`) over
+the shipped calibration prompts, the weights per-output-channel INT8 scales. Each of the 60
+tensors is quantized alone and scored against the float model on the chatterbot held-out windows
+the INT8 report uses (`phm.export.int8.heldout_windows`): top-1 agreement and KL(float ‖ quantized).
+Then everything is quantized except the K most sensitive tensors (by KL), for each `--skip` K:
+would leaving a few layers in float (what partial quantization does) recover the accuracy?
+docs/int8.md reads the result. No smoothing: it measures where the plain per-tensor scales hurt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from phm.export.calib_data import load_calibration_data
+from phm.export.calibrate import QMAX, make_calibrator
+from phm.export.int8 import CALIB_TOKENS, heldout_windows, text_to_ids
+from phm.trainer import load
+from phm.trainer.models import load_tokenizer, smollm2_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_quant(x: torch.Tensor, scale) -> torch.Tensor:
+    return torch.clamp(torch.round(x / scale), -QMAX, QMAX) * scale
+
+
+class Sweep:
+    """The model, its attention input groups, their calibrated scales, and the float reference."""
+
+    def __init__(self, tokens: int):
+        d = smollm2_dir()
+        self.model, tok = load(d).eval(), load_tokenizer(d)
+        self.windows = [torch.tensor(w) for w in heldout_windows(tok, 0, tokens)]
+        self.groups = {}
+        for i, layer in enumerate(self.model.model.layers):
+            a = layer.self_attn
+            self.groups[f"{i}.qkv"] = [a.q_proj, a.k_proj, a.v_proj]   # one shared input tensor
+            self.groups[f"{i}.o"] = [a.o_proj]
+        self.weights = {id(m): m.weight.data.clone() for mods in self.groups.values() for m in mods}
+        self.scales = self._calibrate([text_to_ids(s.text, tok, 0)[:CALIB_TOKENS] for s in load_calibration_data()])
+        with torch.no_grad():
+            self.reference = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
+
+    def _calibrate(self, prompts: list[list[int]]) -> dict[str, float]:
+        cals = {k: make_calibrator("percentile") for k in self.groups}
+        hooks = [mods[0].register_forward_pre_hook(
+            lambda m, args, k=k: cals[k].observe(args[0].reshape(-1, args[0].shape[-1]).numpy()))
+            for k, mods in self.groups.items()]
+        with torch.no_grad():
+            for ids in prompts:
+                self.model(input_ids=torch.tensor([ids]))
+        for h in hooks:
+            h.remove()
+        return {k: max(c.amax(), 1e-8) / QMAX for k, c in cals.items()}
+
+    def score(self, keys: list[str]) -> tuple[float, float]:
+        """(top-1 agreement, mean KL) with the tensors in `keys` quantized, the rest float."""
+        hooks = []
+        for k in keys:
+            for m in self.groups[k]:
+                w = self.weights[id(m)]
+                m.weight.data = _fake_quant(w, w.abs().amax(1, keepdim=True).clamp_min(1e-8) / QMAX)
+                hooks.append(m.register_forward_pre_hook(lambda m, args, s=self.scales[k]: (_fake_quant(args[0], s),)))
+        try:
+            with torch.no_grad():
+                outs = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
+        finally:
+            for h in hooks:
+                h.remove()
+            for mods in self.groups.values():
+                for m in mods:
+                    m.weight.data = self.weights[id(m)]
+        agree = torch.cat([(o.argmax(-1) == r.argmax(-1)) for o, r in zip(outs, self.reference)]).float().mean()
+        kl = np.mean([torch.nn.functional.kl_div(o.log_softmax(-1), r.log_softmax(-1), log_target=True,
+                                                 reduction="batchmean").item() for o, r in zip(outs, self.reference)])
+        return float(agree), float(kl)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=512, help="held-out tokens scored")
+    ap.add_argument("--skip", type=int, nargs="+", default=[1, 2, 4, 8], help="K most sensitive tensors left float")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "int8_sensitivity_smollm2_cpu.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    sweep = Sweep(args.tokens)
+    keys = list(sweep.groups)
+    everything = sweep.score(keys)
+    with console.status("scoring one tensor at a time (60 forward passes over the held-out windows)"):
+        alone = {k: sweep.score([k]) for k in keys}
+    order = sorted(keys, key=lambda k: -alone[k][1])
+    skipped = {n: sweep.score([k for k in keys if k not in order[:n]]) for n in args.skip}
+
+    table = Table(title=f"W8A8 attention inputs, SmolLM2-135M, {sum(len(r) for r in sweep.reference)} positions")
+    for col in ("quantized", "top-1 agreement", "KL"):
+        table.add_column(col)
+    table.add_row("all 60", f"{100 * everything[0]:.2f} %", f"{everything[1]:.4f}")
+    for k in order[:8]:
+        table.add_row(f"only {k}", f"{100 * alone[k][0]:.2f} %", f"{alone[k][1]:.4f}")
+    for n, (agree, kl) in skipped.items():
+        table.add_row(f"all but the {n} worst", f"{100 * agree:.2f} %", f"{kl:.4f}")
+    console.print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"positions": sum(len(r) for r in sweep.reference), "all": everything,
+                                     "alone": alone, "order": order,
+                                     "all_but_worst": {str(n): v for n, v in skipped.items()}}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
