@@ -66,14 +66,13 @@ def text_to_ids(text: str, tokenizer, vocab: int) -> list[int]:
 
 def heldout_windows(tokenizer, vocab: int, tokens: int, window: int = WINDOW) -> list[np.ndarray]:
     """Windows (1, ≤ window) of held-out real text, `tokens` ids in all (fewer if the text runs out)."""
-    from phm.trainer.data import chatterbot_texts, split_holdout
+    from phm.trainer.data import chatterbot_texts, split_holdout, token_windows
 
     _, held = split_holdout(chatterbot_texts())
     ids = text_to_ids("\n".join(held), tokenizer, vocab)[:tokens]
     if len(ids) < 2:
         raise ValueError("the held-out text gave fewer than 2 tokens")
-    return [np.array([ids[i:i + window]], dtype=np.int64) for i in range(0, len(ids) - 1, window)
-            if len(ids[i:i + window]) >= 2]
+    return [np.array([w], dtype=np.int64) for w in token_windows(ids, window)]
 
 
 class Int8Stage:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Sample", "TokenBatches", "chatterbot_texts", "read_samples", "sample_teacher_texts", "split_holdout"]
+__all__ = ["Sample", "TokenBatches", "chatterbot_texts", "read_samples", "sample_teacher_texts", "split_holdout",
+           "token_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,17 @@ def chatterbot_texts(language: str = "english") -> list[str]:
     return sorted(texts)
 
 
+def token_windows(ids: list[int], length: int) -> list[list[int]]:
+    """`ids` cut into consecutive windows of `length` (the last one shorter); windows of fewer than
+    2 ids are dropped: they hold no next-token pair. Training packs (TokenBatches.packed) and the
+    INT8 report's held-out windows (phm.export.int8) are cut this way."""
+    return [ids[i:i + length] for i in range(0, len(ids), length) if len(ids[i:i + length]) >= 2]
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def split_holdout(texts: list[str], fraction: float = 0.15, salt: str = "phm") -> tuple[list[str], list[str]]:
     """(train, held-out) split by a hash of each text: disjoint, stable across runs and machines."""
     train, held = [], []
@@ -195,8 +207,7 @@ class TokenBatches:
         if not texts:
             raise ValueError("no texts to train on")
         enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return cls(enc["input_ids"], batch_size, pad, seed)
+        return cls(enc["input_ids"], batch_size, _pad_id(tokenizer), seed)
 
     @classmethod
     def packed(cls, tokenizer, texts: list[str], batch_size: int, length: int = 128, seed: int = 0,
@@ -210,9 +221,7 @@ class TokenBatches:
         if length < 2:
             raise ValueError(f"packing needs windows of >= 2 tokens, got {length}")
         ids = tokenizer(separator.join(texts), add_special_tokens=False)["input_ids"]
-        windows = [ids[i:i + length] for i in range(0, len(ids), length) if len(ids[i:i + length]) >= 2]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return cls(windows, batch_size, pad, seed)
+        return cls(token_windows(ids, length), batch_size, _pad_id(tokenizer), seed)
 
     def __len__(self) -> int:
         """Batches per epoch (the last partial batch is dropped when there is more than one)."""

@@ -39,6 +39,7 @@ from .arch import attention_qkv_modules, find_mlp_blocks
 from .fsutil import atomic_dir
 from .inject import drop_dense, phm_wrappers, teacher_mode
 from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss
+from .local import LOCAL_INPUTS, local_distill
 from .schedule import LambdaSchedule, linear_ramp, lr_factor
 
 __all__ = ["DistillConfig", "distill", "STATE_DIR_NAME"]
@@ -110,7 +111,7 @@ class DistillConfig:
             raise ValueError(f"ramp_width must be in (0, 1], got {self.ramp_width}")
         if self.schedule not in ("progressive", "abrupt"):
             raise ValueError(f"schedule must be 'progressive' or 'abrupt', got {self.schedule!r}")
-        if self.local_inputs not in ("student", "teacher"):
+        if self.local_inputs not in LOCAL_INPUTS:
             raise ValueError(f"local_inputs must be 'student' or 'teacher', got {self.local_inputs!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -340,8 +341,6 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
         calibrate_phm(model, (_to(data.batch(i), device) for i in range(min(config.calib_batches, len(data)))),
                       config.calib_ridge)
     if config.local_epochs and saved is None:
-        from .local import local_distill
-
         count = min(config.local_batches or len(data), len(data))
         history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,
                                      config.local_lr, config.seed, config.progress, config.local_inputs))

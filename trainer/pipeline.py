@@ -62,14 +62,14 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
     if data is not None:
         samples = read_samples(data)
         if any(s.image is not None for s in samples):
+            if config.pack:
+                raise ValueError("--pack applies to text data; this data has images")
             import transformers
 
             try:
                 processor = transformers.AutoProcessor.from_pretrained(model_dir, local_files_only=True)
             except (OSError, ValueError, TypeError) as e:
                 raise ValueError(f"image data needs a processor in {model_dir}: {str(e).splitlines()[0]}") from None
-            if config.pack:
-                raise ValueError("--pack applies to text data; this data has images")
             return ImageTextBatches(processor, samples, config.batch_size, seed=config.seed)
         texts = [s.text for s in samples]
     else:

@@ -81,6 +81,7 @@ def _bad_arch_dir(tmp_path):
     ("resume_nothing", "no training state to resume"),
     ("bad_towers", "expected a comma-separated subset of language, vision"),
     ("bad_sample", "unknown sample model 'gpt5'"),
+    ("pack_with_images", "--pack applies to text data; this data has images"),
 ])
 def test_bad_inputs_give_one_line_and_nonzero_exit(case, message, tiny_dirs, tmp_path):
     llama, data = tiny_dirs
@@ -112,6 +113,13 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(case, message, tiny_dirs, tmp
         args += ["--towers", "audio"]
     elif case == "bad_sample":
         args[0] = "sample:gpt5"
+    elif case == "pack_with_images":  # refused before any processor is looked for (the tiny dir has none)
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+        (tmp_path / "a.txt").write_text("a black square")
+        args[4] = tmp_path
+        args += ["--pack"]
     result = _run(*args)
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
