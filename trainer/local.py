@@ -20,7 +20,6 @@ Measured effect: docs/trainer.md ("Local stage").
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 
@@ -55,7 +54,6 @@ def phm_layer_stacks(model: nn.Module) -> list[tuple[str, list[int]]]:
 
 
 LOCAL_INPUTS = ("student", "teacher")
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
 def _first(out):
@@ -65,23 +63,25 @@ def _first(out):
 @torch.no_grad()
 def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tuple[tuple, dict]]:
     """(args, kwargs) the model passes to `layer`, per batch; the forward stops there."""
+    from transformers.cache_utils import Cache  # here: importing the trainer need not load transformers
+
     seen: list = []
 
     def hook(_module, args, kwargs):
-        # a cache object in the kwargs would take every replayed call's K/V (LLaVA's forward has no
-        # use_cache parameter, so its language model makes one): the layer must run without it
-        kwargs = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items()}
+        # a cache object among the layer inputs would take every replayed call's K/V (whether the model's
+        # forward made one depends on its config and signature): the layer must run without it
+        args = tuple(None if isinstance(a, Cache) else a for a in args)   # GPT-2 passes it positionally
+        kwargs = {k: (None if isinstance(v, Cache) else v) for k, v in kwargs.items()}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
         seen.append((args, kwargs))
         raise _Stop
 
-    no_cache = _no_cache(model)
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for batch in batches:
             try:
-                model(**batch, **no_cache)
+                model(**batch)
             except _Stop:
                 pass
             else:
@@ -89,11 +89,6 @@ def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tu
     finally:
         handle.remove()
     return seen
-
-
-def _no_cache(model: nn.Module) -> dict:
-    """use_cache=False where the forward takes it: a KV cache in the captured kwargs would grow."""
-    return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
 
 def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float, seed: int = 0,
