@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from phm.export.calib_data import load_calibration_data
-from phm.export.calibrate import QMAX, make_calibrator
+from phm.export.calibrate import QMAX, make_calibrator, per_channel_weight_scales, quantize_symmetric
 from phm.export.int8 import CALIB_TOKENS, heldout_windows, text_to_ids
 from phm.trainer import load
 from phm.trainer.models import load_tokenizer, smollm2_dir
@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_quant(x: torch.Tensor, scale) -> torch.Tensor:
-    return torch.clamp(torch.round(x / scale), -QMAX, QMAX) * scale
+    """The export's rounding (`quantize_symmetric`), dequantized back to float."""
+    q = quantize_symmetric(x.detach().numpy(), scale).astype(np.float32) * scale
+    return torch.from_numpy(q)
 
 
 class Sweep:
@@ -50,6 +52,9 @@ class Sweep:
             self.groups[f"{i}.qkv"] = [a.q_proj, a.k_proj, a.v_proj]   # one shared input tensor
             self.groups[f"{i}.o"] = [a.o_proj]
         self.weights = {id(m): m.weight.data.clone() for mods in self.groups.values() for m in mods}
+        # per-output-channel INT8 weights, as the export stores them (nn.Linear weight: (out, in))
+        self.quantized = {k: _fake_quant(w, per_channel_weight_scales(w.numpy(), axis=0)[:, None])
+                          for k, w in self.weights.items()}
         self.scales = self._calibrate([text_to_ids(s.text, tok, 0)[:CALIB_TOKENS] for s in load_calibration_data()])
         with torch.no_grad():
             self.reference = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
@@ -71,8 +76,7 @@ class Sweep:
         hooks = []
         for k in keys:
             for m in self.groups[k]:
-                w = self.weights[id(m)]
-                m.weight.data = _fake_quant(w, w.abs().amax(1, keepdim=True).clamp_min(1e-8) / QMAX)
+                m.weight.data = self.quantized[id(m)]
                 hooks.append(m.register_forward_pre_hook(lambda m, args, s=self.scales[k]: (_fake_quant(args[0], s),)))
         try:
             with torch.no_grad():
