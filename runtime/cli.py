@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from .backend import BackendError, read_manifest
-from .generate import GenerationConfig, generate
+from .generate import GenerationConfig, generate, stop_ids
 from .sampling import SamplingConfig
 from .vlm import VisionSpec, image_processor
 
@@ -55,16 +55,6 @@ def _chat(tok, prompt: str) -> str:
     if not getattr(tok, "chat_template", None):
         raise click.ClickException("--chat: this model's tokenizer has no chat template; pass the formatted prompt")
     return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-
-
-def _stop_ids(tok, artifacts: Path) -> tuple:
-    """EOS of the tokenizer and of generation_config.json (chat models end turns with another token)."""
-    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    gen = artifacts / "hf" / "generation_config.json"
-    if gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
-        ids |= set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    return tuple(sorted(ids))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,7 +93,7 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
             ids = vision.image_prompt(ids)
         if not ids:
             raise click.ClickException("the prompt is empty after tokenization")
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=_stop_ids(tok, artifacts),
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=stop_ids(tok, artifacts / "hf"),
                                pad_id=tok.pad_token_id or 0, sampling=SamplingConfig(temperature, top_p, seed))
         result = generate(engine, np.array([ids], dtype=np.int64), cfg, images=images)
     except (BackendError, ValueError, KeyError) as e:

@@ -7,16 +7,18 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .backend import Backend
 from .sampling import SamplingConfig, sample_next
 
-__all__ = ["GenerationConfig", "GenerationResult", "Timings", "generate"]
+__all__ = ["GenerationConfig", "GenerationResult", "Timings", "generate", "stop_ids"]
 
 
 @dataclass
@@ -96,3 +98,14 @@ def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, att
     timings = Timings(prefill_ms, int(input_ids.size), decode_ms, max(len(out) - 1, 0) * batch, _peak_rss_mb(),
                       getattr(backend, "peak_device_mb", None))
     return GenerationResult(np.stack(out, axis=1), timings)
+
+
+def stop_ids(tokenizer, hf_dir: str | Path) -> tuple:
+    """EOS of the tokenizer (None: none) and of hf_dir's generation_config.json (chat models end
+    turns with another token)."""
+    ids = {tokenizer.eos_token_id} if tokenizer is not None and tokenizer.eos_token_id is not None else set()
+    gen = Path(hf_dir) / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return tuple(sorted(ids))

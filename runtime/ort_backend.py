@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import BackendError, device_memory_used_mb, position_ids_from_mask, read_manifest
-from .vlm import VisionSpec, merge_image_features, mrope_position_ids
+from .vlm import VisionSpec, merge_image_features, mrope_step_positions
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class OrtBackend:
         (batch, seq) cumsum(mask) - 1 for LLaVA (as for a text decoder)."""
         embeds = self.embed_session.run(None, {"input_ids": ids})[0]
         spec = self.vision
-        pos = position_ids_from_mask(mask, ids.shape[1])
+        grid = None
         if images:
             if (mask == 0).any():
                 raise BackendError("image prompts take unpadded rows (attention_mask all ones)")
@@ -173,20 +173,18 @@ class OrtBackend:
             features = self.vision_session.run(None, {"pixel_values": pixels})[0]
             try:
                 embeds = merge_image_features(embeds, ids, features, spec.image_token_id)
-                if spec.mrope:
-                    pos, _ = mrope_position_ids(ids, np.array([spec.grid_thw]), spec.image_token_id,
-                                                spec.spatial_merge_size)
-            except (ValueError, StopIteration) as e:
-                raise BackendError(f"prompt and image do not fit: {e or 'more image-token runs than images'}") from None
-            if spec.mrope:
-                self.rope_delta = pos.max(axis=(0, 2)) + 1 - ids.shape[1]  # per row, as HF's rope_deltas
-        else:
-            if self.cache is None:
-                if (ids == spec.image_token_id).any():
-                    raise BackendError("the prompt has image tokens but no image was given")
-                self.rope_delta = np.zeros(ids.shape[0], np.int64)  # a text-only prompt: no shift
-            if spec.mrope:  # all three rows are the text positions, shifted past the prompt's image
-                pos = np.ascontiguousarray(np.broadcast_to(pos + self.rope_delta[:, None], (3, *pos.shape)))
+            except ValueError as e:
+                raise BackendError(f"prompt and image do not fit: {e}") from None
+            grid = spec.grid_thw
+        elif self.cache is None and (ids == spec.image_token_id).any():
+            raise BackendError("the prompt has image tokens but no image was given")
+        if not spec.mrope:
+            return {"inputs_embeds": embeds, "position_ids": position_ids_from_mask(mask, ids.shape[1])}
+        try:
+            pos, self.rope_delta = mrope_step_positions(ids, mask, self.rope_delta if self.cache is not None else None,
+                                                        grid, spec.image_token_id, spec.spatial_merge_size)
+        except (ValueError, StopIteration) as e:
+            raise BackendError(f"prompt and image do not fit: {e or 'more image-token runs than images'}") from None
         return {"inputs_embeds": embeds, "position_ids": pos.astype(np.int64)}
 
     def _step(self, ids: np.ndarray, mask: np.ndarray, images: dict | None = None) -> np.ndarray:

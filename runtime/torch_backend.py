@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .backend import BackendError, position_ids_from_mask
+from .vlm import mrope_step_positions
 
 __all__ = ["TorchBackend"]
 
@@ -18,20 +19,34 @@ class TorchBackend:
         self.model = model.to(device).eval()
         self.device = device
         self.cache = None
+        cfg = model.config
+        # Qwen2(.5)-VL: M-RoPE positions computed here as the ORT backend computes them (vlm.py), so
+        # both run the same positions; transformers' own path wants processor outputs (mm_token_type_ids)
+        self.mrope = getattr(cfg, "model_type", None) in ("qwen2_vl", "qwen2_5_vl")
+        self.rope_delta = None
 
     def reset(self) -> None:
         self.cache = None
+        self.rope_delta = None
 
     def _step(self, ids: np.ndarray, mask: np.ndarray, extra: dict) -> np.ndarray:
         from transformers import DynamicCache
 
+        if self.mrope:
+            grid = extra.get("image_grid_thw")
+            cfg = self.model.config
+            pos, self.rope_delta = mrope_step_positions(
+                ids, mask, self.rope_delta if self.cache is not None else None,
+                None if grid is None else tuple(int(v) for v in np.asarray(grid.cpu()).reshape(-1, 3)[0]),
+                cfg.image_token_id, cfg.vision_config.spatial_merge_size)
+        else:
+            pos = position_ids_from_mask(mask, ids.shape[1])
         if self.cache is None:
             self.cache = DynamicCache(config=self.model.config)
         kwargs = dict(input_ids=torch.from_numpy(ids).to(self.device),
                       attention_mask=torch.from_numpy(mask).to(self.device),
+                      position_ids=torch.from_numpy(pos).to(self.device),
                       past_key_values=self.cache, use_cache=True, **extra)
-        if not extra:  # VLMs compute their own (3-row mrope) positions from the cache
-            kwargs["position_ids"] = torch.from_numpy(position_ids_from_mask(mask, ids.shape[1])).to(self.device)
         with torch.inference_mode():
             out = self.model(**kwargs)
         self.cache = out.past_key_values

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import read_manifest
+from .backend import position_ids_from_mask, read_manifest
 
-__all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "preprocess_image",
-           "preprocess_square_image"]
+__all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "mrope_step_positions",
+           "preprocess_image", "preprocess_square_image"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,12 @@ class VisionSpec:
         vision = read_manifest(artifacts)["graphs"].get("vision")
         if vision is None:
             return None
-        cfg = json.loads((Path(artifacts) / "hf" / "config.json").read_text())
+        return cls.from_config(json.loads((Path(artifacts) / "hf" / "config.json").read_text()), vision)
+
+    @classmethod
+    def from_config(cls, cfg: dict, vision: dict) -> "VisionSpec":
+        """From the model's config.json (a dict) and the manifest's entry of its vision graph (the
+        exporter also calls this before the manifest exists, for its INT8 report)."""
         if cfg.get("model_type") == "llava":
             return cls._llava(cfg, vision)
         grid = tuple(int(v) for v in np.asarray(vision["grid_thw"]).reshape(-1, 3)[0])
@@ -228,3 +233,22 @@ def mrope_position_ids(input_ids: np.ndarray, grid_thw: np.ndarray, image_token_
         pos[:, b] = np.concatenate(rows, axis=1)
         nxt = max(nxt, int(pos[:, b].max()) + 1)
     return pos, nxt
+
+
+def mrope_step_positions(input_ids: np.ndarray, mask: np.ndarray, rope_delta: np.ndarray | None,
+                         grid_thw: tuple | None = None, image_token_id: int | None = None,
+                         spatial_merge_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(3, batch, seq) M-RoPE positions of one step of a Qwen2(.5)-VL sequence, and the rope delta
+    to carry to the next step (both backends use this, so torch and the graphs see the same positions).
+
+    A prefill with an image (`grid_thw` given; unpadded rows) lays the image out by
+    `mrope_position_ids` and the delta becomes (last position + 1 − prompt length) per row, as HF's
+    rope_deltas; any other step gives all three rows the text positions cumsum(mask) − 1 shifted by
+    the delta (none yet: a text-only sequence, no shift)."""
+    if grid_thw is not None:
+        pos, _ = mrope_position_ids(input_ids, np.array([grid_thw]), image_token_id, spatial_merge_size)
+        return pos, pos.max(axis=(0, 2)) + 1 - input_ids.shape[1]
+    if rope_delta is None:
+        rope_delta = np.zeros(input_ids.shape[0], np.int64)
+    pos = position_ids_from_mask(mask, input_ids.shape[1]) + rope_delta[:, None]
+    return np.ascontiguousarray(np.broadcast_to(pos, (3, *pos.shape))), rope_delta

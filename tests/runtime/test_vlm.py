@@ -94,6 +94,20 @@ def test_image_prompt_greedy_equals_torch(vlm):
     assert np.abs(results[0][1] - results[1][1]).max() > 1e-3
 
 
+def test_torch_backend_image_prompt_equals_generate(vlm):
+    """TorchBackend (the INT8 report's FP32/FP16 side) with an image: its own M-RoPE positions
+    (vlm.mrope_step_positions, shared with the ORT backend) give HF generate's tokens."""
+    from phm.runtime.torch_backend import TorchBackend
+
+    model, art = vlm
+    spec = VisionSpec.from_artifacts(art)
+    ids = spec.image_prompt([5, 6, 7, 8, 9])
+    pixels = preprocess_image(image_processor(art / "hf"), skimage.data.coffee(), spec.grid_thw)
+    ours = generate(TorchBackend(model), np.array([ids]), GenerationConfig(max_new_tokens=STEPS),
+                    images={"pixel_values": pixels, "image_grid_thw": np.array([spec.grid_thw])}).tokens[0].tolist()
+    assert ours == _torch_generate(model, ids, pixels, spec.grid_thw)
+
+
 def test_text_prompt_on_vlm_equals_torch(vlm):
     model, art = vlm
     ids = [5, 6, 7, 8, 9]
