@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .skeleton import weightless
+
 log = logging.getLogger(__name__)
 
 __all__ = ["lean_graph"]
@@ -38,18 +40,9 @@ _INT = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
 _KEEP_BYTES = 1 << 16  # integer initializers up to this size keep their data for the value propagation
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph without weight data: large/float initializers become typed inputs, so inference
-    neither copies the weights nor needs them (it only reads values of small integer tensors)."""
-    keep, inputs = [], list(model.graph.input)
-    for init in model.graph.initializer:
-        if init.data_type in _INT and init.ByteSize() <= _KEEP_BYTES:
-            keep.append(init)
-        else:
-            inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    graph = helper.make_graph(model.graph.node, model.graph.name, inputs, model.graph.output, keep)
-    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
-                             functions=list(model.functions))
+def _keep(init: onnx.TensorProto) -> bool:
+    """Small integer initializers keep their data (the inference reads their values); weights do not."""
+    return init.data_type in _INT and init.ByteSize() <= _KEEP_BYTES
 
 
 def _infer(model: onnx.ModelProto):
@@ -59,7 +52,7 @@ def _infer(model: onnx.ModelProto):
 
     sym = SymbolicShapeInference(2**31 - 1, False, False, 0)
     try:
-        sym._preprocess(_skeleton(model))
+        sym._preprocess(weightless(model, _keep))
         done = False
         while sym.run_:
             done = sym._infer_impl()

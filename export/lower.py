@@ -35,6 +35,8 @@ from onnx import helper, numpy_helper
 from phm.trainer.hypercomplex import mixing_matrix
 from phm.trt_plugins import spec
 
+from .skeleton import weightless
+
 log = logging.getLogger(__name__)
 
 __all__ = ["lower_phm"]
@@ -47,7 +49,7 @@ class _Lowering:
         self.new_inits: list[onnx.TensorProto] = []
         self.cache: dict = {}
         self.count = 0
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+        inferred = onnx.shape_inference.infer_shapes(_rank_skeleton(model))
         self.rank = {v.name: len(v.type.tensor_type.shape.dim) for v in
                      [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
                      if v.type.tensor_type.HasField("shape")}
@@ -73,16 +75,11 @@ class _Lowering:
         return self.cache[key]
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph for rank inference: initializers as typed inputs (no data), and each PHM node as an
-    Identity of its x (a PHM op keeps x's rank; ONNX's inference through the generic functions
-    loses it after the first one)."""
-    nodes = [helper.make_node("Identity", [n.input[spec.X]], [n.output[0]]) if n.domain == spec.DOMAIN else n
-             for n in model.graph.node]
-    inputs = list(model.graph.input) + [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
-                                        for i in model.graph.initializer]
-    return helper.make_model(helper.make_graph(nodes, "skeleton", inputs, list(model.graph.output)),
-                             opset_imports=list(model.opset_import), ir_version=model.ir_version)
+def _rank_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph for rank inference: no weight data, and each PHM node as an Identity of its x (a PHM
+    op keeps x's rank; ONNX's inference through the generic functions loses it after the first one)."""
+    return weightless(model, nodes=[helper.make_node("Identity", [n.input[spec.X]], [n.output[0]])
+                                    if n.domain == spec.DOMAIN else n for n in model.graph.node])
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

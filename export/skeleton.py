@@ -1,0 +1,28 @@
+"""`weightless(model)`: an ONNX model's graph without its weight data, for the shape and rank
+inference of lean.py (symbolic shapes) and lower.py (ranks): neither needs the weights' values, and
+copying hundreds of MB of initializers per inference would cost more than the inference."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+from onnx import helper
+
+__all__ = ["weightless"]
+
+
+def weightless(model: onnx.ModelProto, keep: Callable[[onnx.TensorProto], bool] = lambda init: False,
+               nodes: list | None = None) -> onnx.ModelProto:
+    """The model with every initializer that `keep` rejects turned into a typed graph input (no data),
+    and `nodes` in place of the graph's nodes when given; opsets, IR version and functions kept."""
+    kept, inputs = [], list(model.graph.input)
+    for init in model.graph.initializer:
+        if keep(init):
+            kept.append(init)
+        else:
+            inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    graph = helper.make_graph(model.graph.node if nodes is None else nodes, model.graph.name, inputs,
+                              list(model.graph.output), kept)
+    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                             functions=list(model.functions))
