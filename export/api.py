@@ -170,18 +170,17 @@ def _int8_stage(model, model_dir: Path, config: ExportConfig, stage):
 
 
 def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: dict) -> str | None:
-    """report.md of the token-input decoder graph (int8.py); None (logged) for other graphs."""
-    g = graphs.get("decoder")
-    if g is None or g["io"]["inputs"][0]["name"] != "input_ids":
-        log.warning("INT8 accuracy report: only for text decoders with input_ids (not written for %s)",
-                    ", ".join(graphs))
+    """report.md of the decoder graph (int8.py; a VLM's also scores its answers to image prompts);
+    None (logged) for an encoder."""
+    if "decoder" not in graphs:
+        log.warning("INT8 accuracy report: only for decoders (not written for %s)", ", ".join(graphs))
         return None
-    size = sum((tmp / f).stat().st_size for f in (g["trt_file"], g["external_data"]) if f)
+    size = sum((tmp / f).stat().st_size for g in graphs.values() for f in (g["trt_file"], g["external_data"]) if f)
     name = "PHM" if doc else "dense"
     if int8.config.fp16:  # the traced model was cast to fp16 and back: the FP32 rows need the real weights
         int8.model = _merge_lora(load(model_dir), model_dir)
         int8.model.set_attn_implementation("eager")
-    return int8.report(tmp / g["file"], tmp, counts["params_after"], size, name).name
+    return int8.report(tmp, graphs, counts["params_after"], size, name).name
 
 
 def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,

@@ -22,6 +22,9 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
               help="calibration data for --int8: folder, .jsonl or .txt [default: the shipped prompts]")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="percentile", show_default=True,
               help="activation calibrator for --int8")
+@click.option("--report-data", type=click.Path(), default=None,
+              help="with --int8 on a VLM: image+prompt pairs (folder or .jsonl) whose greedy answers the report "
+                   "compares [default: the calibration data's images]")
 @click.option("--int8-lm-head", is_flag=True, help="with --int8, quantize the LM head too")
 @click.option("--int8-weights-only", is_flag=True,
               help="with --int8, INT8 weights everywhere and float activations (no activation Q/DQ, W8A16): "
@@ -36,8 +39,8 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
 @click.option("--require-engine", is_flag=True, help="fail (non-zero) where TensorRT cannot build engines")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty output dir")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
-def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, int8_lm_head, int8_weights_only, strict, target, context, device_gib,
-         require_engine, overwrite, verbose):
+def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
+         strict, target, context, device_gib, require_engine, overwrite, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
     from rich.console import Console
     from rich.logging import RichHandler
@@ -47,6 +50,7 @@ def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, int8_lm_head,
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
     try:
         config = ExportConfig(fp16=fp16, int8=int8, calib_data=calib_data, calib_method=calib_method,
+                              report_data=report_data,
                               int8_lm_head=int8_lm_head, int8_activations=not int8_weights_only, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),

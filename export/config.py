@@ -31,6 +31,8 @@ class ExportConfig:
     int8_smooth: bool = True         # SmoothQuant smoothing of W8A8 inputs, α searched per tensor
     int8_activations: bool = True    # False: weight-only INT8 everywhere (--int8-weights-only; no activation Q/DQ)
     report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
+    report_data: str | None = None   # VLM INT8 report: image+prompt pairs for the answer agreement
+                                     # (folder/JSONL); None: the calibration data's images
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "agx-orin"         # orin-nano | orin-nx | agx-orin (sm_87, TensorRT 10.3) | desktop (sm_90)
     device_gib: float | None = None  # the target's memory when not its table value (e.g. Orin Nano 4GB)
@@ -46,7 +48,7 @@ class ExportConfig:
         self.target = _LEGACY_TARGETS.get(self.target, self.target)
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        for name in ("calib_data", "int8_lm_head"):
+        for name in ("calib_data", "int8_lm_head", "report_data"):
             if not self.int8 and getattr(self, name) not in (None, False):
                 raise ValueError(f"{name} is only used with int8")
         for name in ("int8_smooth", "int8_activations"):

@@ -2,7 +2,7 @@
 
     stage = Int8Stage(model, model_dir, config, on_stage)    # loads calibration data + tokenizer once
     quantized, summary = stage.quantize(spec, rewritten)     # rewritten float graph → INT8 graph
-    stage.report(tmp / "decoder.onnx", tmp, params, int8_bytes)   # report.md/.json/.png
+    stage.report(tmp, graphs, params, int8_bytes, "PHM")     # report.md/.json/.png of the staged graphs
 
 Text becomes token ids through the model dir's tokenizer; a model dir without one (the tiny test
 models) gets the UTF-8 bytes of the text modulo the vocabulary, with a warning. Calibration runs the
@@ -13,8 +13,9 @@ The report compares, on held-out real text (the held-out split of the chatterbot
 calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same model cast to fp16
 (PyTorch, CPU), INT8 = the exported ONNX graph in ONNX Runtime (CPU, basic graph optimizations: see
 `quantize.ort_options`), all against FP32's logits:
-logit cosine, top-1 agreement and perplexity of the real next tokens. Decoders with token inputs
-only (VLM decoders read merged image embeddings: their caption agreement is not measured here).
+logit cosine, top-1 agreement and perplexity of the real next tokens (a VLM decoder gets the text's
+embeddings). A VLM's report adds the answer agreement on image+prompt pairs (`--report-data`, else
+the calibration data's images; vlm_answers.py).
 With `int8_activations=False` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,9 +32,11 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
+from phm.trainer.data import read_samples
+
 from . import io_names as io
 from .calib_data import load_calibration_data
-from .graphs import GraphSpec, cache_geometry, text_config
+from .graphs import MROPE_TYPES, VLM_TYPES, GraphSpec, cache_geometry, text_config
 from .precision import tensor_types
 from .quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
 from .reference import attach_functions
@@ -79,8 +83,9 @@ class Int8Stage:
     """Everything --int8 needs that does not change per graph (calibration data, tokenizer)."""
 
     def __init__(self, model, model_dir: Path, config, on_stage: Callable[[str], None]):
-        self.model, self.config, self.stage = model, config, on_stage
+        self.model, self.model_dir, self.config, self.stage = model, model_dir, config, on_stage
         self.samples = load_calibration_data(config.calib_data)  # ValueError on empty/invalid data
+        self.answer_samples = self._answer_samples()
         self.tokenizer = _tokenizer(model_dir)
         self.vocab = text_config(model).vocab_size
         if self.tokenizer is None:
@@ -93,6 +98,20 @@ class Int8Stage:
         if not self.ids:
             raise ValueError("calibration data has no text to tokenize")
 
+    def _answer_samples(self) -> list:
+        """The VLM report's image+prompt pairs: --report-data, else the calibration samples with images."""
+        vlm = self.model.config.model_type in VLM_TYPES
+        if self.config.report_data is None:
+            return [s for s in self.samples if s.image is not None] if vlm else []
+        if not vlm:
+            raise ValueError(f"--report-data holds image+prompt pairs for VLM exports; "
+                             f"{self.model.config.model_type} has no vision tower")
+        samples = [s for s in read_samples(self.config.report_data, captions_required=False, what="report data")
+                   if s.image is not None]
+        if not samples:
+            raise ValueError(f"report data {self.config.report_data} holds no image")
+        return samples
+
     # -- feeds --------------------------------------------------------------------------------
     def _feed(self, kind: str, first_input: str, ids: np.ndarray, float_np) -> dict:
         """One prefill feed of a `kind` graph whose first input is `first_input`, for token ids (1, T)."""
@@ -102,11 +121,12 @@ class Int8Stage:
         layers, kv_heads, head_dim = cache_geometry(self.model)
         feed = {io.ATTENTION_MASK: np.ones((1, t), np.int64)}
         pos = np.arange(t, dtype=np.int64)[None]
-        if first_input == io.INPUTS_EMBEDS:  # VLM decoder: text embeddings, M-RoPE positions (3, 1, T)
+        if first_input == io.INPUTS_EMBEDS:  # VLM decoder: text embeddings; Qwen: M-RoPE positions (3, 1, T)
             with torch.no_grad():
                 emb = self.model.get_input_embeddings()(torch.from_numpy(ids)).float().numpy()
             feed[io.INPUTS_EMBEDS] = emb.astype(float_np)
-            pos = np.broadcast_to(pos[None], (3, 1, t)).copy()
+            if self.model.config.model_type in MROPE_TYPES:  # LLaVA's decoder takes plain (1, T) positions
+                pos = np.broadcast_to(pos[None], (3, 1, t)).copy()
         else:
             feed[io.INPUT_IDS] = ids
         feed[io.POSITION_IDS] = pos
@@ -147,11 +167,15 @@ class Int8Stage:
         return out, summary
 
     # -- accuracy report ----------------------------------------------------------------------
-    def report(self, onnx_path: Path, out_dir: Path, params: int, int8_bytes: int, name: str) -> Path:
-        """report.md/.json/.png of FP32/FP16/INT8 of a token-input decoder graph at `onnx_path`."""
+    def report(self, art_dir: Path, graphs: dict, params: int, int8_bytes: int, name: str) -> Path:
+        """report.md/.json/.png of FP32/FP16/INT8 of the decoder graph in the staging dir `art_dir`
+        (`graphs`: the manifest's graph entries so far); for a VLM also the answer agreement on
+        image+prompt pairs (vlm_answers.py)."""
         import onnxruntime as ort
 
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out text")
+        decoder = graphs["decoder"]
+        first_input = decoder["io"]["inputs"][0]["name"]
         windows = heldout_windows(self.tokenizer, self.vocab, self.config.report_tokens)
         ref, half, labels = [], [], []
         model16 = copy.deepcopy(self.model).half()
@@ -162,22 +186,60 @@ class Int8Stage:
                 half.append(model16(input_ids=x).logits[0, :-1].float().numpy())
                 labels.append(ids[0, 1:])
         del model16
-        sess = ort.InferenceSession(str(onnx_path), ort_options(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(art_dir / decoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
         float_np = np.float16 if self.config.fp16 else np.float32
         int8 = []
         for ids in windows:
-            logits = sess.run([io.LOGITS], self._feed("decoder", io.INPUT_IDS, ids, float_np))[0]
+            logits = sess.run([io.LOGITS], self._feed("decoder", first_input, ids, float_np))[0]
             int8.append(logits[0, :-1].astype(np.float32))
+        del sess
         ref, half, int8, labels = (np.concatenate(v) for v in (ref, half, int8, labels))
+        int8_label = "int8" if self.config.int8_activations else "int8-wo"
         rows = [ReportRow(name, "fp32", metrics(ref, ref, labels), params * 4),
                 ReportRow(name, "fp16", metrics(ref, half, labels), params * 2),
-                ReportRow(name, "int8" if self.config.int8_activations else "int8-wo", metrics(ref, int8, labels),
-                          int8_bytes)]
+                ReportRow(name, int8_label, metrics(ref, int8, labels), int8_bytes)]
+        twice = "; a VLM keeps the table in embed.onnx and the head in decoder.onnx, so a tied one twice"
+        note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
+                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: "
+                f"{decoder['file']} in ONNX Runtime (CPU), activations {self.config.activations}, "
+                f"calibrator {self.config.calib_method}. Metrics against FP32's logits. Sizes: FP32/FP16 = "
+                f"parameters × 4/2 bytes; INT8 = the exported graph files (a float LM head and embedding table "
+                f"included{twice if 'vision' in graphs else ''}).")
+        if "vision" in graphs:
+            rows, answers_note = self._answers(art_dir, graphs["vision"], rows)
+            note += "\n\n" + answers_note
         for r in rows:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)
-        note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
-                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: "
-                f"{onnx_path.name} in ONNX Runtime (CPU), activations {self.config.activations}, "
-                f"calibrator {self.config.calib_method}. Metrics against FP32's logits.")
-        return write_report(rows, out_dir, title=f"INT8 accuracy report: {name}", note=note)
+        return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
+
+    def _answers(self, art_dir: Path, vision_entry: dict, rows: list) -> tuple[list, str]:
+        """The rows with their answer agreement filled in, and the note's paragraph (the answers themselves)."""
+        from .vlm_answers import ANSWER_TOKENS, answer_agreement, greedy_answers
+
+        n = len(self.answer_samples)
+        if not n:
+            log.warning("INT8 report: no image+prompt pairs, so no answer agreement (pass --report-data)")
+            return rows, ("Answer agreement: not measured (no image+prompt pairs in the calibration data; "
+                          "pass --report-data).")
+        done = [0]
+
+        def tick():
+            done[0] += 1
+            self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{n} (FP32, FP16, INT8)")
+
+        answers = greedy_answers(self.model, self.model_dir, art_dir, vision_entry, self.answer_samples,
+                                 self.tokenizer, self.vocab, on_sample=tick)
+        precision = {"fp32": "fp32", "fp16": "fp16", "int8": rows[-1].precision}
+        by_precision = {precision[k]: answer_agreement(answers["fp32"], v) for k, v in answers.items()}
+        rows = [replace(r, metrics=replace(r.metrics, answer_agreement=by_precision[r.precision])) for r in rows]
+        decode = ((lambda t: self.tokenizer.decode(t, skip_special_tokens=True).strip().replace("|", "\\|"))
+                  if self.tokenizer is not None else str)
+        lines = [f"Answer agreement: greedy answers (≤ {ANSWER_TOKENS} tokens) to {n} image+prompt pairs "
+                 f"({'--report-data' if self.config.report_data else 'the calibration images'}) equal to FP32's "
+                 "token for token; FP32/FP16 run the PyTorch model, INT8 the exported vision, embed and decoder "
+                 "graphs in ONNX Runtime (as phm-run runs them).", "",
+                 "| # | FP32 answer | INT8 answer | same |", "|---:|---|---|---|"]
+        for i, (a, b) in enumerate(zip(answers["fp32"][:8], answers["int8"][:8])):
+            lines.append(f"| {i} | {decode(a)} | {decode(b)} | {'yes' if a == b else 'no'} |")
+        return rows, "\n".join(lines)

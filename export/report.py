@@ -26,6 +26,7 @@ class Metrics:
     logit_cosine: float      # mean over positions of cos(ref, test)
     top1_agreement: float    # fraction of positions whose argmax equals the reference's
     perplexity: float        # exp(mean NLL of the real next tokens) under the variant
+    answer_agreement: float | None = None  # VLMs: greedy answers on image+prompt pairs equal to FP32's
 
 
 def perplexity(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -57,12 +58,15 @@ class ReportRow:
 
 
 def _table(rows: list[ReportRow]) -> str:
-    lines = ["| model | precision | logit cosine | top-1 agreement | perplexity | size (MB) |",
-             "|---|---|---:|---:|---:|---:|"]
+    answers = any(r.metrics.answer_agreement is not None for r in rows)  # the column only for VLM reports
+    lines = ["| model | precision | logit cosine | top-1 agreement | perplexity |"
+             + (" answer agreement |" if answers else "") + " size (MB) |",
+             "|---|---|---:|---:|---:|" + ("---:|" if answers else "") + "---:|"]
     for r in rows:
         m = r.metrics
+        answer = "–" if m.answer_agreement is None else f"{m.answer_agreement:.2%}"
         lines.append(f"| {r.model} | {r.precision} | {m.logit_cosine:.4f} | {m.top1_agreement:.2%} | "
-                     f"{m.perplexity:.3f} | {r.size_bytes / 1e6:.1f} |")
+                     f"{m.perplexity:.3f} |" + (f" {answer} |" if answers else "") + f" {r.size_bytes / 1e6:.1f} |")
     return "\n".join(lines)
 
 

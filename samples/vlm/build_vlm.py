@@ -19,7 +19,10 @@ Stages (artifacts under $PHM_CACHE/vlm-sample, never in the repo):
                 decoder.onnx with PHM nodes) -> `phm-art/`; ONNX Runtime greedy answers (numpy
                 loop below: vision features scattered at the image tokens, 1-D positions, KV cache)
                 compared with torch generate on the first K eval questions;
-  7. table      results.json + a table (machine, date, steps, minutes).
+  7. int8       phm-export --int8 of dense/ and phm/ with N held-out test questions as --report-data:
+                each report's FP32 / FP16 / INT8 answer agreement (greedy answers equal to FP32's) and
+                held-out text metrics -> `dense-int8/`, `phm-int8/`;
+  8. table      results.json + tables (machine, date, steps, minutes).
 
 The easy-vqa data (MIT) ships in the easy-vqa package: 4,000 train / 1,000 test images (64×64),
 13 one-word answers. Everything is seeded; CPU runs are niced by the caller (`nice -n 10`).
@@ -282,8 +285,10 @@ def main(argv=None) -> int:
                     help="layer-wise local epochs before the KD steps (0: off, the session-2 recipe)")
     ap.add_argument("--phm-schedule", choices=("abrupt", "progressive"), default="abrupt",
                     help="abrupt: what docs/trainer.md recommends with a local stage")
-    ap.add_argument("--stages", default="dense,phm,export", help="dense,phm,export")
+    ap.add_argument("--stages", default="dense,phm,export,int8", help="dense,phm,export,int8")
     ap.add_argument("--export-k", type=int, default=8, help="eval questions checked ORT vs torch")
+    ap.add_argument("--int8-n", type=int, default=32,
+                    help="eval questions whose INT8 answers the int8 stage's reports compare with FP32")
     ap.add_argument("--work", type=Path, default=None, help="artifact dir [default: $PHM_CACHE/vlm-sample]")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -360,7 +365,8 @@ def main(argv=None) -> int:
                                 "calib_batches": args.phm_calib_batches, "local_epochs": args.phm_local_epochs,
                                 "schedule": args.phm_schedule}
         results.pop("phm", None)
-        results.pop("export", None)  # the export is of the old student
+        results.pop("export", None)  # the exports are of the old student
+        results.pop("int8", None)
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
     if "phm" in stages and "phm" not in results:
@@ -368,6 +374,10 @@ def main(argv=None) -> int:
 
     if "export" in stages and "export" not in results and (phm_dir / "model.safetensors").is_file():
         results["export"] = export_and_compare(phm_dir, work / "phm-art", eval_rows[:args.export_k])
+        atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
+
+    if "int8" in stages and "int8" not in results and (phm_dir / "model.safetensors").is_file():
+        results["int8"] = int8_reports(work, eval_rows[:args.int8_n])
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
     results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -441,6 +451,30 @@ def export_and_compare(phm_dir: Path, art: Path, rows: list[dict]) -> dict:
             "onnx_bytes": manifest["onnx_bytes"], "ort_equals_torch": f"{same}/{len(rows)}"}
 
 
+def int8_reports(work: Path, rows: list[dict]) -> dict:
+    """phm-export --int8 of the dense model and of the PHM student, each with `rows` as --report-data
+    (chat-formatted image questions): the reports' FP32 / FP16 / INT8 rows, answer agreement included."""
+    import transformers
+
+    from phm.export import ExportConfig, export_model
+
+    processor = transformers.AutoProcessor.from_pretrained(work / "dense")
+    data = work / "int8_report_data.jsonl"
+    atomic_write_text(data, "".join(json.dumps({
+        "image": r["image"], "text": r["answer"],
+        "prompt": processor.apply_chat_template(messages(r["question"]), add_generation_prompt=True, tokenize=False),
+    }) + "\n" for r in rows))
+    out = {"n": len(rows)}
+    for kind in ("dense", "phm"):
+        t0 = time.perf_counter()
+        art = export_model(work / kind, ExportConfig(int8=True, report_data=str(data), overwrite=True),
+                           work / f"{kind}-int8")
+        out[kind] = {"minutes": round((time.perf_counter() - t0) / 60, 2),
+                     "rows": json.loads((art / "report.json").read_text())}
+        log.info("%s int8 report: %s", kind, art / "report.md")
+    return out
+
+
 def param_counts(model_dir: Path) -> dict:
     from safetensors import safe_open
 
@@ -479,6 +513,17 @@ def print_table(results: dict, work: Path) -> None:
         table.add_row(name, f"{results[key]['accuracy']:.3f}", kinds, f"{counts['total'] / 1e6:.1f}M / "
                       f"{counts['language_mlp'] / 1e6:.1f}M", training, f"{minutes:.1f}")
     Console().print(table)
+    if "int8" in results:
+        q = Table(title=f"phm-export --int8 reports: against each model's own FP32; answers to "
+                        f"{results['int8']['n']} held-out image questions")
+        for col in ("model", "precision", "answer agreement", "logit cosine (text)", "top-1 (text)", "ppl (text)"):
+            q.add_column(col)
+        for kind in ("dense", "phm"):
+            for r in results["int8"][kind]["rows"]:
+                m = r["metrics"]
+                q.add_row(kind, r["precision"], f"{m['answer_agreement']:.3f}", f"{m['logit_cosine']:.4f}",
+                          f"{m['top1_agreement']:.3f}", f"{m['perplexity']:.2f}")
+        Console().print(q)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_vlm_int8_exports_and_runs(store):
     assert manifest["graphs"]["decoder"]["int8"]["activation_qdq"] > 0
     vision = manifest["graphs"]["vision"]["int8"]
     assert vision["activation_qdq"] == 0 and vision["phm_int8_nodes"] > 0
-    assert manifest["report"] is None  # no token-input decoder: no report (documented)
+    assert manifest["report"] == "report.md"  # text rows through inputs_embeds (answers: test_vlm_report.py)
     from polygraphy.json import load_json
 
     for kind in ("vision", "decoder"):
