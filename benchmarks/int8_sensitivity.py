@@ -11,6 +11,13 @@ the INT8 report uses (`phm.export.int8.heldout_windows`): top-1 agreement and KL
 Then everything is quantized except the K most sensitive tensors (by KL), for each `--skip` K:
 would leaving a few layers in float (what partial quantization does) recover the accuracy?
 docs/int8.md reads the result. No smoothing: it measures where the plain per-tensor scales hurt.
+
+    python benchmarks/int8_sensitivity.py --tokens 2048 --smooth 0.5 0.6 0.75
+
+instead quantizes all 60 inputs after SmoothQuant with each fixed α (x / s into the quantizer,
+diag(s)·W into the INT8 weight, as the export does), the activation scale by the percentile
+calibrator or by the clip (30 … 100 % of the max) with the smallest output error on the calibration
+tokens; results in benchmarks/results/int8_smoothing_smollm2_cpu.json.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ class Sweep:
         # per-output-channel INT8 weights, as the export stores them (nn.Linear weight: (out, in))
         self.quantized = {k: _fake_quant(w, per_channel_weight_scales(w.numpy(), axis=0)[:, None])
                           for k, w in self.weights.items()}
-        self.scales = self._calibrate([text_to_ids(s.text, tok, 0)[:CALIB_TOKENS] for s in load_calibration_data()])
+        self.prompts = [text_to_ids(s.text, tok, 0)[:CALIB_TOKENS] for s in load_calibration_data()]
+        self.scales = self._calibrate(self.prompts)
+        self.smooth = {k: None for k in self.groups}  # per-channel divisor of each input (SmoothQuant)
         with torch.no_grad():
             self.reference = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
 
@@ -71,13 +80,55 @@ class Sweep:
             h.remove()
         return {k: max(c.amax(), 1e-8) / QMAX for k, c in cals.items()}
 
+    def _inputs(self) -> dict[str, torch.Tensor]:
+        """Each group's input on the calibration prompts (float model), (tokens, K)."""
+        rows = {k: [] for k in self.groups}
+        hooks = [mods[0].register_forward_pre_hook(
+            lambda m, args, k=k: rows[k].append(args[0].reshape(-1, args[0].shape[-1]).clone()))
+            for k, mods in self.groups.items()]
+        with torch.no_grad():
+            for ids in self.prompts:
+                self.model(input_ids=torch.tensor([ids]))
+        for h in hooks:
+            h.remove()
+        return {k: torch.cat(v) for k, v in rows.items()}
+
+    def use_smoothing(self, alpha: float, clip: str) -> None:
+        """Every group smoothed as `phm-export --int8` smooths (x / s into the Q, diag(s)·W into the INT8
+        weight, s_j = max|x_j|^α / max|W_j|^(1−α); α fixed here instead of searched per tensor), then
+        the activation scale: the export's percentile calibrator on x / s (`clip="percentile"`), or
+        (`clip="mse"`) the amax among 30 %…100 % of max |x / s| with the smallest output error of the
+        quantized linears on the calibration tokens (not in the export: measured here first)."""
+        xs = self._inputs()
+        cals = {}
+        for k, mods in self.groups.items():
+            w = torch.cat([self.weights[id(m)] for m in mods])            # (out, in)
+            s = (xs[k].abs().amax(0).clamp(min=1e-5) ** alpha / w.abs().amax(0).clamp(min=1e-5) ** (1 - alpha))
+            self.smooth[k] = s
+            for m in mods:
+                ws = self.weights[id(m)] * s[None, :]
+                self.quantized[id(m)] = _fake_quant(ws, per_channel_weight_scales(ws.numpy(), axis=0)[:, None])
+            x = xs[k] / s
+            if clip == "percentile":
+                cals[k] = make_calibrator("percentile")
+                cals[k].observe(x.numpy())
+                self.scales[k] = max(cals[k].amax(), 1e-8) / QMAX
+                continue
+            wq = torch.cat([self.quantized[id(m)] for m in mods])
+            ref = x @ (w * s[None, :]).T
+            top = float(x.abs().max())
+            errors = {float(r): float(((_fake_quant(x, float(top * r / QMAX)) @ wq.T - ref) ** 2).sum())
+                      for r in np.linspace(0.3, 1, 15)}
+            self.scales[k] = top * min(errors, key=errors.get) / QMAX
+
     def score(self, keys: list[str]) -> tuple[float, float]:
         """(top-1 agreement, mean KL) with the tensors in `keys` quantized, the rest float."""
         hooks = []
         for k in keys:
             for m in self.groups[k]:
                 m.weight.data = self.quantized[id(m)]
-                hooks.append(m.register_forward_pre_hook(lambda m, args, s=self.scales[k]: (_fake_quant(args[0], s),)))
+                hooks.append(m.register_forward_pre_hook(
+                    lambda m, args, s=self.scales[k], d=self.smooth[k]: (_fake_quant(args[0] if d is None else args[0] / d, s),)))
         try:
             with torch.no_grad():
                 outs = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
@@ -99,12 +150,17 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", type=int, nargs="+", default=[1, 2, 4, 8], help="K most sensitive tensors left float")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "int8_sensitivity_smollm2_cpu.json")
+    ap.add_argument("--smooth", type=float, nargs="+", default=None, metavar="ALPHA",
+                    help="instead of the per-tensor sweep: all 60 inputs quantized after SmoothQuant with each "
+                         "fixed α, activation scale by percentile and by output-MSE clipping")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
     sweep = Sweep(args.tokens)
     keys = list(sweep.groups)
     everything = sweep.score(keys)
+    if args.smooth:
+        return _smoothing(sweep, everything, args, console)
     with console.status("scoring one tensor at a time (60 forward passes over the held-out windows)"):
         alone = {k: sweep.score([k]) for k in keys}
     order = sorted(keys, key=lambda k: -alone[k][1])
@@ -123,6 +179,32 @@ def main(argv=None) -> int:
     args.json.write_text(json.dumps({"positions": sum(len(r) for r in sweep.reference), "all": everything,
                                      "alone": alone, "order": order,
                                      "all_but_worst": {str(n): v for n, v in skipped.items()}}, indent=2) + "\n")
+    return 0
+
+
+def _smoothing(sweep: Sweep, plain: tuple[float, float], args, console: Console) -> int:
+    positions = sum(len(r) for r in sweep.reference)
+    table = Table(title=f"W8A8 attention inputs with SmoothQuant, SmolLM2-135M, {positions} positions")
+    for col in ("α", "activation scale", "top-1 agreement", "KL", "quantized"):
+        table.add_column(col)
+    keys = list(sweep.groups)
+    parts = {"all 60": keys, "q/k/v inputs only": [k for k in keys if k.endswith(".qkv")],
+             "o_proj inputs only": [k for k in keys if k.endswith(".o")]}
+    # the per-part rows of the plain scales: which input kind smoothing helps and which it hurts
+    rows = [{"alpha": None, "clip": "percentile", "quantized": part, "top1": agree, "kl": kl}
+            for part, (agree, kl) in [("all 60", plain)] + [(p, sweep.score(parts[p])) for p in list(parts)[1:]]]
+    for alpha in args.smooth:
+        for clip in ("percentile", "mse"):
+            sweep.use_smoothing(alpha, clip)
+            for part in (parts if alpha == args.smooth[0] and clip == "percentile" else ["all 60"]):
+                agree, kl = sweep.score(parts[part])
+                rows.append({"alpha": alpha, "clip": clip, "quantized": part, "top1": agree, "kl": kl})
+    for r in rows:
+        table.add_row("none" if r["alpha"] is None else f"{r['alpha']:g}", r["clip"], f"{100 * r['top1']:.2f} %",
+                      f"{r['kl']:.4f}", r["quantized"])
+    console.print(table)
+    path = args.json.with_name(args.json.name.replace("sensitivity", "smoothing"))
+    path.write_text(json.dumps({"positions": positions, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -20,7 +20,7 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
 @click.option("--int8", is_flag=True, help="INT8: Q/DQ attention matmuls + INT8 PHM cores; writes report.md")
 @click.option("--calib-data", type=click.Path(), default=None,
               help="calibration data for --int8: folder, .jsonl or .txt [default: the shipped prompts]")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="percentile", show_default=True,
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=ExportConfig.calib_method, show_default=True,
               help="activation calibrator for --int8")
 @click.option("--report-data", type=click.Path(), default=None,
               help="with --int8 on a VLM: image+prompt pairs (folder or .jsonl) whose greedy answers the report "

@@ -74,5 +74,5 @@ def test_per_channel_scales_and_roundtrip():
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown calibration method 'mse'; known: minmax, percentile, entropy"):
-        make_calibrator("mse")
+    with pytest.raises(ValueError, match="unknown calibration method 'kl'; known: minmax, percentile, entropy"):
+        make_calibrator("kl")

@@ -80,7 +80,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="calib_data"):
         ExportConfig(calib_data="x.jsonl")
     with pytest.raises(ValueError, match="calib_method"):
-        ExportConfig(int8=True, calib_method="mse")
+        ExportConfig(int8=True, calib_method="kl")
     assert ExportConfig(fp16=True).precision == "fp16"
     both = ExportConfig(fp16=True, int8=True)
     assert (both.precision, both.activations) == ("int8", "fp16")
