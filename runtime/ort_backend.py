@@ -169,8 +169,9 @@ class OrtBackend:
         if images:
             if (mask == 0).any():
                 raise BackendError("image prompts take unpadded rows (attention_mask all ones)")
-            pixels = np.asarray(images["pixel_values"], dtype=np.float32)
-            features = self.vision_session.run(None, {"pixel_values": pixels})[0]
+            pixel_input = self.vision_session.get_inputs()[0]  # float16 in an --fp16 export
+            pixels = np.asarray(images["pixel_values"], dtype=_ORT_DTYPES[pixel_input.type])
+            features = self.vision_session.run(None, {pixel_input.name: pixels})[0]
             try:
                 embeds = merge_image_features(embeds, ids, features, spec.image_token_id)
             except ValueError as e:

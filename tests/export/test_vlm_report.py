@@ -130,3 +130,18 @@ def test_report_data_errors(store, tmp_path):
                                                  str(data), "--out", str(out)])
         assert result.exit_code != 0 and message in result.output, (arch, result.output)
         assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_fp16_int8_vlm_report(tmp_path):
+    """--fp16 --int8 on a VLM: the fp16 vision graph takes float16 pixels, which the runtime's ORT
+    backend now casts to (it fed float32 and ONNX Runtime refused: phm-run on any fp16 VLM export)."""
+    from exportkit import make_phm_checkpoint
+
+    ckpt = make_phm_checkpoint("llava_dinov2", tmp_path / "ckpt")
+    _ship_processor_and_tokenizer("llava_dinov2", ckpt)
+    data = _report_data(tmp_path, "llava_dinov2")
+    art = export_model(ckpt, ExportConfig(fp16=True, int8=True, report_data=str(data), report_tokens=64),
+                       tmp_path / "art")
+    rows = {r["precision"]: r["metrics"] for r in json.loads((art / "report.json").read_text())}
+    assert rows["fp32"]["answer_agreement"] == 1.0 and rows["int8"]["answer_agreement"] is not None
+    assert rows["int8"]["logit_cosine"] > 0.98
