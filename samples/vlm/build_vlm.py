@@ -287,7 +287,7 @@ def main(argv=None) -> int:
                     help="abrupt: what docs/trainer.md recommends with a local stage")
     ap.add_argument("--stages", default="dense,phm,export,int8", help="dense,phm,export,int8")
     ap.add_argument("--export-k", type=int, default=8, help="eval questions checked ORT vs torch")
-    ap.add_argument("--int8-n", type=int, default=32,
+    ap.add_argument("--int8-n", type=int, default=100,
                     help="eval questions whose INT8 answers the int8 stage's reports compare with FP32")
     ap.add_argument("--work", type=Path, default=None, help="artifact dir [default: $PHM_CACHE/vlm-sample]")
     args = ap.parse_args(argv)
