@@ -100,9 +100,18 @@ class Int8Stage:
 
     def _answer_samples(self) -> list:
         """The VLM report's image+prompt pairs: --report-data, else the calibration samples with images."""
+        from phm.runtime.vlm import image_processor
+
         vlm = self.model.config.model_type in VLM_TYPES
         if self.config.report_data is None:
-            return [s for s in self.samples if s.image is not None] if vlm else []
+            samples = [s for s in self.samples if s.image is not None] if vlm else []
+            try:
+                if samples:
+                    image_processor(self.model_dir)
+            except ValueError as e:  # the answers are optional here: the report goes on without them
+                log.warning("INT8 report: no answer agreement on the calibration images: %s", e)
+                return []
+            return samples
         if not vlm:
             raise ValueError(f"--report-data holds image+prompt pairs for VLM exports; "
                              f"{self.model.config.model_type} has no vision tower")
@@ -110,6 +119,7 @@ class Int8Stage:
                    if s.image is not None]
         if not samples:
             raise ValueError(f"report data {self.config.report_data} holds no image")
+        image_processor(self.model_dir)  # asked for explicitly: a missing processor is an error before any work
         return samples
 
     # -- feeds --------------------------------------------------------------------------------
@@ -220,8 +230,8 @@ class Int8Stage:
         n = len(self.answer_samples)
         if not n:
             log.warning("INT8 report: no image+prompt pairs, so no answer agreement (pass --report-data)")
-            return rows, ("Answer agreement: not measured (no image+prompt pairs in the calibration data; "
-                          "pass --report-data).")
+            return rows, ("Answer agreement: not measured (no usable image+prompt pairs in the calibration data, "
+                          "or no image processor in the model dir; pass --report-data).")
         done = [0]
 
         def tick():

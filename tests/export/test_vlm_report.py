@@ -117,13 +117,26 @@ def test_vlm_report_without_images_says_so(store):
     assert "Answer agreement: not measured" in (art / "report.md").read_text()
 
 
+def test_calibration_images_without_processor_skip_the_answers(store, tmp_path):
+    """Images in --calib-data of a model dir without an image processor: the export and the text rows
+    go on, the answers are left out with a warning (they were not asked for explicitly)."""
+    data = _report_data(tmp_path, "qwen2_vl")
+    art = export_model(store.checkpoint("qwen2_vl", True),
+                       ExportConfig(int8=True, calib_data=str(data), report_tokens=64), tmp_path / "art")
+    rows = json.loads((art / "report.json").read_text())
+    assert [r["metrics"]["answer_agreement"] for r in rows] == [None, None, None]
+    assert "Answer agreement: not measured" in (art / "report.md").read_text()
+
+
 def test_report_data_errors(store, tmp_path):
     with pytest.raises(ValueError, match="report_data is only used with int8"):
         ExportConfig(report_data="x.jsonl")
     text_only = tmp_path / "prompts.txt"
     text_only.write_text("w5 w6\n")
+    images = _report_data(tmp_path, "llava_dinov2")
     cases = {"llama": (text_only, "has no vision tower"), "qwen2_vl": (text_only, "holds no image"),
-             "llava_dinov2": (tmp_path / "missing", "does not exist")}
+             "llava_dinov2": (tmp_path / "missing", "does not exist"),
+             "qwen2_5_vl": (images, "holds no image processor")}  # the store's checkpoints ship none
     for arch, (data, message) in cases.items():
         out = tmp_path / f"art-{arch}"
         result = CliRunner().invoke(phm_export, [str(store.checkpoint(arch, True)), "--int8", "--report-data",
