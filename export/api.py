@@ -169,12 +169,9 @@ def _int8_stage(model, model_dir: Path, config: ExportConfig, stage):
         raise ExportError(f"--int8: {e}") from None
 
 
-def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: dict) -> str | None:
-    """report.md of the decoder graph (int8.py; a VLM's also scores its answers to image prompts);
-    None (logged) for an encoder."""
-    if "decoder" not in graphs:
-        log.warning("INT8 accuracy report: only for decoders (not written for %s)", ", ".join(graphs))
-        return None
+def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: dict) -> str:
+    """report.md of the decoder graph (int8.py; a VLM's also scores its answers to image prompts), or
+    of the encoder graph."""
     size = sum((tmp / f).stat().st_size for g in graphs.values() for f in (g["trt_file"], g["external_data"]) if f)
     name = "PHM" if doc else "dense"
     if int8.config.fp16:  # the traced model was cast to fp16 and back: the FP32 rows need the real weights

@@ -15,7 +15,8 @@ calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same 
 `quantize.ort_options`), all against FP32's logits:
 logit cosine, top-1 agreement and perplexity of the real next tokens (a VLM decoder gets the text's
 embeddings). A VLM's report adds the answer agreement on image+prompt pairs (`--report-data`, else
-the calibration data's images; vlm_answers.py).
+the calibration data's images; vlm_answers.py). An encoder's report compares token hidden states and
+mean-pooled sentence embeddings on held-out sentences instead (report.encoder_metrics).
 With `int8_activations=False` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
 """
 
@@ -40,7 +41,7 @@ from .graphs import MROPE_TYPES, VLM_TYPES, GraphSpec, cache_geometry, text_conf
 from .precision import tensor_types
 from .quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
 from .reference import attach_functions
-from .report import ReportRow, metrics, write_report
+from .report import ReportRow, encoder_metrics, metrics, write_report
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ class Int8Stage:
         image+prompt pairs (vlm_answers.py)."""
         import onnxruntime as ort
 
+        if "decoder" not in graphs:
+            return self._encoder_report(art_dir, graphs["encoder"], params, int8_bytes, name)
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out text")
         decoder = graphs["decoder"]
         first_input = decoder["io"]["inputs"][0]["name"]
@@ -221,6 +224,50 @@ class Int8Stage:
         for r in rows:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)
+        return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
+
+    def _encoder_report(self, art_dir: Path, encoder: dict, params: int, int8_bytes: int, name: str) -> Path:
+        """An encoder's report: held-out sentences (with the tokenizer's special tokens, as sentence
+        encoders read them), one at a time; cosine of the token hidden states and of the mean-pooled
+        sentence embeddings to FP32's."""
+        import onnxruntime as ort
+
+        from phm.trainer.data import chatterbot_texts, split_holdout
+
+        self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out sentences")
+        _, held = split_holdout(chatterbot_texts())
+        sentences, total = [], 0
+        for text in held:
+            if total >= self.config.report_tokens:
+                break
+            ids = (list(self.tokenizer(text)["input_ids"]) if self.tokenizer is not None
+                   else text_to_ids(text, None, self.vocab))[:WINDOW]
+            if len(ids) > 1:
+                sentences.append(np.array([ids], np.int64))
+                total += len(ids)
+        sess = ort.InferenceSession(str(art_dir / encoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
+        model16 = copy.deepcopy(self.model).half()
+        outs = {"fp32": [], "fp16": [], "int8": []}
+        with torch.no_grad():
+            for ids in sentences:
+                x, mask = torch.from_numpy(ids), torch.ones(ids.shape, dtype=torch.int64)
+                outs["fp32"].append(self.model(input_ids=x, attention_mask=mask).last_hidden_state[0].float().numpy())
+                outs["fp16"].append(model16(input_ids=x, attention_mask=mask).last_hidden_state[0].float().numpy())
+                feed = self._feed("encoder", io.INPUT_IDS, ids, np.float32)
+                outs["int8"].append(sess.run([io.LAST_HIDDEN_STATE], feed)[0][0].astype(np.float32))
+        del model16, sess
+        int8_label = "int8" if self.config.int8_activations else "int8-wo"
+        rows = [ReportRow(name, "fp32", encoder_metrics(outs["fp32"], outs["fp32"]), params * 4),
+                ReportRow(name, "fp16", encoder_metrics(outs["fp32"], outs["fp16"]), params * 2),
+                ReportRow(name, int8_label, encoder_metrics(outs["fp32"], outs["int8"]), int8_bytes)]
+        for r in rows:
+            log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
+                     r.metrics.embedding_cosine, r.metrics.logit_cosine)
+        note = (f"{len(sentences)} held-out sentences ({total} tokens; chatterbot corpus, held-out split), one at a "
+                f"time. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: {encoder['file']} in "
+                f"ONNX Runtime (CPU), activations {self.config.activations}, calibrator {self.config.calib_method}. "
+                f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
+                f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file.")
         return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
 
     def _answers(self, art_dir: Path, vision_entry: dict, rows: list) -> tuple[list, str]:

@@ -4,7 +4,9 @@
     write_report(rows, out_dir)   # report.md, report.png, report.json (atomic writes)
 
 Metrics compare a variant's logits with the FP32 model's on the same held-out tokens: mean cosine
-of the logit vectors, top-1 agreement, and perplexity of the real next tokens (labels).
+of the logit vectors, top-1 agreement, and perplexity of the real next tokens (labels). Encoders
+(BERT, e.g. all-MiniLM-L6-v2) have no logits: their rows hold the cosine of the token hidden states
+and of the mean-pooled sentence embeddings (`encoder_metrics`), and the table and plot show those.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import numpy as np
 
 from phm.trainer.fsutil import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Metrics", "ReportRow", "metrics", "perplexity", "write_report"]
+__all__ = ["Metrics", "ReportRow", "encoder_metrics", "metrics", "perplexity", "write_report"]
 
 
 @dataclass(frozen=True)
 class Metrics:
-    logit_cosine: float      # mean over positions of cos(ref, test)
-    top1_agreement: float    # fraction of positions whose argmax equals the reference's
-    perplexity: float        # exp(mean NLL of the real next tokens) under the variant
+    logit_cosine: float      # mean over positions of cos(ref, test) (encoders: of the token hidden states)
+    top1_agreement: float | None   # fraction of positions whose argmax equals the reference's (None: encoder)
+    perplexity: float | None       # exp(mean NLL of the real next tokens) under the variant (None: encoder)
     answer_agreement: float | None = None  # VLMs: greedy answers on image+prompt pairs equal to FP32's
+    embedding_cosine: float | None = None  # encoders: mean cos of the mean-pooled sentence embeddings
 
 
 def perplexity(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -43,10 +46,22 @@ def perplexity(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def metrics(ref: np.ndarray, test: np.ndarray, labels: np.ndarray) -> Metrics:
     """ref/test logits (N, V) for the same N positions; labels (N,) the real next tokens."""
-    ref, test = ref.astype(np.float64).reshape(-1, ref.shape[-1]), test.astype(np.float64).reshape(-1, test.shape[-1])
-    cos = (ref * test).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(test, axis=-1) + 1e-30)
+    ref, test = ref.reshape(-1, ref.shape[-1]), test.reshape(-1, test.shape[-1])
+    cos = _cosines(ref, test)
     agree = (ref.argmax(-1) == test.argmax(-1)).mean()
     return Metrics(float(cos.mean()), float(agree), perplexity(test, labels.reshape(-1)))
+
+
+def _cosines(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
+    ref, test = ref.astype(np.float64), test.astype(np.float64)
+    return (ref * test).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(test, axis=-1) + 1e-30)
+
+
+def encoder_metrics(ref: list[np.ndarray], test: list[np.ndarray]) -> Metrics:
+    """ref/test: last hidden states (T, H) per sentence (no padding), the same sentences in order."""
+    tokens = _cosines(np.concatenate(ref), np.concatenate(test))
+    sentences = _cosines(np.stack([r.mean(0) for r in ref]), np.stack([t.mean(0) for t in test]))
+    return Metrics(float(tokens.mean()), None, None, embedding_cosine=float(sentences.mean()))
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,17 @@ class ReportRow:
     size_bytes: int
 
 
+def _encoder(rows: list[ReportRow]) -> bool:
+    return all(r.metrics.top1_agreement is None for r in rows)
+
+
 def _table(rows: list[ReportRow]) -> str:
+    if _encoder(rows):
+        lines = ["| model | precision | sentence-embedding cosine | token hidden-state cosine | size (MB) |",
+                 "|---|---|---:|---:|---:|"]
+        lines += [f"| {r.model} | {r.precision} | {r.metrics.embedding_cosine:.4f} | {r.metrics.logit_cosine:.4f} | "
+                  f"{r.size_bytes / 1e6:.1f} |" for r in rows]
+        return "\n".join(lines)
     answers = any(r.metrics.answer_agreement is not None for r in rows)  # the column only for VLM reports
     lines = ["| model | precision | logit cosine | top-1 agreement | perplexity |"
              + (" answer agreement |" if answers else "") + " size (MB) |",
@@ -77,19 +102,24 @@ def _plot(rows: list[ReportRow]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    if _encoder(rows):
+        series = [(lambda m: m.embedding_cosine, "sentence-embedding cosine to FP32", "embeddings vs size"),
+                  (lambda m: m.logit_cosine, "token hidden-state cosine to FP32", "hidden states vs size")]
+    else:
+        series = [(lambda m: m.top1_agreement * 100, "top-1 agreement with FP32 (%)", "agreement vs size"),
+                  (lambda m: m.perplexity, "perplexity (held-out text)", "perplexity vs size")]
     models = sorted({r.model for r in rows}, key=[r.model for r in rows].index)
     for model in models:
         sub = [r for r in rows if r.model == model]
         sizes = [r.size_bytes / 1e6 for r in sub]
-        axes[0].plot(sizes, [r.metrics.top1_agreement * 100 for r in sub], "o-", label=model)
-        axes[1].plot(sizes, [r.metrics.perplexity for r in sub], "o-", label=model)
-        for r, s in zip(sub, sizes):
-            axes[0].annotate(r.precision, (s, r.metrics.top1_agreement * 100), fontsize=8)
-            axes[1].annotate(r.precision, (s, r.metrics.perplexity), fontsize=8)
-    axes[0].set(xlabel="size (MB)", ylabel="top-1 agreement with FP32 (%)", title="agreement vs size")
-    axes[1].set(xlabel="size (MB)", ylabel="perplexity (held-out text)", title="perplexity vs size")
-    ppl = [r.metrics.perplexity for r in rows]
-    if min(ppl) > 0 and max(ppl) > 10 * min(ppl):  # models of very different quality side by side
+        for ax, (value, _, _) in zip(axes, series):
+            ax.plot(sizes, [value(r.metrics) for r in sub], "o-", label=model)
+            for r, size in zip(sub, sizes):
+                ax.annotate(r.precision, (size, value(r.metrics)), fontsize=8)
+    for ax, (_, ylabel, title) in zip(axes, series):
+        ax.set(xlabel="size (MB)", ylabel=ylabel, title=title)
+    ppl = [r.metrics.perplexity for r in rows if r.metrics.perplexity is not None]
+    if ppl and min(ppl) > 0 and max(ppl) > 10 * min(ppl):  # models of very different quality side by side
         axes[1].set_yscale("log")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -177,3 +177,40 @@ def test_int8_lm_head_option(store):
     assert sum(n.op_type == "Gather" for n in model.graph.node) >= 1  # the embedding still reads the float table
     rows = json.loads((art / "report.json").read_text())
     assert rows[-1]["metrics"]["logit_cosine"] > 0.99
+
+
+def test_encoder_int8_report(store):
+    """BERT --int8: report.md/.json for an encoder (it had none): sentence-embedding and hidden-state
+    cosines of FP16/INT8 to FP32, the INT8 row recomputed here from the exported encoder.onnx."""
+    import torch
+
+    from phm.export.report import encoder_metrics
+    from phm.trainer import load
+
+    art = store.artifacts("bert", True, int8=True, report_tokens=64)
+    assert json.loads((art / "manifest.json").read_text())["report"] == "report.md"
+    rows = {r["precision"]: r["metrics"] for r in json.loads((art / "report.json").read_text())}
+    assert rows["fp32"]["embedding_cosine"] == pytest.approx(1.0) and rows["fp32"]["top1_agreement"] is None
+    assert 0.95 < rows["int8"]["embedding_cosine"] < 1.0 and rows["fp16"]["embedding_cosine"] > 0.999
+    assert "sentence-embedding cosine" in (art / "report.md").read_text()
+    # the same held-out sentences (the tiny model has no tokenizer: UTF-8 bytes mod vocab)
+    from phm.export.int8 import WINDOW, text_to_ids
+    from phm.trainer.data import chatterbot_texts, split_holdout
+
+    model = load(store.checkpoint("bert", True)).eval()
+    sess, ref, got, total = session(art / "encoder.onnx"), [], [], 0
+    for text in split_holdout(chatterbot_texts())[1]:
+        if total >= 64:
+            break
+        ids = np.array([text_to_ids(text, None, model.config.vocab_size)[:WINDOW]], np.int64)
+        if ids.shape[1] < 2:
+            continue
+        total += ids.shape[1]
+        mask = np.ones_like(ids)
+        with torch.no_grad():
+            ref.append(model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+                       .last_hidden_state[0].numpy())
+        got.append(sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0][0])
+    expected = encoder_metrics(ref, got)
+    assert rows["int8"]["embedding_cosine"] == pytest.approx(expected.embedding_cosine, abs=1e-5)
+    assert rows["int8"]["logit_cosine"] == pytest.approx(expected.logit_cosine, abs=1e-5)
