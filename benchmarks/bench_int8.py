@@ -177,9 +177,11 @@ def main(work, steps, local_epochs, local_batches, schedule, student, tokens, ca
 
 
 def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
-    """Replace the part of `path` after the '## Measured' heading with this run's figures."""
+    """Replace the '## Measured' section of `path` (up to the next '## ' heading) with this run's figures."""
     marker = "## Measured"
-    head = path.read_text().split(marker)[0] if path.is_file() else "# INT8\n\n"
+    text = path.read_text() if path.is_file() else "# INT8\n\n"
+    head, _, rest = text.partition(marker)
+    tail = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""  # later sections (the encoder's) stay
     png = path.with_name("int8_smollm2.png")
     shutil.copy2(plot, png)
     body = (f"{marker}\n\n"
@@ -196,7 +198,7 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
             f"dense {100 * result['int8_weight_only_top1_loss']['dense']:.2f} %, PHM "
             f"{100 * result['int8_weight_only_top1_loss']['PHM']:.2f} %: **{result['claim_weights_only']}**."
             f"\n\n![dense vs PHM]({png.name})\n")
-    path.write_text(head + body)
+    path.write_text(head + body + ("\n" + tail if tail else ""))
 
 
 if __name__ == "__main__":
