@@ -34,6 +34,7 @@ from rich.table import Table
 from phm.export.calib_data import load_calibration_data
 from phm.export.calibrate import QMAX, make_calibrator, per_channel_weight_scales, quantize_symmetric
 from phm.export.int8 import CALIB_TOKENS, heldout_windows, text_to_ids
+from phm.export.quantize import CLIP_RATIOS
 from phm.trainer import load
 from phm.trainer.models import load_tokenizer, smollm2_dir
 
@@ -118,7 +119,7 @@ class Sweep:
             ref = x @ (w * s[None, :]).T
             top = float(x.abs().max())
             errors = {float(r): float(((_fake_quant(x, float(top * r / QMAX)) @ wq.T - ref) ** 2).sum())
-                      for r in np.linspace(0.3, 1, 15)}
+                      for r in CLIP_RATIOS}
             self.scales[k] = top * min(errors, key=errors.get) / QMAX
 
     def score(self, keys: list[str]) -> tuple[float, float]:

@@ -207,10 +207,7 @@ class Int8Stage:
             int8.append(logits[0, :-1].astype(np.float32))
         del sess
         ref, half, int8, labels = (np.concatenate(v) for v in (ref, half, int8, labels))
-        int8_label = "int8" if self.config.int8_activations else "int8-wo"
-        rows = [ReportRow(name, "fp32", metrics(ref, ref, labels), params * 4),
-                ReportRow(name, "fp16", metrics(ref, half, labels), params * 2),
-                ReportRow(name, int8_label, metrics(ref, int8, labels), int8_bytes)]
+        rows = self._rows(name, [metrics(ref, v, labels) for v in (ref, half, int8)], params, int8_bytes)
         twice = "; a VLM keeps the table in embed.onnx and the head in decoder.onnx, so a tied one twice"
         note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
                 f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: "
@@ -225,6 +222,12 @@ class Int8Stage:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)
         return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
+
+    def _rows(self, name: str, fp32_fp16_int8: list, params: int, int8_bytes: int) -> list[ReportRow]:
+        """The three report rows of one model from its FP32, FP16 and INT8 metrics (in that order)."""
+        labels = ("fp32", "fp16", "int8" if self.config.int8_activations else "int8-wo")
+        sizes = (params * 4, params * 2, int8_bytes)
+        return [ReportRow(name, p, m, size) for p, m, size in zip(labels, fp32_fp16_int8, sizes)]
 
     def _encoder_report(self, art_dir: Path, encoder: dict, params: int, int8_bytes: int, name: str) -> Path:
         """An encoder's report: held-out sentences (with the tokenizer's special tokens, as sentence
@@ -256,10 +259,7 @@ class Int8Stage:
                 feed = self._feed("encoder", io.INPUT_IDS, ids, np.float32)
                 outs["int8"].append(sess.run([io.LAST_HIDDEN_STATE], feed)[0][0].astype(np.float32))
         del model16, sess
-        int8_label = "int8" if self.config.int8_activations else "int8-wo"
-        rows = [ReportRow(name, "fp32", encoder_metrics(outs["fp32"], outs["fp32"]), params * 4),
-                ReportRow(name, "fp16", encoder_metrics(outs["fp32"], outs["fp16"]), params * 2),
-                ReportRow(name, int8_label, encoder_metrics(outs["fp32"], outs["int8"]), int8_bytes)]
+        rows = self._rows(name, [encoder_metrics(outs["fp32"], v) for v in outs.values()], params, int8_bytes)
         for r in rows:
             log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)

@@ -276,7 +276,7 @@ def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smoo
         for alpha in ALPHAS if smooth else (0.0,):
             s = _smoothing(fit, w, alpha)
             wq = _quantized_weight(w, s)
-            err = _output_error(held, w, s, _act_amax(fit, w, s, wq, search), wq)
+            err = _output_error(held / s, held @ w, _act_amax(fit, w, s, wq, search), wq)
             if best is None or err < best.error:
                 best = ActScale(0.0, None if alpha == 0 else s, alpha, err)
         s = _smoothing(x, w, best.alpha)
@@ -298,18 +298,20 @@ def _quantized_weight(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     return _fake_quant(wsm, sw)
 
 
-def _output_error(x: np.ndarray, w: np.ndarray, s: np.ndarray, amax: float, wq: np.ndarray) -> float:
-    """‖Q(x / s) · Q(diag(s)·W) − x · W‖ / ‖x · W‖ for an activation amax."""
-    ref = x @ w
-    return float(np.linalg.norm(_fake_quant(x / s, np.float32(amax / QMAX)) @ wq - ref)) / (float(np.linalg.norm(ref)) or 1.0)
+def _output_error(xs: np.ndarray, ref: np.ndarray, amax: float, wq: np.ndarray) -> float:
+    """‖Q(x / s) · Q(diag(s)·W) − x · W‖ / ‖x · W‖ for an activation amax; xs = x / s, ref = x · W."""
+    err = _fake_quant(xs, np.float32(amax / QMAX)) @ wq - ref
+    return float(np.linalg.norm(err)) / (float(np.linalg.norm(ref)) or 1.0)
 
 
 def _act_amax(x: np.ndarray, w: np.ndarray, s: np.ndarray, wq: np.ndarray, method: str) -> float:
     """The activation amax of x / s: a calibrator's, or ("mse") the clip with the least output error."""
+    xs = x / s
     if method != "mse":
-        return _amax(x / s, method)
-    top = float(np.abs(x / s).max()) or 1.0
-    return min((top * float(r) for r in CLIP_RATIOS), key=lambda a: _output_error(x, w, s, a, wq))
+        return _amax(xs, method)
+    ref = x @ w  # once for every candidate clip
+    top = float(np.abs(xs).max()) or 1.0
+    return min((top * float(r) for r in CLIP_RATIOS), key=lambda a: _output_error(xs, ref, a, wq))
 
 
 def _smoothing(x: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:

@@ -19,10 +19,11 @@ class TorchBackend:
         self.model = model.to(device).eval()
         self.device = device
         self.cache = None
-        cfg = model.config
+        from phm.export.graphs import MROPE_TYPES  # here: the exporter's modules load only with this backend
+
         # Qwen2(.5)-VL: M-RoPE positions computed here as the ORT backend computes them (vlm.py), so
         # both run the same positions; transformers' own path wants processor outputs (mm_token_type_ids)
-        self.mrope = getattr(cfg, "model_type", None) in ("qwen2_vl", "qwen2_5_vl")
+        self.mrope = getattr(model.config, "model_type", None) in MROPE_TYPES
         self.rope_delta = None
 
     def reset(self) -> None:
