@@ -95,20 +95,6 @@ def graph_io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
             [_value_info(v) for v in model.graph.output])
 
 
-def plugin_requirements(model: onnx.ModelProto) -> list[dict]:
-    """[{name, version, namespace}] of the plugins the TensorRT file's PHM nodes name (what an engine
-    built from it needs; the runtime checks them against phm.trt_plugins.spec before loading)."""
-    from phm.trt_plugins import spec
-
-    found = set()
-    for node in model.graph.node:
-        if node.domain == spec.DOMAIN:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            found.add((node.op_type, attrs.get("plugin_version", b"1").decode(),
-                       attrs.get("plugin_namespace", b"").decode()))
-    return [{"name": n, "version": v, "namespace": ns} for n, v, ns in sorted(found)]
-
-
 def profile_shapes(kind: str, inputs: list[dict], config: ExportConfig, max_positions: int) -> dict:
     """{"min"|"opt"|"max": {input: [dims]}} of one TensorRT optimisation profile.
 
