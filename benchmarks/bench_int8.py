@@ -155,6 +155,7 @@ def main(work, steps, local_epochs, local_batches, schedule, student, tokens, ca
                        + (f" (given: {student}, trained with that recipe by an earlier run)" if student else ""),
         "steps": steps, "local_epochs": local_epochs, "local_batches": local_batches, "schedule": schedule,
         "calib_method": calib_method, "calib_prompts": "export/calib_default/prompts.jsonl (48)",
+        "w8a8_inputs": "rotated (x·Q, phm.export.rotate), no SmoothQuant (ExportConfig defaults)",
         "heldout_tokens_requested": tokens,
         "heldout_positions": None,
         "rows": [{"model": r.model, "precision": r.precision, **r.metrics.__dict__, "size_bytes": r.size_bytes}
@@ -189,7 +190,8 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
             f"--local-batches {result['local_batches']} --schedule {result['schedule']} --tokens {result['heldout_tokens_requested']} --calib-method {result['calib_method']}` on "
             f"{result['date']}; machine: {result['machine']}.\n\n"
             f"- model: {result['model']}\n- PHM student: {result['phm_student']}\n"
-            f"- calibration: {result['calib_method']} over {result['calib_prompts']}\n"
+            f"- calibration: {result['calib_method']} over {result['calib_prompts']}; W8A8 inputs "
+            f"{result.get('w8a8_inputs', 'as they are')}\n"
             f"- held-out: {result['heldout_positions']} next-token positions of the chatterbot corpus's held-out "
             f"split\n- wall time (s): {result['wall_s']}\n\n{table}\n\n"
             f"INT8 top-1 loss against its own FP32: dense {100 * result['int8_top1_loss']['dense']:.2f} %, PHM "

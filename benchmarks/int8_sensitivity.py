@@ -18,6 +18,12 @@ instead quantizes all 60 inputs after SmoothQuant with each fixed α (x / s into
 diag(s)·W into the INT8 weight, as the export does), the activation scale by the percentile
 calibrator or by the clip (30 … 100 % of the max) with the smallest output error on the calibration
 tokens; results in benchmarks/results/int8_smoothing_smollm2_cpu.json.
+
+    python benchmarks/int8_sensitivity.py --tokens 2048 --rotate
+
+instead quantizes the inputs rotated as `phm-export --int8` does by default (`phm.export.rotate`: x·Q
+into the quantizer, Qᵀ·W into the INT8 weight, no smoothing), percentile and mse scales, all 60 /
+q/k/v only / o_proj only; results in benchmarks/results/int8_rotation_smollm2_cpu.json.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from phm.export import rotate
 from phm.export.calib_data import load_calibration_data
 from phm.export.calibrate import QMAX, make_calibrator, per_channel_weight_scales, quantize_symmetric
 from phm.export.int8 import CALIB_TOKENS, heldout_windows, text_to_ids
@@ -66,6 +73,7 @@ class Sweep:
         self.prompts = [text_to_ids(s.text, tok, 0)[:CALIB_TOKENS] for s in load_calibration_data()]
         self.scales = self._calibrate(self.prompts)
         self.smooth = {k: None for k in self.groups}  # per-channel divisor of each input (SmoothQuant)
+        self.rotation = {k: None for k in self.groups}  # Q of each input (rotate.py)
         with torch.no_grad():
             self.reference = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
 
@@ -99,9 +107,8 @@ class Sweep:
         weight, s_j = max|x_j|^α / max|W_j|^(1−α); α fixed here instead of searched per tensor), then
         the activation scale: the export's percentile calibrator on x / s (`clip="percentile"`), or
         (`clip="mse"`) the amax among 30 %…100 % of max |x / s| with the smallest output error of the
-        quantized linears on the calibration tokens (not in the export: measured here first)."""
+        quantized linears on the calibration tokens (the export's "mse")."""
         xs = self._inputs()
-        cals = {}
         for k, mods in self.groups.items():
             w = torch.cat([self.weights[id(m)] for m in mods])            # (out, in)
             s = (xs[k].abs().amax(0).clamp(min=1e-5) ** alpha / w.abs().amax(0).clamp(min=1e-5) ** (1 - alpha))
@@ -109,18 +116,41 @@ class Sweep:
             for m in mods:
                 ws = self.weights[id(m)] * s[None, :]
                 self.quantized[id(m)] = _fake_quant(ws, per_channel_weight_scales(ws.numpy(), axis=0)[:, None])
-            x = xs[k] / s
-            if clip == "percentile":
-                cals[k] = make_calibrator("percentile")
-                cals[k].observe(x.numpy())
-                self.scales[k] = max(cals[k].amax(), 1e-8) / QMAX
-                continue
-            wq = torch.cat([self.quantized[id(m)] for m in mods])
-            ref = x @ (w * s[None, :]).T
-            top = float(x.abs().max())
-            errors = {float(r): float(((_fake_quant(x, float(top * r / QMAX)) @ wq.T - ref) ** 2).sum())
-                      for r in CLIP_RATIOS}
-            self.scales[k] = top * min(errors, key=errors.get) / QMAX
+            self.scales[k] = self._scale(xs[k] / s, w * s[None, :], torch.cat([self.quantized[id(m)] for m in mods]),
+                                         clip)
+
+    def use_rotation(self, clip: str) -> None:
+        """Every group rotated as `phm-export --int8` rotates (x·Q into the quantizer, Qᵀ·W into the
+        INT8 weight: here nn.Linear's (out, in) weight W·Q, stored as Q(W·Q)·Qᵀ so that the hook's
+        Q(x·Q)·Qᵀ times it is Q(x·Q)·Q(W·Q)ᵀ), no smoothing, then the activation scale as above."""
+        xs = self._inputs()
+        for k, mods in self.groups.items():
+            q = torch.from_numpy(rotate.matrix(mods[0].weight.shape[1])).float()
+            self.rotation[k], self.smooth[k] = q, None
+            for m in mods:
+                wr = self.weights[id(m)] @ q
+                self.quantized[id(m)] = _fake_quant(wr, per_channel_weight_scales(wr.numpy(), axis=0)[:, None]) @ q.T
+            w = torch.cat([self.weights[id(m)] for m in mods]) @ q
+            self.scales[k] = self._scale(xs[k] @ q, w, torch.cat([self.quantized[id(m)] for m in mods]) @ q, clip)
+
+    @staticmethod
+    def _scale(x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor, clip: str) -> float:
+        """Per-tensor scale of the quantizer's input x (tokens, K) for weights w / wq (out, K): the
+        percentile calibrator, or the clip among CLIP_RATIOS × max|x| with the least output error."""
+        if clip == "percentile":
+            cal = make_calibrator("percentile")
+            cal.observe(x.numpy())
+            return max(cal.amax(), 1e-8) / QMAX
+        ref = x @ w.T
+        top = float(x.abs().max())
+        errors = {float(r): float(((_fake_quant(x, float(top * r / QMAX)) @ wq.T - ref) ** 2).sum())
+                  for r in CLIP_RATIOS}
+        return top * min(errors, key=errors.get) / QMAX
+
+    def _quantize_input(self, k: str, x: torch.Tensor) -> torch.Tensor:
+        if self.rotation[k] is not None:
+            return _fake_quant(x @ self.rotation[k], self.scales[k]) @ self.rotation[k].T
+        return _fake_quant(x if self.smooth[k] is None else x / self.smooth[k], self.scales[k])
 
     def score(self, keys: list[str]) -> tuple[float, float]:
         """(top-1 agreement, mean KL) with the tensors in `keys` quantized, the rest float."""
@@ -128,8 +158,7 @@ class Sweep:
         for k in keys:
             for m in self.groups[k]:
                 m.weight.data = self.quantized[id(m)]
-                hooks.append(m.register_forward_pre_hook(
-                    lambda m, args, s=self.scales[k], d=self.smooth[k]: (_fake_quant(args[0] if d is None else args[0] / d, s),)))
+                hooks.append(m.register_forward_pre_hook(lambda m, args, k=k: (self._quantize_input(k, args[0]),)))
         try:
             with torch.no_grad():
                 outs = [self.model(input_ids=w).logits[0, :-1] for w in self.windows]
@@ -154,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smooth", type=float, nargs="+", default=None, metavar="ALPHA",
                     help="instead of the per-tensor sweep: all 60 inputs quantized after SmoothQuant with each "
                          "fixed α, activation scale by percentile and by output-MSE clipping")
+    ap.add_argument("--rotate", action="store_true",
+                    help="instead of the per-tensor sweep: the inputs rotated as the export does (rotate.py), "
+                         "percentile and output-MSE scales")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
@@ -162,6 +194,8 @@ def main(argv=None) -> int:
     everything = sweep.score(keys)
     if args.smooth:
         return _smoothing(sweep, everything, args, console)
+    if args.rotate:
+        return _rotation(sweep, everything, args, console)
     with console.status("scoring one tensor at a time (60 forward passes over the held-out windows)"):
         alone = {k: sweep.score([k]) for k in keys}
     order = sorted(keys, key=lambda k: -alone[k][1])
@@ -205,6 +239,30 @@ def _smoothing(sweep: Sweep, plain: tuple[float, float], args, console: Console)
                       f"{r['kl']:.4f}", r["quantized"])
     console.print(table)
     path = args.json.with_name(args.json.name.replace("sensitivity", "smoothing"))
+    path.write_text(json.dumps({"positions": positions, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+def _rotation(sweep: Sweep, plain: tuple[float, float], args, console: Console) -> int:
+    positions = sum(len(r) for r in sweep.reference)
+    keys = list(sweep.groups)
+    parts = {"all 60": keys, "q/k/v inputs only": [k for k in keys if k.endswith(".qkv")],
+             "o_proj inputs only": [k for k in keys if k.endswith(".o")]}
+    rows = [{"rotated": False, "clip": "percentile", "quantized": part, "top1": agree, "kl": kl}
+            for part, (agree, kl) in [("all 60", plain)] + [(p, sweep.score(parts[p])) for p in list(parts)[1:]]]
+    for clip in ("percentile", "mse"):
+        sweep.use_rotation(clip)
+        for part in parts:
+            agree, kl = sweep.score(parts[part])
+            rows.append({"rotated": True, "clip": clip, "quantized": part, "top1": agree, "kl": kl})
+    table = Table(title=f"W8A8 attention inputs, rotated (x·Q), SmolLM2-135M, {positions} positions")
+    for col in ("rotation", "activation scale", "top-1 agreement", "KL", "quantized"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row("Q" if r["rotated"] else "none", r["clip"], f"{100 * r['top1']:.2f} %", f"{r['kl']:.4f}",
+                      r["quantized"])
+    console.print(table)
+    path = args.json.with_name(args.json.name.replace("sensitivity", "rotation"))
     path.write_text(json.dumps({"positions": positions, "rows": rows}, indent=2) + "\n")
     return 0
 

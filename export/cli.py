@@ -29,6 +29,9 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
 @click.option("--int8-weights-only", is_flag=True,
               help="with --int8, INT8 weights everywhere and float activations (no activation Q/DQ, W8A16): "
                    "the more accurate INT8 mode, smaller but without INT8 GEMMs")
+@click.option("--no-int8-rotation", "no_rotation", is_flag=True,
+              help="with --int8, quantize the attention inputs as they are instead of rotated (x·Q, a Hadamard⊗DCT "
+                   "rotation computed in the graph; docs/int8.md § Rotation)")
 @click.option("--strict", is_flag=True, help="fail if any PHM-configured MLP is not rewritten")
 @click.option("--target", type=click.Choice(list(TARGETS)), default=ExportConfig.target, show_default=True,
               help="device the memory plan, engine profile and commands are for (Jetson Orin modules: sm_87)")
@@ -40,7 +43,7 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
 @click.option("--overwrite", is_flag=True, help="replace a non-empty output dir")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
 def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
-         strict, target, context, device_gib, require_engine, overwrite, verbose):
+         no_rotation, strict, target, context, device_gib, require_engine, overwrite, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
     from rich.console import Console
     from rich.logging import RichHandler
@@ -51,7 +54,8 @@ def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, 
     try:
         config = ExportConfig(fp16=fp16, int8=int8, calib_data=calib_data, calib_method=calib_method,
                               report_data=report_data,
-                              int8_lm_head=int8_lm_head, int8_activations=not int8_weights_only, strict=strict, target=target,
+                              int8_lm_head=int8_lm_head, int8_activations=not int8_weights_only,
+                              int8_rotate=not no_rotation, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),
                               require_engine=require_engine, overwrite=overwrite)

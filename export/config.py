@@ -31,7 +31,9 @@ class ExportConfig:
     calib_method: str = "mse"        # activation amax: mse (output-error clip) | minmax | percentile (99.99)
                                      # | entropy (KL); mse: measured best on SmolLM2 (docs/int8.md)
     int8_lm_head: bool = False       # also W8A8 the LM head (off: logits are the most sensitive matmul)
-    int8_smooth: bool = True         # SmoothQuant smoothing of W8A8 inputs, α searched per tensor
+    int8_rotate: bool = True         # rotate W8A8 inputs (x·Q in the graph, Qᵀ·W in the weight; rotate.py)
+    int8_smooth: bool | None = None  # SmoothQuant of W8A8 inputs, α searched per tensor; None: only where the
+                                     # inputs are not rotated (after rotation it cost accuracy: docs/int8.md)
     int8_activations: bool = True    # False: weight-only INT8 everywhere (--int8-weights-only; no activation Q/DQ)
     report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
     report_data: str | None = None   # VLM INT8 report: image+prompt pairs for the answer agreement
@@ -54,11 +56,13 @@ class ExportConfig:
         for name in ("calib_data", "int8_lm_head", "report_data"):
             if not self.int8 and getattr(self, name) not in (None, False):
                 raise ValueError(f"{name} is only used with int8")
-        for name in ("int8_smooth", "int8_activations"):
-            if not isinstance(getattr(self, name), bool):
+        for name in ("int8_smooth", "int8_rotate", "int8_activations"):
+            if not isinstance(getattr(self, name), bool) and not (name == "int8_smooth" and self.int8_smooth is None):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not self.int8 and not self.int8_activations:
             raise ValueError("int8_activations=False (--int8-weights-only) is only used with int8")
+        if not self.int8 and not self.int8_rotate:
+            raise ValueError("int8_rotate=False (--no-int8-rotation) is only used with int8")
         if self.calib_method not in CALIB_METHODS:
             raise ValueError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         for name in ("max_batch", "max_sequence", "opt_sequence", "report_tokens"):
@@ -78,6 +82,11 @@ class ExportConfig:
     def precision(self) -> str:
         """Weight precision: "int8" (with fp32 or fp16 activations, see `activations`), "fp16", "fp32"."""
         return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    @property
+    def smooth(self) -> bool:
+        """Whether W8A8 inputs get the SmoothQuant α search (int8_smooth, resolved)."""
+        return (not self.int8_rotate) if self.int8_smooth is None else self.int8_smooth
 
     @property
     def activations(self) -> str:

@@ -167,8 +167,9 @@ class Int8Stage:
                 self.stage(f"calibrating {spec.kind}: {done[0]}/{len(feeds)} prompts")
 
             acts = collect_activations(attach_functions(rewritten), names, feeds, types, progress=tick)
-            self.stage(f"choosing {spec.kind} activation scales ({self.config.calib_method}, smoothing α search)")
-        scales = choose_scales(plan, acts, self.config.calib_method, smooth=self.config.int8_smooth)
+            self.stage(f"choosing {spec.kind} activation scales ({self._recipe()})")
+        scales = choose_scales(plan, acts, self.config.calib_method, smooth=self.config.smooth,
+                               rotate_inputs=self.config.int8_rotate)
         summary = quantize_graph(graph, plan, scales, types)
         out = gs.export_onnx(graph)
         out.producer_name, out.producer_version = rewritten.producer_name, rewritten.producer_version
@@ -176,6 +177,17 @@ class Int8Stage:
         summary["calib_method"] = self.config.calib_method
         summary["calib_prompts"] = len(self.ids) if names else 0
         return out, summary
+
+    def _recipe(self) -> str:
+        """How the W8A8 inputs were calibrated, in words (stage messages and the report's note)."""
+        if not self.config.int8_activations:
+            return "weights only (no activation quantization)"
+        parts = [f"calibrator {self.config.calib_method}"]
+        if self.config.int8_rotate:
+            parts.append("inputs rotated")
+        if self.config.smooth:
+            parts.append("SmoothQuant α searched")
+        return ", ".join(parts)
 
     # -- accuracy report ----------------------------------------------------------------------
     def report(self, art_dir: Path, graphs: dict, params: int, int8_bytes: int, name: str) -> Path:
@@ -212,7 +224,7 @@ class Int8Stage:
         note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
                 f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: "
                 f"{decoder['file']} in ONNX Runtime (CPU), activations {self.config.activations}, "
-                f"calibrator {self.config.calib_method}. Metrics against FP32's logits. Sizes: FP32/FP16 = "
+                f"{self._recipe()}. Metrics against FP32's logits. Sizes: FP32/FP16 = "
                 f"parameters × 4/2 bytes; INT8 = the exported graph files (a float LM head and embedding table "
                 f"included{twice if 'vision' in graphs else ''}).")
         if "vision" in graphs:
@@ -265,7 +277,7 @@ class Int8Stage:
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)
         note = (f"{len(sentences)} held-out sentences ({total} tokens; chatterbot corpus, held-out split), one at a "
                 f"time. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: {encoder['file']} in "
-                f"ONNX Runtime (CPU), activations {self.config.activations}, calibrator {self.config.calib_method}. "
+                f"ONNX Runtime (CPU), activations {self.config.activations}, {self._recipe()}. "
                 f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
                 f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file.")
         return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)

@@ -15,7 +15,8 @@ linear (a dense model, or an MLP the rewrite left alone).
 What each gets (TensorRT 10 explicit quantization, ONNX opset 17 as exported):
 - attention (and the LM head with `lm_head=True`): W8A8. The input activation goes through
   QuantizeLinear → DequantizeLinear with one per-tensor scale from the calibrator (one Q/DQ pair per
-  tensor, shared by q/k/v), after SmoothQuant smoothing where it helps: Mul(x, 1/s) before the Q and
+  tensor, shared by q/k/v), after an orthogonal rotation x·Q computed in the graph (rotate.py; Qᵀ·W
+  folded into the weight; on by default) and SmoothQuant smoothing where it helps: Mul(x, 1/s) before the Q and
   diag(s)·W in the weight, α chosen per tensor on held-out calibration activations (`choose_scales`); the weight is stored as an INT8 initializer with per-output-channel scales
   (max |W[:, n]| / 127) feeding DequantizeLinear(axis=1: the channel axis of a MatMul weight (K, N)).
   TensorRT fuses DQ → MatMul ← DQ into an INT8 GEMM.
@@ -48,6 +49,7 @@ import torch
 from phm.trt_plugins import spec
 from phm.trt_plugins.quant import quantize_cores_int8
 
+from . import rotate
 from .calibrate import QMAX, make_calibrator, per_channel_weight_scales, quantize_symmetric
 from .rewrite import const_value
 
@@ -204,6 +206,7 @@ class ActScale:
     smooth: np.ndarray | None = None   # (K,) per-channel divisor of x, multiplied into the weights' rows
     alpha: float = 0.0
     error: float = 0.0                 # relative output error of the W8A8 linears on calibration data
+    rotated: bool = False              # x·Q (rotate.py) is quantized, Qᵀ·W is the weight; amax/smooth are of x·Q
 
 
 def collect_activations(ort_model: onnx.ModelProto, names: list[str], feeds, types: dict[str, int],
@@ -249,8 +252,10 @@ def _amax(x: np.ndarray, method: str) -> float:
     return a if a > 0 else 1.0  # never observed non-zero: any scale quantizes 0 exactly
 
 
-def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smooth: bool = True) -> dict:
-    """ActScale per W8A8 input tensor. With `smooth`, SmoothQuant: x / s and diag(s)·W compute the same
+def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smooth: bool = True,
+                  rotate_inputs: bool = True) -> dict:
+    """ActScale per W8A8 input tensor. With `rotate_inputs`, every tensor is rotated first (rotate.py:
+    x·Q is quantized against Qᵀ·W) and everything below is chosen on x·Q. With `smooth`, SmoothQuant: x / s and diag(s)·W compute the same
     product, s_j = max|x_j|^α / max|W_j|^(1−α) moves outlier channels of x into the weights. α (0 =
     no smoothing) is picked per tensor by the relative error of the quantized linears' outputs on
     *held-out* calibration rows: s and the scale are fitted on the first half of the rows (the first
@@ -269,6 +274,8 @@ def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smoo
         ws = [lin.weight.T if lin.channel_axis == 0 else lin.weight for lin in plan.linears
               if lin.mode == "w8a8" and lin.node.inputs[0].name == name]   # each (K, N)
         w = np.concatenate(ws, axis=1).astype(np.float32)
+        if rotate_inputs:
+            x, w = rotate.apply(x), (rotate.matrix(w.shape[0]).T @ w).astype(np.float32)
         half = len(x) // 2
         fit, held = (x[:half], x[half:]) if half >= MIN_SPLIT_ROWS else (x, x)
         search = "percentile" if method == "entropy" else method
@@ -278,15 +285,16 @@ def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smoo
             wq = _quantized_weight(w, s)
             err = _output_error(held / s, held @ w, _act_amax(fit, w, s, wq, search), wq)
             if best is None or err < best.error:
-                best = ActScale(0.0, None if alpha == 0 else s, alpha, err)
+                best = ActScale(0.0, None if alpha == 0 else s, alpha, err, rotate_inputs)
         s = _smoothing(x, w, best.alpha)
         best.smooth = None if best.alpha == 0 else s
         best.amax = _act_amax(x, w, s, _quantized_weight(w, s), method)
         out[name] = best
     if out:
         errs = [a.error for a in out.values()]
-        log.info("activation scales: %d tensors (%d smoothed), α %s, held-out output error mean %.4f max %.4f",
-                 len(out), sum(a.smooth is not None for a in out.values()), sorted({a.alpha for a in out.values()}),
+        log.info("activation scales: %d tensors (%d rotated, %d smoothed), α %s, held-out output error mean %.4f "
+                 "max %.4f", len(out), sum(a.rotated for a in out.values()),
+                 sum(a.smooth is not None for a in out.values()), sorted({a.alpha for a in out.values()}),
                  float(np.mean(errs)), float(np.max(errs)))
     return out
 
@@ -327,6 +335,7 @@ def _smoothing(x: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
 class _Builder:
     def __init__(self, graph: gs.Graph):
         self.graph, self.count = graph, 0
+        self.rotations: dict = {}  # rotate.graph_nodes' shared constants
 
     def node(self, op: str, inputs: list, dtype, name: str, **attrs) -> gs.Variable:
         self.count += 1
@@ -339,10 +348,15 @@ class _Builder:
         return self.node("Cast", [x], onnx.helper.tensor_dtype_to_np_dtype(to), name, to=to)
 
 
-def _weight_dq(b: _Builder, lin: DenseLinear, name: str, smooth: np.ndarray | None = None) -> gs.Variable:
+def _weight_dq(b: _Builder, lin: DenseLinear, name: str, smooth: np.ndarray | None = None,
+               rotated: bool = False) -> gs.Variable:
     """INT8 weight + per-output-channel scales → DequantizeLinear(axis = channel axis), float32.
-    A MatMul weight (K, N) has its channels on axis 1 (a Gemm's transposed B (N, K) on axis 0)."""
+    A MatMul weight (K, N) has its channels on axis 1 (a Gemm's transposed B (N, K) on axis 0).
+    `rotated`: the weight is Qᵀ·W (rotate.py) before smoothing and rounding."""
     w, axis = lin.weight.astype(np.float32), lin.channel_axis
+    if rotated:
+        q = rotate.matrix(w.shape[1 - axis])
+        w = (q.T @ w if axis == 1 else w @ q).astype(np.float32)
     if smooth is not None:  # diag(s)·W: the input channels are W's rows (K, N), a transposed B's columns
         w = w * (smooth[None, :] if axis == 0 else smooth[:, None])
     scales = per_channel_weight_scales(w, axis=axis)
@@ -354,8 +368,10 @@ def _weight_dq(b: _Builder, lin: DenseLinear, name: str, smooth: np.ndarray | No
     return b.node("DequantizeLinear", [q, s, zp], np.float32, name, axis=axis)
 
 
-def _activation_qdq(b: _Builder, x: gs.Tensor, act: ActScale, fp16: bool, name: str) -> gs.Variable:
+def _activation_qdq(b: _Builder, x: gs.Tensor, act: ActScale, fp16: bool, k: int, name: str) -> gs.Variable:
     x32 = b.cast(x, _FLOAT, name) if fp16 else x
+    if act.rotated:  # x·Q before the Q (float32, inside the island), weights hold Qᵀ·W
+        x32 = rotate.graph_nodes(b.node, x32, k, name, b.rotations)
     if act.smooth is not None:  # x / s (a per-channel Mul TensorRT fuses with the producer's pointwise ops)
         x32 = b.node("Mul", [x32, gs.Constant(f"{name}.smooth_inv", (1.0 / act.smooth).astype(np.float32))],
                      np.float32, name)
@@ -375,10 +391,10 @@ def _quantize_linear(b: _Builder, lin: DenseLinear, scales: dict, types: dict, s
         node.inputs[1] = b.cast(w, _HALF, name) if fp16 else w
         return
     act = scales[x.name]
-    w = _weight_dq(b, lin, name, act.smooth)
+    w = _weight_dq(b, lin, name, act.smooth, act.rotated)
     key = x.name
     if key not in shared:  # one Q/DQ pair per activation tensor (q/k/v share their input)
-        shared[key] = _activation_qdq(b, x, act, fp16, f"{name}/input")
+        shared[key] = _activation_qdq(b, x, act, fp16, lin.weight.shape[1 - lin.channel_axis], f"{name}/input")
     node.inputs[0], node.inputs[1] = shared[key], w
     if fp16 and len(node.inputs) > 2 and const_value(node.inputs[2]) is not None:  # Gemm bias joins the island
         node.inputs[2] = gs.Constant(f"{name}.bias_fp32", const_value(node.inputs[2]).astype(np.float32))
@@ -454,6 +470,7 @@ def quantize_graph(graph: gs.Graph, plan: Int8Plan, scales: dict[str, ActScale],
         _quantize_phm(b, node, types, done)
     graph.cleanup().toposort()
     counts = {**plan.counts(), "activation_qdq": len(shared), "phm_int8_nodes": len(phm),
-              "smoothed": sum(1 for a in scales.values() if a.smooth is not None)}
+              "smoothed": sum(1 for a in scales.values() if a.smooth is not None),
+              "rotated": sum(1 for a in scales.values() if a.rotated)}
     log.info("quantize_graph: %s", counts)
     return counts

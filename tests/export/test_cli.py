@@ -84,6 +84,14 @@ def test_config_validation():
     assert ExportConfig(fp16=True).precision == "fp16"
     both = ExportConfig(fp16=True, int8=True)
     assert (both.precision, both.activations) == ("int8", "fp16")
+    # SmoothQuant's default follows the rotation (on only for unrotated inputs); explicit values win
+    assert (both.int8_rotate, both.smooth) == (True, False)
+    assert ExportConfig(int8=True, int8_rotate=False).smooth is True
+    assert ExportConfig(int8=True, int8_smooth=True).smooth is True
+    with pytest.raises(ValueError, match="int8_smooth must be a bool"):
+        ExportConfig(int8=True, int8_smooth="yes")
+    with pytest.raises(ValueError, match="only used with int8"):
+        ExportConfig(int8_rotate=False)
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

@@ -156,6 +156,44 @@ def test_vlm_int8_exports_and_runs(store):
         assert all(np.isfinite(o).all() for o in session(art / f"{kind}.onnx").run(None, feed))
 
 
+def _rotated_quantizers(model: onnx.ModelProto) -> int:
+    """QuantizeLinears whose input is Reshape(MatMul(·, rotation Hadamard)): x·Q (rotate.graph_nodes)."""
+    prod, count = _producers(model), 0
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear":
+            r = prod.get(n.input[0])
+            mm = prod.get(r.input[0]) if r is not None and r.op_type == "Reshape" else None
+            count += mm is not None and mm.op_type == "MatMul" and mm.input[1].startswith("rotation_")
+    return count
+
+
+def test_rotation_by_default_and_off_switch(store, tmp_path):
+    """--int8 rotates every W8A8 input (a Reshape back from x·Q feeds each QuantizeLinear, no
+    smoothing); --no-int8-rotation quantizes x itself and brings SmoothQuant's α search back."""
+    on = store.artifacts("llama", True, int8=True)
+    summary = json.loads((on / "manifest.json").read_text())["graphs"]["decoder"]["int8"]
+    assert (summary["rotated"], summary["smoothed"], summary["activation_qdq"]) == (4, 0, 4)
+    model = onnx.load(str(on / "decoder.trt.onnx"))
+    assert _rotated_quantizers(model) == 4
+    assert {i.name for i in model.graph.initializer} >= {"rotation_32.hadamard", "rotation_32.view"}  # K = 32
+    off = tmp_path / "off"
+    result = CliRunner().invoke(main, [str(store.checkpoint("llama", True)), "--int8", "--no-int8-rotation",
+                                       "--out", str(off)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((off / "manifest.json").read_text())["graphs"]["decoder"]["int8"]
+    assert summary["rotated"] == 0
+    model = onnx.load(str(off / "decoder.trt.onnx"))
+    assert _rotated_quantizers(model) == 0
+    assert not any(i.name.startswith("rotation_") for i in model.graph.initializer)
+    assert json.loads((off / "export_config.json").read_text())["int8_rotate"] is False
+
+
+def test_no_rotation_flag_needs_int8(store):
+    result = CliRunner().invoke(main, [str(store.checkpoint("llama", True)), "--no-int8-rotation"])
+    assert result.exit_code != 0 and "only used with int8" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_weights_only_has_no_activation_qdq(store, tmp_path):
     art = tmp_path / "wo"  # through the CLI flag: --int8 --int8-weights-only = ExportConfig(int8_activations=False)
     result = CliRunner().invoke(main, [str(store.checkpoint("llama", True)), "--int8", "--int8-weights-only",

@@ -1,4 +1,4 @@
-"""quantize.py on hand-built graphs: Q/DQ semantics against numpy, weight channel axis, smoothing."""
+"""quantize.py on hand-built graphs: Q/DQ semantics against numpy, weight channel axis, rotation, smoothing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 
+from phm.export import rotate
 from phm.export.calibrate import per_channel_weight_scales, quantize_symmetric
 from phm.export.quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
 
@@ -39,21 +40,25 @@ def _data(seed=0, outlier=40.0):
 
 
 @pytest.mark.parametrize("gemm", [False, True], ids=["matmul", "gemm"])
-@pytest.mark.parametrize("smooth", [False, True])
-def test_w8a8_graph_equals_numpy_fake_quant(gemm, smooth):
+@pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth"])
+@pytest.mark.parametrize("rotated", [False, True], ids=["", "rotated"])
+def test_w8a8_graph_equals_numpy_fake_quant(gemm, smooth, rotated):
     x, w = _data()
     graph = _graph(w, gemm)
     plan = plan_int8(graph)
     assert [(lin.role, lin.mode) for lin in plan.linears] == [("lm_head", "float")]  # its output is the graph's
     plan.linears[0].mode = "w8a8"
     acts = collect_activations(gs.export_onnx(graph), ["x"], [{"x": x}], {})
-    scales = choose_scales(plan, acts, "minmax", smooth=smooth)
+    scales = choose_scales(plan, acts, "minmax", smooth=smooth, rotate_inputs=rotated)
     act = scales["x"]
-    assert (act.smooth is not None) == smooth  # the outlier channel makes smoothing win the α search
+    assert act.rotated == rotated
+    if not rotated:  # the outlier channel makes smoothing win the α search (rotation spreads it first)
+        assert (act.smooth is not None) == smooth
     quantize_graph(graph, plan, scales, {})
     got = _run(graph, x)
-    s = act.smooth if smooth else np.ones(16, np.float32)
-    xs, ws = x / s, w * s[:, None]
+    q = rotate.matrix(16) if rotated else np.eye(16)
+    s = act.smooth if act.smooth is not None else np.ones(16, np.float32)
+    xs, ws = (x @ q).astype(np.float32) / s, (q.T @ w).astype(np.float32) * s[:, None]
     assert act.amax == pytest.approx(np.abs(xs).max())  # minmax of the smoothed input
     sx, sw = np.float32(act.amax / 127), per_channel_weight_scales(ws, axis=1)
     ref = (quantize_symmetric(xs, sx).astype(np.float32) * sx) @ (quantize_symmetric(ws, sw) * sw)
@@ -68,8 +73,57 @@ def test_smoothing_cuts_the_error_on_outlier_channels():
     plan = plan_int8(graph)
     plan.linears[0].mode = "w8a8"
     acts = {"x": x}
-    plain, smoothed = (choose_scales(plan, acts, "percentile", smooth=s)["x"] for s in (False, True))
+    plain, smoothed = (choose_scales(plan, acts, "percentile", smooth=s, rotate_inputs=False)["x"] for s in (False, True))
     assert smoothed.alpha > 0 and smoothed.error < 0.5 * plain.error
+
+
+def test_rotation_cuts_the_error_on_outlier_channels():
+    """One outlier channel (x60): a per-tensor scale set by it leaves the other 63 channels a few
+    levels; rotated, the outlier's energy is spread over all 64 channels and every channel gets
+    fine steps. No smoothing on either side, so the rotation alone is measured."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1024, 64)).astype(np.float32)
+    x[:, 11] *= 60.0
+    w = (rng.standard_normal((64, 32)) / 8).astype(np.float32)
+    graph = _graph(w)
+    plan = plan_int8(graph)
+    plan.linears[0].mode = "w8a8"
+    plain, rotated = (choose_scales(plan, {"x": x}, "percentile", smooth=False, rotate_inputs=r)["x"]
+                      for r in (False, True))
+    assert rotated.rotated and rotated.error < 0.3 * plain.error
+
+
+@pytest.mark.parametrize("k", [1, 7, 16, 96, 384, 576, 1024])
+def test_rotation_is_orthogonal_and_the_fast_form_matches(k):
+    """Q = R_m ⊗ H_p is orthogonal, and Rᵀ·X·H on (…, m, p) (what the graph computes) equals x·Q."""
+    q = rotate.matrix(k)
+    np.testing.assert_allclose(q @ q.T, np.eye(k), atol=1e-10)
+    r, h = rotate.factors(k)
+    assert r.shape[0] * h.shape[0] == k and h.shape[0] == min(k & -k, rotate.MAX_HADAMARD)
+    x = np.random.default_rng(k).standard_normal((2, 3, k)).astype(np.float32)
+    np.testing.assert_allclose(rotate.apply(x), x @ q, rtol=1e-4, atol=1e-4)
+
+
+def test_rotation_subgraph_keeps_any_rank():
+    """The graph's x·Q on a (B, T, K) input (decoder activations) equals numpy's, shape kept."""
+    k = 96
+    x = gs.Variable("x", dtype=np.float32, shape=["B", "T", k])
+    graph = gs.Graph(inputs=[x], opset=17)
+    count = [0]
+
+    def node(op, inputs, dtype, name, **attrs):
+        count[0] += 1
+        out = gs.Variable(f"{name}_{count[0]}", dtype=dtype)
+        graph.nodes.append(gs.Node(op, f"{name}/{op}_{count[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+    y = rotate.graph_nodes(node, x, k, "rot", {})
+    y.shape = ["B", "T", k]
+    graph.outputs = [y]
+    xv = np.random.default_rng(0).standard_normal((2, 5, k)).astype(np.float32)
+    got = _run(graph, xv)
+    assert got.shape == xv.shape
+    np.testing.assert_allclose(got, xv @ rotate.matrix(k), rtol=1e-4, atol=1e-4)
 
 
 def test_smoothing_is_chosen_on_held_out_rows():
@@ -85,12 +139,12 @@ def test_smoothing_is_chosen_on_held_out_rows():
     graph = _graph(w)
     plan = plan_int8(graph)
     plan.linears[0].mode = "w8a8"
-    act = choose_scales(plan, {"x": x}, "percentile")["x"]
+    act = choose_scales(plan, {"x": x}, "percentile", rotate_inputs=False)["x"]
     assert act.alpha == 0 and act.smooth is None
     stable = x.copy()
     stable[:, 9] /= 40.0
     stable[256:, 3] *= 40.0
-    assert choose_scales(plan, {"x": stable}, "percentile")["x"].alpha > 0
+    assert choose_scales(plan, {"x": stable}, "percentile", rotate_inputs=False)["x"].alpha > 0
 
 
 def test_mse_clips_a_lone_spike():
@@ -109,7 +163,7 @@ def test_mse_clips_a_lone_spike():
     wq = quantize_symmetric(w, sw) * sw
     errors = {}
     for method in ("minmax", "mse"):
-        act = choose_scales(plan, {"x": x}, method, smooth=False)["x"]
+        act = choose_scales(plan, {"x": x}, method, smooth=False, rotate_inputs=False)["x"]
         sx = np.float32(act.amax / 127)
         errors[method] = np.linalg.norm((quantize_symmetric(x, sx).astype(np.float32) * sx) @ wq - x @ w)
         if method == "mse":
