@@ -2,7 +2,7 @@
 
     plan = plan_int8(graph, lm_head=False)                 # which MatMuls get what
     acts = collect_activations(ort_model, plan.activation_tensors, feeds, types)   # ORT, float graph
-    scales = choose_scales(plan, acts, "percentile")       # SmoothQuant α per tensor + amax
+    scales = choose_scales(plan, acts, "mse")              # rotation, (SmoothQuant α,) amax per tensor
     counts = quantize_graph(graph, plan, scales, types)     # Q/DQ + INT8 PHM cores, in place
 
 Dense linears are MatMuls whose second input is a constant 2-D weight W (K, N) (or the transpose of
@@ -16,8 +16,9 @@ What each gets (TensorRT 10 explicit quantization, ONNX opset 17 as exported):
 - attention (and the LM head with `lm_head=True`): W8A8. The input activation goes through
   QuantizeLinear → DequantizeLinear with one per-tensor scale from the calibrator (one Q/DQ pair per
   tensor, shared by q/k/v), after an orthogonal rotation x·Q computed in the graph (rotate.py; Qᵀ·W
-  folded into the weight; on by default) and SmoothQuant smoothing where it helps: Mul(x, 1/s) before the Q and
-  diag(s)·W in the weight, α chosen per tensor on held-out calibration activations (`choose_scales`); the weight is stored as an INT8 initializer with per-output-channel scales
+  folded into the weight; on by default) and/or SmoothQuant smoothing (by default only without the
+  rotation): Mul(x, 1/s) before the Q and diag(s)·W in the weight, α chosen per tensor on held-out
+  calibration activations (`choose_scales`); the weight is stored as an INT8 initializer with per-output-channel scales
   (max |W[:, n]| / 127) feeding DequantizeLinear(axis=1: the channel axis of a MatMul weight (K, N)).
   TensorRT fuses DQ → MatMul ← DQ into an INT8 GEMM.
 - dense MLP linears: INT8 weight-only (weight DQ, activations float): the same treatment as the PHM
@@ -255,9 +256,9 @@ def _amax(x: np.ndarray, method: str) -> float:
 def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smooth: bool = True,
                   rotate_inputs: bool = True) -> dict:
     """ActScale per W8A8 input tensor. With `rotate_inputs`, every tensor is rotated first (rotate.py:
-    x·Q is quantized against Qᵀ·W) and everything below is chosen on x·Q. With `smooth`, SmoothQuant: x / s and diag(s)·W compute the same
-    product, s_j = max|x_j|^α / max|W_j|^(1−α) moves outlier channels of x into the weights. α (0 =
-    no smoothing) is picked per tensor by the relative error of the quantized linears' outputs on
+    x·Q is quantized against Qᵀ·W) and everything below is chosen on x·Q. With `smooth`, SmoothQuant:
+    x / s and diag(s)·W compute the same product, s_j = max|x_j|^α / max|W_j|^(1−α) moves outlier
+    channels of x into the weights. α (0 = no smoothing) is picked per tensor by the relative error of the quantized linears' outputs on
     *held-out* calibration rows: s and the scale are fitted on the first half of the rows (the first
     prompts) and scored on the second. Scoring on the rows s was fitted to favours smoothing where it
     overfits: on SmolLM2 the attention output (o_proj's input) has channels whose calibration maxima

@@ -73,7 +73,8 @@ def test_smoothing_cuts_the_error_on_outlier_channels():
     plan = plan_int8(graph)
     plan.linears[0].mode = "w8a8"
     acts = {"x": x}
-    plain, smoothed = (choose_scales(plan, acts, "percentile", smooth=s, rotate_inputs=False)["x"] for s in (False, True))
+    plain, smoothed = (choose_scales(plan, acts, "percentile", smooth=s, rotate_inputs=False)["x"]
+                       for s in (False, True))
     assert smoothed.alpha > 0 and smoothed.error < 0.5 * plain.error
 
 
