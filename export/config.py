@@ -56,9 +56,11 @@ class ExportConfig:
         for name in ("calib_data", "int8_lm_head", "report_data"):
             if not self.int8 and getattr(self, name) not in (None, False):
                 raise ValueError(f"{name} is only used with int8")
-        for name in ("int8_smooth", "int8_rotate", "int8_activations"):
-            if not isinstance(getattr(self, name), bool) and not (name == "int8_smooth" and self.int8_smooth is None):
+        for name in ("int8_rotate", "int8_activations"):
+            if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.int8_smooth is not None and not isinstance(self.int8_smooth, bool):
+            raise ValueError(f"int8_smooth must be a bool or None, got {self.int8_smooth!r}")
         if not self.int8 and not self.int8_activations:
             raise ValueError("int8_activations=False (--int8-weights-only) is only used with int8")
         if not self.int8 and not self.int8_rotate:

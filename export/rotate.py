@@ -67,10 +67,9 @@ def matrix(k: int) -> np.ndarray:
     return np.kron(*_factors64(k))
 
 
-def apply(x: np.ndarray, k: int | None = None) -> np.ndarray:
+def apply(x: np.ndarray) -> np.ndarray:
     """x·Q on the last axis, computed as the graph does (Rᵀ·X·H on (…, m, p)), float32."""
-    k = k or x.shape[-1]
-    r, h = factors(k)
+    r, h = factors(x.shape[-1])
     xs = np.asarray(x, np.float32).reshape(-1, r.shape[0], h.shape[0])
     return np.matmul(r.T, xs @ h).reshape(x.shape)
 

@@ -10,7 +10,7 @@ import pytest
 
 from phm.export import rotate
 from phm.export.calibrate import per_channel_weight_scales, quantize_symmetric
-from phm.export.quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
+from phm.export.quantize import _Builder, choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
 
 
 def _graph(w: np.ndarray, gemm: bool = False) -> gs.Graph:
@@ -110,15 +110,8 @@ def test_rotation_subgraph_keeps_any_rank():
     k = 96
     x = gs.Variable("x", dtype=np.float32, shape=["B", "T", k])
     graph = gs.Graph(inputs=[x], opset=17)
-    count = [0]
-
-    def node(op, inputs, dtype, name, **attrs):
-        count[0] += 1
-        out = gs.Variable(f"{name}_{count[0]}", dtype=dtype)
-        graph.nodes.append(gs.Node(op, f"{name}/{op}_{count[0]}", attrs=attrs, inputs=inputs, outputs=[out]))
-        return out
-
-    y = rotate.graph_nodes(node, x, k, "rot", {})
+    builder = _Builder(graph)  # the node builder quantize_graph passes to rotate.graph_nodes
+    y = rotate.graph_nodes(builder.node, x, k, "rot", builder.rotations)
     y.shape = ["B", "T", k]
     graph.outputs = [y]
     xv = np.random.default_rng(0).standard_normal((2, 5, k)).astype(np.float32)
