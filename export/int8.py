@@ -45,7 +45,7 @@ from .report import ReportRow, encoder_metrics, metrics, write_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALIB_TOKENS", "Int8Stage", "heldout_windows", "text_to_ids"]
+__all__ = ["CALIB_TOKENS", "Int8Stage", "heldout_sentences", "heldout_windows", "text_to_ids"]
 
 CALIB_TOKENS = 128   # tokens per calibration prompt (longer ones are cut)
 WINDOW = 128         # tokens per held-out evaluation window
@@ -69,15 +69,35 @@ def text_to_ids(text: str, tokenizer, vocab: int) -> list[int]:
     return [b % vocab for b in text.encode("utf-8")]
 
 
+def _heldout_texts() -> list[str]:
+    """The chatterbot utterances of the trainer's held-out split: text no student trained on."""
+    from phm.trainer.data import chatterbot_texts, split_holdout
+
+    return split_holdout(chatterbot_texts())[1]
+
+
 def heldout_windows(tokenizer, vocab: int, tokens: int, window: int = WINDOW) -> list[np.ndarray]:
     """Windows (1, ≤ window) of held-out real text, `tokens` ids in all (fewer if the text runs out)."""
-    from phm.trainer.data import chatterbot_texts, split_holdout, token_windows
+    from phm.trainer.data import token_windows
 
-    _, held = split_holdout(chatterbot_texts())
-    ids = text_to_ids("\n".join(held), tokenizer, vocab)[:tokens]
+    ids = text_to_ids("\n".join(_heldout_texts()), tokenizer, vocab)[:tokens]
     if len(ids) < 2:
         raise ValueError("the held-out text gave fewer than 2 tokens")
     return [np.array([w], dtype=np.int64) for w in token_windows(ids, window)]
+
+
+def heldout_sentences(tokenizer, vocab: int, tokens: int, window: int = WINDOW) -> list[np.ndarray]:
+    """Held-out sentences (1, ≤ window) one each, with the tokenizer's special tokens (as sentence encoders
+    read them), until `tokens` ids are reached; one-token sentences are skipped."""
+    sentences, total = [], 0
+    for text in _heldout_texts():
+        if total >= tokens:
+            break
+        ids = (list(tokenizer(text)["input_ids"]) if tokenizer is not None else text_to_ids(text, None, vocab))[:window]
+        if len(ids) > 1:
+            sentences.append(np.array([ids], np.int64))
+            total += len(ids)
+    return sentences
 
 
 class Int8Stage:
@@ -86,6 +106,7 @@ class Int8Stage:
     def __init__(self, model, model_dir: Path, config, on_stage: Callable[[str], None]):
         self.model, self.model_dir, self.config, self.stage = model, model_dir, config, on_stage
         self.samples = load_calibration_data(config.calib_data)  # ValueError on empty/invalid data
+        self.processor = None  # the VLM's image processor, loaded once by _answer_samples when answers are asked
         self.answer_samples = self._answer_samples()
         self.tokenizer = _tokenizer(model_dir)
         self.vocab = text_config(model).vocab_size
@@ -108,7 +129,7 @@ class Int8Stage:
             samples = [s for s in self.samples if s.image is not None] if vlm else []
             try:
                 if samples:
-                    image_processor(self.model_dir)
+                    self.processor = image_processor(self.model_dir)
             except ValueError as e:  # the answers are optional here: the report goes on without them
                 log.warning("INT8 report: no answer agreement on the calibration images: %s", e)
                 return []
@@ -120,7 +141,7 @@ class Int8Stage:
                    if s.image is not None]
         if not samples:
             raise ValueError(f"report data {self.config.report_data} holds no image")
-        image_processor(self.model_dir)  # asked for explicitly: a missing processor is an error before any work
+        self.processor = image_processor(self.model_dir)  # asked for explicitly: missing is an error before any work
         return samples
 
     # -- feeds --------------------------------------------------------------------------------
@@ -247,19 +268,9 @@ class Int8Stage:
         sentence embeddings to FP32's."""
         import onnxruntime as ort
 
-        from phm.trainer.data import chatterbot_texts, split_holdout
-
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out sentences")
-        _, held = split_holdout(chatterbot_texts())
-        sentences, total = [], 0
-        for text in held:
-            if total >= self.config.report_tokens:
-                break
-            ids = (list(self.tokenizer(text)["input_ids"]) if self.tokenizer is not None
-                   else text_to_ids(text, None, self.vocab))[:WINDOW]
-            if len(ids) > 1:
-                sentences.append(np.array([ids], np.int64))
-                total += len(ids)
+        sentences = heldout_sentences(self.tokenizer, self.vocab, self.config.report_tokens)
+        total = sum(ids.shape[1] for ids in sentences)
         sess = ort.InferenceSession(str(art_dir / encoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
         model16 = copy.deepcopy(self.model).half()
         outs = {"fp32": [], "fp16": [], "int8": []}
@@ -298,7 +309,7 @@ class Int8Stage:
             self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{n} (FP32, FP16, INT8)")
 
         answers = greedy_answers(self.model, self.model_dir, art_dir, vision_entry, self.answer_samples,
-                                 self.tokenizer, self.vocab, on_sample=tick)
+                                 self.tokenizer, self.vocab, on_sample=tick, processor=self.processor)
         precision = {"fp32": "fp32", "fp16": "fp16", "int8": rows[-1].precision}
         by_precision = {precision[k]: answer_agreement(answers["fp32"], v) for k, v in answers.items()}
         rows = [replace(r, metrics=replace(r.metrics, answer_agreement=by_precision[r.precision])) for r in rows]

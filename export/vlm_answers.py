@@ -44,11 +44,13 @@ def _prompt_ids(spec: VisionSpec, text: str, tokenizer, vocab: int) -> list[int]
 
 
 def greedy_answers(model, model_dir: Path, art_dir: Path, vision_entry: dict, samples: list, tokenizer,
-                   vocab: int, max_new_tokens: int = ANSWER_TOKENS, on_sample=None) -> dict[str, list[list[int]]]:
+                   vocab: int, max_new_tokens: int = ANSWER_TOKENS, on_sample=None,
+                   processor=None) -> dict[str, list[list[int]]]:
     """{"fp32" | "fp16" | "int8": one greedy answer (token ids, stop token included) per image sample}.
-    `vision_entry`: the vision graph's manifest entry (image size / grid, image tokens)."""
+    `vision_entry`: the vision graph's manifest entry (image size / grid, image tokens); `processor`: the
+    model dir's image processor if the caller already loaded it."""
     spec = VisionSpec.from_config(json.loads((model_dir / "config.json").read_text()), vision_entry)
-    processor = image_processor(model_dir)
+    processor = processor or image_processor(model_dir)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=stop_ids(tokenizer, model_dir),
                            pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
     backends = {"fp32": TorchBackend(model), "fp16": TorchBackend(copy.deepcopy(model).half()),

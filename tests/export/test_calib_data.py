@@ -44,3 +44,20 @@ def test_image_without_caption_is_an_image_only_sample_for_calibration_not_for_t
     assert sample.text == "" and sample.image == tmp_path / "dog.png"
     with pytest.raises(ValueError, match="has no caption file dog.txt"):
         read_samples(tmp_path)
+
+
+def test_heldout_report_text_is_the_trainers_held_out_split():
+    """The INT8 report's text (windows for LMs, sentences for encoders) comes from the held-out split only."""
+    from phm.export.int8 import heldout_sentences, heldout_windows
+    from phm.trainer.data import chatterbot_texts, split_holdout
+
+    train, held = split_holdout(chatterbot_texts())
+    vocab = 256  # no tokenizer: UTF-8 bytes mod vocab, so the ids decode back to the text
+    windows = heldout_windows(None, vocab, tokens=300, window=64)
+    assert [w.shape[1] for w in windows] == [64] * 4 + [300 - 4 * 64]
+    joined = bytes(int(i) for w in windows for i in w[0]).decode()
+    assert joined == "\n".join(held)[:300]
+    sentences = heldout_sentences(None, vocab, tokens=200, window=64)
+    texts = [bytes(int(i) for i in s[0]).decode() for s in sentences]
+    assert all(len(t) > 1 for t in texts) and set(texts) <= {h[:64] for h in held} and not set(texts) & set(train)
+    assert sum(len(t) for t in texts) >= 200 > sum(len(t) for t in texts[:-1])
