@@ -29,6 +29,11 @@ def _csv(choices):
 @click.option("--data", default=None, help="JSONL/TXT file, image+caption folder, or 'chatterbot'. "
               "Without it: data-free KD on text sampled from the teacher.")
 @click.option("--data-free-samples", default=256, show_default=True, type=click.IntRange(1), help="Texts to sample.")
+@click.option("--augment-lm", default=None, metavar="LM_DIR",
+              help="Add this chat LM's sampled replies to the --data texts as more training text "
+              "(e.g. sample:smollm2; for small corpora and encoders, see docs/trainer.md).")
+@click.option("--augment-rounds", default=1, show_default=True, type=click.IntRange(1),
+              help="Replies sampled per text with --augment-lm.")
 @click.option("--bases", default=2, show_default=True, type=int, help="B per PHM layer (1..n²).")
 @click.option("--n", "n", default=2, show_default=True, type=int, help="Hypercomplex dimension.")
 @click.option("--top-k-b3", default=0, show_default=True, type=click.IntRange(0), help="Top K language layers get B=3.")
@@ -46,6 +51,12 @@ def _csv(choices):
 @click.option("--core-lr", default=2e-3, show_default=True, type=float, help="PHM core learning rate.")
 @click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
               help="Epochs of layer-wise local distillation on cached activations before the KD loop (0: off).")
+@click.option("--local-batches", default=64, show_default=True, type=click.IntRange(0),
+              help="Training batches the local stage caches activations of (0: all).")
+@click.option("--hidden-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the per-layer hidden-state KD term.")
+@click.option("--recon-weight", default=0.05, show_default=True, type=click.FloatRange(0),
+              help="Weight of the per-linear reconstruction term (stage A).")
 @click.option("--schedule", type=click.Choice(["progressive", "abrupt"]), default="progressive", show_default=True)
 @click.option("--lora-r", default=8, show_default=True, type=click.IntRange(0), help="0 disables LoRA.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(0))
@@ -54,8 +65,9 @@ def _csv(choices):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
-def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers, projections, init, steps, epochs,
-         batch_size, max_length, pack, lr, core_lr, local_epochs, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
+def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds, bases, n, top_k_b3, towers,
+         projections, init, steps, epochs, batch_size, max_length, pack, lr, core_lr, local_epochs, local_batches,
+         hidden_weight, recon_weight, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -67,11 +79,13 @@ def main(model_dir, out_dir, data, data_free_samples, bases, n, top_k_b3, towers
     try:
         phm = PHMConfig(n=n, num_bases=bases, towers=towers, projections=projections, top_k_b3=top_k_b3,
                         init="random" if init == "random" else "projection")
-        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, pack=pack, lr=lr, core_lr=core_lr,
-                            local_epochs=local_epochs, schedule=schedule, lora_r=lora_r, calibrate_init=init == "calibrated",
-                            checkpoint_every=checkpoint_every, log_every=log_every, device=device, seed=seed)
+        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, pack=pack, lr=lr,
+                            core_lr=core_lr, local_epochs=local_epochs, local_batches=local_batches,
+                            hidden_weight=hidden_weight, recon_weight=recon_weight, schedule=schedule, lora_r=lora_r,
+                            calibrate_init=init == "calibrated", checkpoint_every=checkpoint_every,
+                            log_every=log_every, device=device, seed=seed)
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,
-                    epochs=epochs)
+                    epochs=epochs, augment_lm=augment_lm, augment_rounds=augment_rounds)
     except (ValueError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # disk full, file too large, permissions: nothing half-written (atomic writes)

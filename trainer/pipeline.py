@@ -5,6 +5,7 @@
       train_log.jsonl                  loss / λ / lr per logged step
       train_state/                     resumable training state (distill.py), every N steps
       teacher_samples.jsonl            data-free runs: the sampled texts (reused on --resume)
+      augment_samples.jsonl            --augment-lm runs: the LM's reply sentences (reused on --resume)
 
 Nothing in `out/` is ever half-written: the state and the final checkpoint are swapped in
 atomically, so an interrupted run leaves the last complete state, from which --resume continues.
@@ -24,12 +25,30 @@ from .distill import STATE_DIR_NAME, DistillConfig, distill, read_state
 from .fsutil import atomic_write_text, recover_dir
 from .inject import PHMConfig, inject_phm
 from .models import load_pretrained, load_tokenizer, resolve_model_dir
+from .textgen import reply_sentences
 
-__all__ = ["TEACHER_SAMPLES_NAME", "train"]
+__all__ = ["AUGMENT_SAMPLES_NAME", "TEACHER_SAMPLES_NAME", "train"]
 
 log = logging.getLogger(__name__)
 
 TEACHER_SAMPLES_NAME = "teacher_samples.jsonl"
+AUGMENT_SAMPLES_NAME = "augment_samples.jsonl"
+
+
+def _augment(texts: list[str], out_dir: Path, augment_lm: str, rounds: int, seed: int) -> list[str]:
+    """`texts` plus the reply sentences of the chat LM `augment_lm` to them (textgen.py), cached in out_dir."""
+    cache, lm_dir = out_dir / AUGMENT_SAMPLES_NAME, resolve_model_dir(augment_lm)
+    # first line: what made the replies, so a rerun with other settings regenerates instead of reusing them
+    meta = {"augment_lm": lm_dir.name, "rounds": rounds, "seed": seed, "prompts": len(texts)}
+    lines = cache.read_text(encoding="utf-8").splitlines() if cache.is_file() else []
+    if lines and json.loads(lines[0]) == meta:
+        replies = [json.loads(line)["text"] for line in lines[1:] if line]
+    else:
+        log.info("--augment-lm: %d round(s) of %s's replies to the %d training texts", rounds, lm_dir.name, len(texts))
+        replies = reply_sentences(load_pretrained(lm_dir), load_tokenizer(lm_dir), texts, rounds=rounds, seed=seed)
+        atomic_write_text(cache, "".join(json.dumps(x) + "\n" for x in [meta] + [{"text": t} for t in replies]))
+    log.info("training on %d texts + %d reply sentences", len(texts), len(replies))
+    return texts + replies
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -57,13 +76,16 @@ def _check_architecture(model_dir: Path) -> None:
 
 
 def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, config: DistillConfig,
-                   data_free_samples: int):
-    """Batches for `data` (path or 'chatterbot'), or teacher-sampled text when data is None."""
+                   data_free_samples: int, augment_lm: str | None = None, augment_rounds: int = 1):
+    """Batches for `data` (path or 'chatterbot'), or teacher-sampled text when data is None; with
+    `augment_lm`, plus that chat LM's replies to the texts."""
     if data is not None:
         samples = read_samples(data)
         if any(s.image is not None for s in samples):
             if config.pack:
                 raise ValueError("--pack applies to text data; this data has images")
+            if augment_lm is not None:
+                raise ValueError("--augment-lm applies to text data; this data has images")
             import transformers
 
             try:
@@ -81,6 +103,8 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
             texts = sample_teacher_texts(model, load_tokenizer(model_dir), data_free_samples,
                                          max_new_tokens=min(config.max_length, 96), seed=config.seed)
             atomic_write_text(cache, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    if augment_lm is not None:
+        texts = _augment(texts, out_dir, augment_lm, augment_rounds, config.seed)
     tokenizer = load_tokenizer(model_dir)
     if config.pack:
         return TokenBatches.packed(tokenizer, texts, config.batch_size, config.max_length, config.seed)
@@ -89,17 +113,23 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
 
 def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, config: DistillConfig,
           data: str | None = None, data_free_samples: int = 256, resume: bool = False,
-          epochs: float | None = None) -> Path:
+          epochs: float | None = None, augment_lm: str | None = None, augment_rounds: int = 1) -> Path:
     """Load `model_dir`, inject PHM, distill, and write the PHM checkpoint dir `out_dir`.
 
-    `epochs` (if given) overrides config.steps with epochs × batches per epoch. Raises ValueError
+    `epochs` (if given) overrides config.steps with epochs × batches per epoch. `augment_lm` (a chat LM's
+    model dir): add its sampled replies to the text data (`augment_rounds` per text). Raises ValueError
     with one clear line on bad input (missing dir, unsupported architecture, empty data, …).
     """
     model_dir, out_dir = resolve_model_dir(model_dir), Path(out_dir)
+    if augment_lm is not None:
+        resolve_model_dir(augment_lm)  # a missing LM dir is an error before any work
+        if augment_rounds < 1:
+            raise ValueError(f"augment rounds must be ≥ 1, got {augment_rounds}")
     _check_out_dir(out_dir, resume)
     created = not out_dir.exists()
     try:
-        return _train(model_dir, out_dir, phm_config, config, data, data_free_samples, resume, epochs)
+        return _train(model_dir, out_dir, phm_config, config, data, data_free_samples, resume, epochs,
+                      augment_lm, augment_rounds)
     except BaseException:
         if created:  # a run that failed before its first state checkpoint leaves no empty out dir behind
             with contextlib.suppress(OSError):
@@ -108,7 +138,8 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
 
 
 def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: DistillConfig, data: str | None,
-           data_free_samples: int, resume: bool, epochs: float | None) -> Path:
+           data_free_samples: int, resume: bool, epochs: float | None, augment_lm: str | None = None,
+           augment_rounds: int = 1) -> Path:
     if resume:
         saved = json.loads((out_dir / STATE_DIR_NAME / "state.json").read_text())
         saved_phm = PHMConfig.from_dict(saved.get("phm", phm_config.to_dict()))
@@ -118,7 +149,7 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
     _check_architecture(model_dir)  # before loading any weights
     model = load_pretrained(model_dir)
     targets = inject_phm(model, phm_config)  # validates architecture and divisibility before any data work
-    batches = _training_data(model, model_dir, out_dir, data, config, data_free_samples)
+    batches = _training_data(model, model_dir, out_dir, data, config, data_free_samples, augment_lm, augment_rounds)
     if epochs is not None:
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
@@ -130,7 +161,7 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
     extra = {"distill_config.json": config.to_json() + "\n",
              "train_log.jsonl": "".join(json.dumps(h) + "\n" for h in history)}
     save_phm_checkpoint(model, phm_config, targets, out_dir, source_dir=model_dir, overwrite=True,
-                        extra_files=extra, keep=(STATE_DIR_NAME, TEACHER_SAMPLES_NAME))
+                        extra_files=extra, keep=(STATE_DIR_NAME, TEACHER_SAMPLES_NAME, AUGMENT_SAMPLES_NAME))
     log.info("wrote %s (%s)", out_dir, PHM_CONFIG_NAME)
     return out_dir
 

@@ -82,6 +82,8 @@ def _bad_arch_dir(tmp_path):
     ("bad_towers", "expected a comma-separated subset of language, vision"),
     ("bad_sample", "unknown sample model 'gpt5'"),
     ("pack_with_images", "--pack applies to text data; this data has images"),
+    ("augment_lm_missing", "does not exist"),
+    ("augment_with_images", "--augment-lm applies to text data; this data has images"),
 ])
 def test_bad_inputs_give_one_line_and_nonzero_exit(case, message, tiny_dirs, tmp_path):
     llama, data = tiny_dirs
@@ -113,13 +115,15 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(case, message, tiny_dirs, tmp
         args += ["--towers", "audio"]
     elif case == "bad_sample":
         args[0] = "sample:gpt5"
-    elif case == "pack_with_images":  # refused before any processor is looked for (the tiny dir has none)
+    elif case in ("pack_with_images", "augment_with_images"):  # refused before any processor is looked for
         from PIL import Image
 
         Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
         (tmp_path / "a.txt").write_text("a black square")
         args[4] = tmp_path
-        args += ["--pack"]
+        args += ["--pack"] if case == "pack_with_images" else ["--augment-lm", llama]
+    elif case == "augment_lm_missing":
+        args += ["--augment-lm", tmp_path / "no-lm"]
     result = _run(*args)
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
