@@ -35,6 +35,7 @@ from phm.trainer.calibrate import calibrate_phm
 from phm.trainer.data import TokenBatches, chatterbot_texts, split_holdout
 from phm.trainer.distill import DistillConfig, distill
 from phm.trainer.evaluate import compare, count_params, reference_outputs
+from phm.trainer.fsutil import atomic_write_text
 from phm.trainer.models import cache_root, load_minilm, load_smollm2
 from phm.trainer.textgen import reply_sentences
 
@@ -65,10 +66,7 @@ def _replies(train: list[str], held: list[str], rounds: int) -> tuple[list[str],
         replies = reply_sentences(lm, tok, train, rounds=rounds, seed=0, exclude=held)
         info = {"rounds": rounds, "sentences": len(replies), "gen_wall_s": round(time.perf_counter() - t0, 1),
                 "gen_cpu_s": round(time.process_time() - c0, 1), "threads": torch.get_num_threads()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"info": info, "texts": replies}))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps({"info": info, "texts": replies}))
     saved = json.loads(path.read_text())
     return saved["texts"], saved["info"]
 

@@ -35,9 +35,9 @@ TEACHER_SAMPLES_NAME = "teacher_samples.jsonl"
 AUGMENT_SAMPLES_NAME = "augment_samples.jsonl"
 
 
-def _augment(texts: list[str], out_dir: Path, augment_lm: str, rounds: int, seed: int) -> list[str]:
-    """`texts` plus the reply sentences of the chat LM `augment_lm` to them (textgen.py), cached in out_dir."""
-    cache, lm_dir = out_dir / AUGMENT_SAMPLES_NAME, resolve_model_dir(augment_lm)
+def _augment(texts: list[str], out_dir: Path, lm_dir: Path, rounds: int, seed: int) -> list[str]:
+    """`texts` plus the reply sentences of the chat LM in `lm_dir` to them (textgen.py), cached in out_dir."""
+    cache = out_dir / AUGMENT_SAMPLES_NAME
     # first line: what made the replies, so a rerun with other settings regenerates instead of reusing them
     meta = {"augment_lm": lm_dir.name, "rounds": rounds, "seed": seed, "prompts": len(texts)}
     lines = cache.read_text(encoding="utf-8").splitlines() if cache.is_file() else []
@@ -76,7 +76,7 @@ def _check_architecture(model_dir: Path) -> None:
 
 
 def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, config: DistillConfig,
-                   data_free_samples: int, augment_lm: str | None = None, augment_rounds: int = 1):
+                   data_free_samples: int, augment_lm: Path | None = None, augment_rounds: int = 1):
     """Batches for `data` (path or 'chatterbot'), or teacher-sampled text when data is None; with
     `augment_lm`, plus that chat LM's replies to the texts."""
     if data is not None:
@@ -122,7 +122,7 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
     """
     model_dir, out_dir = resolve_model_dir(model_dir), Path(out_dir)
     if augment_lm is not None:
-        resolve_model_dir(augment_lm)  # a missing LM dir is an error before any work
+        augment_lm = resolve_model_dir(augment_lm)  # a missing LM dir is an error before any work
         if augment_rounds < 1:
             raise ValueError(f"augment rounds must be ≥ 1, got {augment_rounds}")
     _check_out_dir(out_dir, resume)
@@ -138,7 +138,7 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
 
 
 def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: DistillConfig, data: str | None,
-           data_free_samples: int, resume: bool, epochs: float | None, augment_lm: str | None = None,
+           data_free_samples: int, resume: bool, epochs: float | None, augment_lm: Path | None = None,
            augment_rounds: int = 1) -> Path:
     if resume:
         saved = json.loads((out_dir / STATE_DIR_NAME / "state.json").read_text())
