@@ -103,13 +103,15 @@ def _student(model_name: str, init: str, calibrate: bool, data, calib_batches: i
 
 
 def run_model(model_name: str, steps: int, quick: bool, schedules=("abrupt", "progressive"),
-              step0_rows: bool = True, local_epochs: int | None = None, augment_rounds: int = 0) -> dict:
+              step0_rows: bool = True, local_epochs: int | None = None, augment_rounds: int = 0,
+              group_by_length: bool = True) -> dict:
     s = dict(SETTINGS[model_name])
     if local_epochs is not None:
         s["distill"] = {**s["distill"], "local_epochs": local_epochs}
     teacher, tokenizer = s["load"]()
     train, held, augment = _texts(model_name, tokenizer, quick, augment_rounds)
-    data = TokenBatches.from_texts(tokenizer, train, s["batch_size"], s["max_length"], seed=0)
+    data = TokenBatches.from_texts(tokenizer, train, s["batch_size"], s["max_length"], seed=0,
+                                   group_by_length=group_by_length)
     eval_batches = list(TokenBatches.from_texts(tokenizer, held, 32, s["max_length"]).all_batches())
     objective = s["objective"]
     reference = reference_outputs(teacher, eval_batches, objective)
@@ -128,7 +130,8 @@ def run_model(model_name: str, steps: int, quick: bool, schedules=("abrupt", "pr
     for schedule in schedules:
         model = _student(model_name, "projection", False, data, calib)
         cfg = DistillConfig(steps=steps, batch_size=s["batch_size"], max_length=s["max_length"], schedule=schedule,
-                            objective=objective, progress=False, log_every=max(1, steps // 10), **s["distill"])
+                            group_by_length=group_by_length, objective=objective, progress=False,
+                            log_every=max(1, steps // 10), **s["distill"])
         t0, c0 = time.perf_counter(), time.process_time()
         model, history = distill(model, data, cfg)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -137,7 +140,8 @@ def run_model(model_name: str, steps: int, quick: bool, schedules=("abrupt", "pr
                      "train_cpu_s": round(cpu, 1), "params": count_params(model), "final_loss": history[-1]["loss"],
                      **compare(model, reference, eval_batches, objective)})
     return {"model": model_name, "train_texts": len(train), "heldout_texts": len(held), "rows": rows,
-            "distill": s["distill"], "batch_size": s["batch_size"], "augment": augment}
+            "distill": s["distill"], "batch_size": s["batch_size"], "augment": augment,
+            "group_by_length": group_by_length}
 
 
 def _print(result: dict, console: Console) -> None:
@@ -170,8 +174,12 @@ def _print(result: dict, console: Console) -> None:
 @click.option("--augment-rounds", default=None, type=click.IntRange(0),
               help="Add SmolLM2's sampled replies to the training utterances, this many per utterance "
               "(0 = off; default: the model's setting, 0 with --quick).")
+@click.option("--group-by-length/--no-group-by-length", default=True, show_default=True,
+              help="Batch texts of about one length (the trainer's default); off = the plain shuffled batches "
+              "of the runs recorded before session 8.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON.")
-def main(models, steps, quick, threads, schedules, no_step0, local_epochs, augment_rounds, json_path):
+def main(models, steps, quick, threads, schedules, no_step0, local_epochs, augment_rounds, group_by_length,
+         json_path):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(threads)
@@ -189,7 +197,7 @@ def main(models, steps, quick, threads, schedules, no_step0, local_epochs, augme
         result = run_model(name, n_steps, quick, tuple(x for x in schedules.split(",") if x), not no_step0,
                            1 if quick and local_epochs is None else local_epochs,
                            augment_rounds if augment_rounds is not None else
-                           (0 if quick else SETTINGS[name].get("augment_rounds", 0)))
+                           (0 if quick else SETTINGS[name].get("augment_rounds", 0)), group_by_length)
         result["total_wall_s"] = round(time.perf_counter() - t0, 1)
         _print(result, console)
         results.append(result)

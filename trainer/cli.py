@@ -47,6 +47,8 @@ def _csv(choices):
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--pack", is_flag=True, help="Causal LMs: pack the text into full --max-length windows "
               "(trains every position a long prompt reaches; short lines alone never do).")
+@click.option("--group-by-length/--no-group-by-length", default=True, show_default=True,
+              help="Batch texts of about the same length together (far less padding, so faster steps).")
 @click.option("--lr", default=1e-4, show_default=True, type=float, help="LoRA / bias learning rate.")
 @click.option("--core-lr", default=2e-3, show_default=True, type=float, help="PHM core learning rate.")
 @click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
@@ -66,8 +68,9 @@ def _csv(choices):
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
 def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds, bases, n, top_k_b3, towers,
-         projections, init, steps, epochs, batch_size, max_length, pack, lr, core_lr, local_epochs, local_batches,
-         hidden_weight, recon_weight, schedule, lora_r, checkpoint_every, log_every, device, seed, resume, verbose):
+         projections, init, steps, epochs, batch_size, max_length, pack, group_by_length, lr, core_lr, local_epochs,
+         local_batches, hidden_weight, recon_weight, schedule, lora_r, checkpoint_every, log_every, device, seed, resume,
+         verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -79,8 +82,9 @@ def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds
     try:
         phm = PHMConfig(n=n, num_bases=bases, towers=towers, projections=projections, top_k_b3=top_k_b3,
                         init="random" if init == "random" else "projection")
-        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, pack=pack, lr=lr,
-                            core_lr=core_lr, local_epochs=local_epochs, local_batches=local_batches,
+        cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, pack=pack,
+                            group_by_length=group_by_length, lr=lr, core_lr=core_lr, local_epochs=local_epochs,
+                            local_batches=local_batches,
                             hidden_weight=hidden_weight, recon_weight=recon_weight, schedule=schedule, lora_r=lora_r,
                             calibrate_init=init == "calibrated", checkpoint_every=checkpoint_every,
                             log_every=log_every, device=device, seed=seed)

@@ -191,23 +191,36 @@ class TokenBatches:
     """Deterministic, randomly accessible batches of token sequences (right padding).
 
     `batch(step)` -> {"input_ids": (B, T), "attention_mask": (B, T)}; T = longest in the batch.
+
+    `group_by_length`: each epoch's shuffled order is cut into windows of `GROUP_WINDOW` batches, each
+    window sorted by length and cut into batches, and the batches shuffled again (Hugging Face's
+    `group_by_length` idea). Every batch then holds sequences of about one length, so little of it is
+    padding: on the chatterbot utterances (12.9 tokens on average, up to 64) only 24 % of the token
+    positions of a random batch of 32 are real text, against 96 % grouped, and a CPU step costs about
+    what its padded positions cost. Which sequences share a batch changes; each epoch still visits every
+    sequence once (but the `len(sequences) % batch_size` dropped ones) in a seeded random batch order.
     """
 
-    def __init__(self, sequences: list[list[int]], batch_size: int, pad_id: int = 0, seed: int = 0):
+    GROUP_WINDOW = 50  # batches per sorted window: large enough for near-uniform lengths, small enough to mix
+
+    def __init__(self, sequences: list[list[int]], batch_size: int, pad_id: int = 0, seed: int = 0,
+                 group_by_length: bool = False):
         sequences = [list(s) for s in sequences if len(s) > 0]
         if not sequences:
             raise ValueError("no non-empty token sequences to train on")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sequences, self.batch_size, self.pad_id, self.seed = sequences, batch_size, pad_id, seed
+        self.group_by_length = group_by_length
+        self._epoch_order: tuple[int, torch.Tensor] | None = None  # (epoch, order): batch(step) walks one epoch
 
     @classmethod
     def from_texts(cls, tokenizer, texts: list[str], batch_size: int, max_length: int = 128, seed: int = 0,
-                   add_special_tokens: bool = True) -> "TokenBatches":
+                   add_special_tokens: bool = True, group_by_length: bool = False) -> "TokenBatches":
         if not texts:
             raise ValueError("no texts to train on")
         enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)
-        return cls(enc["input_ids"], batch_size, _pad_id(tokenizer), seed)
+        return cls(enc["input_ids"], batch_size, _pad_id(tokenizer), seed, group_by_length)
 
     @classmethod
     def packed(cls, tokenizer, texts: list[str], batch_size: int, length: int = 128, seed: int = 0,
@@ -228,8 +241,21 @@ class TokenBatches:
         return max(1, len(self.sequences) // self.batch_size)
 
     def _order(self, epoch: int) -> torch.Tensor:
+        """Sequence indices of `epoch` in batch order: a pure function of (seed, epoch)."""
+        if self._epoch_order is not None and self._epoch_order[0] == epoch:
+            return self._epoch_order[1]
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.sequences), generator=gen)
+        order = torch.randperm(len(self.sequences), generator=gen)
+        if self.group_by_length and len(self) > 1:
+            size, window = self.batch_size, self.batch_size * self.GROUP_WINDOW
+            lengths = [len(s) for s in self.sequences]
+            grouped = []
+            for first in range(0, len(order), window):  # sorted() is stable: ties keep the shuffled order
+                grouped += sorted(order[first:first + window].tolist(), key=lambda i: -lengths[i])
+            batches = torch.tensor(grouped[:len(self) * size]).view(len(self), size)
+            order = batches[torch.randperm(len(self), generator=gen)].flatten()
+        self._epoch_order = (epoch, order)
+        return order
 
     def batch(self, step: int) -> dict:
         epoch, pos = divmod(step, len(self))

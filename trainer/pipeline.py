@@ -108,7 +108,8 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
     tokenizer = load_tokenizer(model_dir)
     if config.pack:
         return TokenBatches.packed(tokenizer, texts, config.batch_size, config.max_length, config.seed)
-    return TokenBatches.from_texts(tokenizer, texts, config.batch_size, config.max_length, config.seed)
+    return TokenBatches.from_texts(tokenizer, texts, config.batch_size, config.max_length, config.seed,
+                                   group_by_length=config.group_by_length)
 
 
 def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, config: DistillConfig,

@@ -58,6 +58,10 @@ def test_pack_trains_on_full_windows(tiny_dirs, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "distill_config.json").read_text())["pack"] is True
     load(out)
+    out = tmp_path / "plain"
+    result = _run(llama, "--out", out, "--data", data, "--steps", 1, "--batch-size", 4, "--no-group-by-length")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "distill_config.json").read_text())["group_by_length"] is False
 
 
 def _bad_arch_dir(tmp_path):

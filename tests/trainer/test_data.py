@@ -79,6 +79,29 @@ def test_token_batches_are_deterministic_and_cover_each_epoch():
         TokenBatches([[]], 2)
 
 
+def test_grouped_batches_cut_padding_and_still_visit_each_sequence_once_per_epoch():
+    gen = torch.Generator().manual_seed(0)
+    seqs = [[i + 1] * int(n) for i, n in enumerate(torch.randint(1, 40, (500,), generator=gen))]
+    plain = TokenBatches(seqs, batch_size=8, seed=3)
+    grouped = TokenBatches(seqs, batch_size=8, seed=3, group_by_length=True)
+
+    def real_fraction(data):
+        masks = [data.batch(s)["attention_mask"] for s in range(len(data))]
+        return sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    assert real_fraction(plain) < 0.6 < 0.9 < real_fraction(grouped)
+    for epoch in (0, 1):
+        ids = [int(grouped.batch(epoch * len(grouped) + s)["input_ids"][r, 0]) for s in range(len(grouped))
+               for r in range(8)]
+        assert len(set(ids)) == len(ids) == len(grouped) * 8  # 62 full batches, no sequence twice
+    first_lengths = [int(grouped.batch(s)["attention_mask"].sum(1).max()) for s in range(len(grouped))]
+    assert sorted(first_lengths) != first_lengths  # the batch order is shuffled, not long-to-short
+    # a pure function of (seed, step): a fresh instance, read from the middle, gives the same batch
+    assert torch.equal(TokenBatches(seqs, 8, seed=3, group_by_length=True).batch(100)["input_ids"],
+                       grouped.batch(100)["input_ids"])
+    assert not torch.equal(grouped.batch(0)["input_ids"], grouped.batch(len(grouped))["input_ids"])  # new epoch
+
+
 class _ByteTokenizer:
     """Minimal tokenizer for a 256-token tiny model (ids are bytes)."""
 

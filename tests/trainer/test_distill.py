@@ -154,3 +154,6 @@ def test_distill_config_validation(kwargs, message):
 def test_distill_config_json_round_trip():
     cfg = DistillConfig(steps=7, kd_weight_start=0.0, kd_weight=0.7)
     assert DistillConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    # a run saved before group_by_length existed batched in plain shuffled order: resumed, it still does
+    old = {k: v for k, v in cfg.to_dict().items() if k != "group_by_length"}
+    assert DistillConfig.from_dict(old).group_by_length is False and cfg.group_by_length is True
