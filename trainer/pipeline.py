@@ -35,6 +35,11 @@ TEACHER_SAMPLES_NAME = "teacher_samples.jsonl"
 AUGMENT_SAMPLES_NAME = "augment_samples.jsonl"
 
 
+def _augment_settings(lm_dir: Path | None, rounds: int) -> dict | None:
+    """What --augment-lm changes in the training text (saved with the training state, compared on resume)."""
+    return None if lm_dir is None else {"augment_lm": lm_dir.name, "rounds": rounds}
+
+
 def _augment(texts: list[str], out_dir: Path, lm_dir: Path, rounds: int, seed: int) -> list[str]:
     """`texts` plus the reply sentences of the chat LM in `lm_dir` to them (textgen.py), cached in out_dir."""
     cache = out_dir / AUGMENT_SAMPLES_NAME
@@ -141,12 +146,18 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
 def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: DistillConfig, data: str | None,
            data_free_samples: int, resume: bool, epochs: float | None, augment_lm: Path | None = None,
            augment_rounds: int = 1) -> Path:
+    augment = _augment_settings(augment_lm, augment_rounds)
     if resume:
         saved = json.loads((out_dir / STATE_DIR_NAME / "state.json").read_text())
         saved_phm = PHMConfig.from_dict(saved.get("phm", phm_config.to_dict()))
         if saved_phm != phm_config:
             raise ValueError(f"conflicting settings with the run being resumed: PHM config {phm_config} "
                              f"(saved {saved_phm})")
+        # the replies are training text: other --augment-lm settings would resume on other batches
+        # (states saved before this key was written are not checked)
+        if "augment" in saved and saved["augment"] != augment:
+            raise ValueError(f"conflicting settings with the run being resumed: --augment-lm {augment} "
+                             f"(saved {saved['augment']})")
     _check_architecture(model_dir)  # before loading any weights
     model = load_pretrained(model_dir)
     targets = inject_phm(model, phm_config)  # validates architecture and divisibility before any data work
@@ -158,7 +169,7 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
     log.info("%d PHM layers, %d steps of batch %d (%d batches per epoch)", len(targets), config.steps,
              config.batch_size, len(batches))
     model, history = distill(model, batches, config, state_dir=out_dir / STATE_DIR_NAME, resume=resume,
-                             state_extra={"phm": phm_config.to_dict()})
+                             state_extra={"phm": phm_config.to_dict(), "augment": augment})
     extra = {"distill_config.json": config.to_json() + "\n",
              "train_log.jsonl": "".join(json.dumps(h) + "\n" for h in history)}
     save_phm_checkpoint(model, phm_config, targets, out_dir, source_dir=model_dir, overwrite=True,

@@ -65,3 +65,9 @@ def test_cli_augments_an_encoder_run_and_reuses_the_replies(tmp_path):
     result = CliRunner().invoke(main, args + ["--resume"])
     assert result.exit_code == 0, result.output
     assert (out / "augment_samples.jsonl").stat().st_mtime_ns == before  # reused, not sampled again
+    # other --augment-lm settings would train on other text: refused, like any other changed setting
+    no_augment = [a for a in args if a not in ("--augment-lm", "sample:smollm2")]
+    for changed in (args + ["--augment-rounds", "2"], no_augment):
+        result = CliRunner().invoke(main, changed + ["--resume"])
+        assert result.exit_code != 0 and "conflicting settings" in result.output and "augment" in result.output
+    assert (out / "augment_samples.jsonl").stat().st_mtime_ns == before
