@@ -84,8 +84,8 @@ def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds
                         init="random" if init == "random" else "projection")
         cfg = DistillConfig(steps=steps or 300, batch_size=batch_size, max_length=max_length, pack=pack,
                             group_by_length=group_by_length, lr=lr, core_lr=core_lr, local_epochs=local_epochs,
-                            local_batches=local_batches,
-                            hidden_weight=hidden_weight, recon_weight=recon_weight, schedule=schedule, lora_r=lora_r,
+                            local_batches=local_batches, hidden_weight=hidden_weight, recon_weight=recon_weight,
+                            schedule=schedule, lora_r=lora_r,
                             calibrate_init=init == "calibrated", checkpoint_every=checkpoint_every,
                             log_every=log_every, device=device, seed=seed)
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,

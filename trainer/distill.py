@@ -61,7 +61,7 @@ class DistillConfig:
     batch_size: int = 16
     max_length: int = 128            # tokens per text sample (per packed window with pack)
     pack: bool = False               # causal LMs: pack the texts into full max_length windows (TokenBatches.packed)
-    group_by_length: bool = True     # batch texts of about one length: ~4x less padding on short utterances
+    group_by_length: bool = True     # batch texts of about one length: ~4x fewer computed positions on short utterances
     stage_b_fraction: float = 0.2    # last part: PHM-only fine-tune (λ = 1)
     schedule: str = "progressive"    # "progressive" (staggered λ ramps) or "abrupt" (λ = 1 from step 0: ablation)
     fade_fraction: float = 0.7       # paper: λ fades in over the first 70 % of stage A
