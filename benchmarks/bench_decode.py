@@ -100,7 +100,7 @@ def main():
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     console = Console()
 
-    from phm.trainer.fsutil import atomic_write_text
+    from phm.common.fsutil import atomic_write_text
     from phm.trainer.models import cache_root, load_tokenizer, smollm2_dir
 
     work = args.work or cache_root() / "bench_decode"

@@ -35,7 +35,7 @@ from phm.trainer.calibrate import calibrate_phm
 from phm.trainer.data import TokenBatches, chatterbot_texts, split_holdout
 from phm.trainer.distill import DistillConfig, distill
 from phm.trainer.evaluate import compare, count_params, reference_outputs
-from phm.trainer.fsutil import atomic_write_text
+from phm.common.fsutil import atomic_write_text
 from phm.trainer.models import cache_root, load_minilm, load_smollm2
 from phm.trainer.textgen import reply_sentences
 

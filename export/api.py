@@ -35,7 +35,7 @@ import torch
 
 from phm.trainer import PHMLinear, load, read_phm_config
 from phm.trainer.arch import find_mlp_blocks
-from phm.trainer.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text
+from phm.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, check_apart, output_lock
 
 from . import engine as trt_engine
 from . import manifest as mf
@@ -102,6 +102,11 @@ def param_counts(model: torch.nn.Module, bits: int) -> dict:
 def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Serialise atomically (initializers may already point at an external data file)."""
     atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+
+
+def _initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes the graph's initializers hold inline (ByteSize() of a graph past protobuf's 2 GiB fails)."""
+    return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
 def _externalize(model: onnx.ModelProto, data_path: Path) -> None:
@@ -182,8 +187,19 @@ def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: di
 
 def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,
                  on_stage: Callable[[str], None] | None = None) -> Path:
-    """Export the checkpoint (PHM or plain HF) in `model_dir` to an artifacts dir `out_dir`."""
+    """Export the checkpoint (PHM or plain HF) in `model_dir` to an artifacts dir `out_dir`.
+
+    Before any work: `out_dir` must lie apart from every input (it is replaced as a whole with
+    overwrite=True) and no other process may be writing it (held for the whole export)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_apart(out_dir, {"model dir": model_dir, "calibration data": config.calib_data,
+                          "report data": config.report_data})
+    with output_lock(out_dir):
+        return _export_model(model_dir, config, out_dir, on_stage)
+
+
+def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
+                  on_stage: Callable[[str], None] | None) -> Path:
     stage = on_stage or (lambda msg: log.info("%s", msg))
     trt_reason = trt_engine.unavailable_reason()
     if config.require_engine and trt_reason:
@@ -232,13 +248,13 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
             if int8 is not None:
                 stage(f"INT8: calibrating and quantizing the {spec.kind} graph")
                 rewritten, int8_summary = int8.quantize(spec, rewritten)
-            ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
             name = spec.kind
             data = None
-            if ort_model.ByteSize() > config.external_data_mb * (1 << 20):
+            if _initializer_bytes(rewritten) > config.external_data_mb * (1 << 20):
                 data = tmp / f"{name}.onnx.data"
-                _externalize(ort_model, data)
-                _externalize(trt_model, data)  # same tensors, same offsets: one shared data file
+                # before the two twins are copied from it: both reference the one copy at the same offsets
+                _externalize(rewritten, data)
+            ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
             _save_onnx(ort_model, tmp / f"{name}.onnx")
             _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
             _check(ort_model, tmp / f"{name}.onnx", data is not None)

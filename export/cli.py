@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from phm.trainer.cliutil import OneLineCommand
+from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 
 from .config import CALIB_METHODS, TARGETS, ExportConfig
 
@@ -37,14 +37,19 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
               help="device the memory plan, engine profile and commands are for (Jetson Orin modules: sm_87)")
 @click.option("--context", type=click.IntRange(1), default=ExportConfig.max_sequence, show_default=True,
               help="tokens of KV cache (past + new) to plan and profile for; clipped to the model's positions")
-@click.option("--device-gib", type=float, default=None,
+@click.option("--device-gib", type=FiniteFloatRange(0, min_open=True), default=None,
               help="the target's memory if not the largest variant (e.g. 4 for an Orin Nano 4GB)")
 @click.option("--require-engine", is_flag=True, help="fail (non-zero) where TensorRT cannot build engines")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty output dir")
+@click.option("--verify", is_flag=True, help="instead of exporting: check that the artifacts dir MODEL_DIR (e.g. a "
+              "copy) holds every file of its manifest.json with its size and sha256")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
 def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
-         no_rotation, strict, target, context, device_gib, require_engine, overwrite, verbose):
+         no_rotation, strict, target, context, device_gib, require_engine, overwrite, verify, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
+    if verify:
+        _verify(model_dir, out_dir)
+        return
     from rich.console import Console
     from rich.logging import RichHandler
 
@@ -70,6 +75,18 @@ def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, 
         where = f" ({e.filename})" if e.filename else ""
         raise click.ClickException(f"I/O error while exporting to {out_dir}: {e.strerror or e}{where}") from None
     click.echo(out)
+
+
+def _verify(artifacts: Path, out_dir: Path | None) -> None:
+    from phm.common.artifacts import ArtifactError, read_manifest, verify_files
+
+    if out_dir is not None:
+        raise click.ClickException("--verify checks an existing artifacts dir and writes nothing: drop --out")
+    try:
+        count = verify_files(artifacts, read_manifest(artifacts), hashes=True)
+    except ArtifactError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{artifacts}: {count} files match manifest.json (sizes and sha256)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,7 +76,8 @@ class ExportConfig:
         if self.opt_sequence > self.max_sequence:
             raise ValueError(f"opt_sequence {self.opt_sequence} exceeds max_sequence {self.max_sequence}")
         reserve = DEVICES[self.target].os_reserve_gib
-        if self.device_gib is not None and (not isinstance(self.device_gib, (int, float)) or self.device_gib <= reserve):
+        if self.device_gib is not None and (not isinstance(self.device_gib, (int, float))
+                                            or not math.isfinite(self.device_gib) or self.device_gib <= reserve):
             raise ValueError(f"device_gib must exceed the {reserve:g} GiB the OS of {self.target} keeps, "
                              f"got {self.device_gib!r}")
         if not isinstance(self.external_data_mb, int) or self.external_data_mb < 0:

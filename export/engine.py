@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from phm.trainer.fsutil import atomic_write_bytes
+from phm.common.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -6,22 +6,23 @@ for `trtexec`/`polygraphy --trt`, and the function twin (`<kind>.onnx`) for `pol
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import shlex
 from pathlib import Path
 
 import onnx
 
+from phm.common.artifacts import MANIFEST_VERSION, file_entry, sha256
 from phm.trt_plugins import spec
 
 from . import io_names as io
 from .config import ExportConfig
 
+# MANIFEST_VERSION, file_entry and sha256 are the artifact contract's (phm.common.artifacts), named here
+# for the writer's convenience
 __all__ = ["MANIFEST_VERSION", "PLUGIN_LIBRARY", "TOLERANCES", "commands", "file_entry", "graph_io",
-           "plugin_requirements", "profile_shapes", "versions"]
+           "plugin_requirements", "profile_shapes", "sha256", "versions"]
 
-MANIFEST_VERSION = 1
 # What `phm-build-plugins --arch SM --out DIR` writes: DIR/lib/libphm_trt_plugins.so (static registration:
 # trtexec --staticPlugins, polygraphy --plugins) and DIR/lib/libphm_trt_plugins_dyn.so (loadLibrary).
 PLUGIN_LIBRARY = "lib/libphm_trt_plugins.so"
@@ -53,18 +54,6 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_entry(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def plugin_requirements(model: onnx.ModelProto) -> list[dict]:

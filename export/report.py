@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phm.trainer.fsutil import atomic_write_bytes, atomic_write_text
+from phm.common.fsutil import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Metrics", "ReportRow", "encoder_metrics", "metrics", "perplexity", "write_report"]
 

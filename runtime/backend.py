@@ -16,11 +16,12 @@ with `device_memory_used_mb`); the loop reports it next to the process's peak RS
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from phm.common import artifacts as artifacts_contract
 
 __all__ = ["Backend", "BackendError", "device_memory_used_mb", "position_ids_from_mask", "read_manifest"]
 
@@ -29,16 +30,16 @@ class BackendError(RuntimeError):
     """A backend cannot run this request (wrong input kind, engine/plugin mismatch, …): one line."""
 
 
-def read_manifest(artifacts: str | Path) -> dict:
-    """manifest.json of an artifacts dir: the one reader every backend and phm-run use, so a missing
-    or corrupt manifest is the same one-line BackendError wherever it is first read."""
-    path = Path(artifacts) / "manifest.json"
-    if not path.is_file():
-        raise BackendError(f"{artifacts} is not an artifacts dir (no manifest.json)")
+def read_manifest(artifacts: str | Path, verify: bool = False) -> dict:
+    """manifest.json of an artifacts dir, validated (phm.common.artifacts), with every listed file at
+    its recorded size (and with `verify` its sha256): the one reader every backend and phm-run use, so
+    a bad artifacts dir is the same one-line BackendError wherever it is first read."""
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BackendError(f"{path} is not valid JSON: re-export the model") from None
+        manifest = artifacts_contract.read_manifest(artifacts)
+        artifacts_contract.verify_files(artifacts, manifest, hashes=verify)
+    except artifacts_contract.ArtifactError as e:
+        raise BackendError(str(e)) from None
+    return manifest
 
 
 @runtime_checkable

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Callable
+
 import numpy as np
 
 from .backend import Backend
@@ -70,8 +72,10 @@ def _peak_rss_mb() -> float:
 
 
 def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, attention_mask: np.ndarray | None = None,
-             images: dict | None = None) -> GenerationResult:
-    """Prompt (batch, seq) -> new tokens. Decode timing covers every decode step (all but the first token)."""
+             images: dict | None = None, on_token: Callable[[np.ndarray], None] | None = None) -> GenerationResult:
+    """Prompt (batch, seq) -> new tokens. Decode timing covers every decode step (all but the first token).
+
+    `on_token(ids)` gets each step's (batch,) tokens as soon as they are chosen (streaming output)."""
     input_ids = np.asarray(input_ids, dtype=np.int64)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, seq) with seq ≥ 1, got shape {input_ids.shape}")
@@ -89,6 +93,8 @@ def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, att
     for step in range(cfg.max_new_tokens):
         nxt = np.where(done, cfg.pad_id, sample_next(logits, cfg.sampling, rng))
         out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
         done |= np.isin(nxt, stops)
         if done.all() or step == cfg.max_new_tokens - 1:
             break

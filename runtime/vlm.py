@@ -38,6 +38,26 @@ __all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_posit
            "preprocess_image", "preprocess_square_image"]
 
 
+def load_image(path: str | Path):
+    """The RGB image at `path` (Pillow), or ValueError in one line naming the cause: a directory, a
+    file Pillow cannot decode (truncated, not an image, unsupported), a decompression bomb."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path} is a directory, not an image file")
+    if not path.is_file():
+        raise ValueError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {path} is too large to decode safely: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0] or type(e).__name__}") \
+            from None
+
+
 @dataclass(frozen=True)
 class VisionSpec:
     """What the runtime needs to build an image prompt for one VLM artifacts dir."""

@@ -10,13 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["phm.trainer", "phm.export", "phm.runtime", "phm.trt_plugins"])
+@pytest.mark.parametrize("name", ["phm.common", "phm.trainer", "phm.export", "phm.runtime", "phm.trt_plugins"])
 def test_namespace_imports(name):
     mod = importlib.import_module(name)
     assert mod.__doc__
 
 
-@pytest.mark.parametrize("generic", ["trainer", "export", "runtime", "trt_plugins"])
+@pytest.mark.parametrize("generic", ["common", "trainer", "export", "runtime", "trt_plugins"])
 def test_no_generic_top_level_module(generic):
     # Run from / so the repo root is not on sys.path: only what is installed is importable.
     code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({generic!r}) is not None)"

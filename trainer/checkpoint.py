@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -24,12 +24,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from phm.common.fsutil import atomic_dir
+from phm.common.schema import SchemaError, check, opt, positive
+
 from .arch import find_mlp_blocks
-from .fsutil import atomic_dir
 from .hypercomplex import PHMLinear
 from .inject import CONFIG_FORMAT_VERSION, PHMConfig, PHMResidualLinear, PHMTarget
 
-__all__ = ["PHM_CONFIG_NAME", "load", "read_phm_config", "save_phm_checkpoint"]
+__all__ = ["PHM_CONFIG_NAME", "load", "read_model_config", "read_phm_config", "save_phm_checkpoint"]
 
 PHM_CONFIG_NAME = "phm_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,6 +76,37 @@ def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTa
     return out_dir
 
 
+_DIM = opt(positive(int))
+_DIMS = {k: _DIM for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                           "num_key_value_heads", "vocab_size", "max_position_embeddings", "n_embd", "n_layer",
+                           "n_head", "n_positions", "depth", "embed_dim", "patch_size", "image_size")}
+# What this package reads of a Hugging Face config.json before transformers builds the model from it
+# (a string where a size belongs otherwise fails deep inside a model constructor)
+MODEL_CONFIG_SCHEMA = {"model_type": str, "architectures": opt([str]), **_DIMS,
+                       "text_config": opt(_DIMS), "vision_config": opt(_DIMS)}
+PHM_CONFIG_SCHEMA = {
+    "format_version": int,
+    "phm": {"n": positive(int), "num_bases": positive(int), "bases": opt(str)},
+    "layers": [{"name": str, "block": str, "tower": str, "layer": int, "role": str, "num_bases": positive(int),
+                "in_features": positive(int), "out_features": positive(int), "bias": bool, "transposed": bool}],
+}
+
+
+def read_model_config(model_dir: str | Path) -> dict:
+    """config.json of a model dir, parsed and checked against what this package reads of it
+    (ValueError naming file and field)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    try:
+        check(doc, MODEL_CONFIG_SCHEMA)
+    except SchemaError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return doc
+
+
 def read_phm_config(model_dir: str | Path) -> dict | None:
     """The parsed phm_config.json of a checkpoint dir, or None for a plain HF model dir."""
     path = Path(model_dir) / PHM_CONFIG_NAME
@@ -81,11 +114,16 @@ def read_phm_config(model_dir: str | Path) -> dict | None:
         return None
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if doc.get("format_version") != CONFIG_FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {doc.get('format_version')!r} is not supported "
+    if not isinstance(doc, dict) or doc.get("format_version") != CONFIG_FORMAT_VERSION:
+        version = doc.get("format_version") if isinstance(doc, dict) else None
+        raise ValueError(f"{path}: format_version {version!r} is not supported "
                          f"(expected {CONFIG_FORMAT_VERSION})")
+    try:
+        check(doc, PHM_CONFIG_SCHEMA)
+    except SchemaError as e:
+        raise ValueError(f"{path}: {e}") from None
     return doc
 
 
@@ -113,6 +151,7 @@ def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module
         raise ValueError(f"model dir {model_dir} does not exist")
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"{model_dir} has no config.json: not a Hugging Face model dir")
+    read_model_config(model_dir)
     cls, config = _model_class(model_dir)
     doc = read_phm_config(model_dir)
     if doc is None:
@@ -131,7 +170,8 @@ def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module
         raise ValueError(f"{model_dir} has no {WEIGHTS_NAME}")
     phm_cfg = PHMConfig.from_dict(doc["phm"])
     model = cls(config)
-    for t in (PHMTarget(**layer) for layer in doc["layers"]):
+    known = {f.name for f in fields(PHMTarget)}
+    for t in (PHMTarget(**{k: v for k, v in layer.items() if k in known}) for layer in doc["layers"]):
         try:
             model.get_submodule(t.name)
         except AttributeError:

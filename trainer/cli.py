@@ -7,7 +7,7 @@ import logging
 import click
 from safetensors import SafetensorError
 
-from .cliutil import OneLineCommand
+from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 from .distill import DistillConfig
 from .inject import ROLES, TOWERS, PHMConfig
 from .pipeline import train
@@ -42,22 +42,23 @@ def _csv(choices):
 @click.option("--init", type=click.Choice(["calibrated", "projection", "random"]), default="calibrated",
               show_default=True, help="Core init: activation-weighted ridge, weight projection, or random.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Optimizer steps [default: 300].")
-@click.option("--epochs", type=float, default=None, help="Passes over the data (instead of --steps).")
+@click.option("--epochs", type=FiniteFloatRange(0, min_open=True), default=None,
+              help="Passes over the data (instead of --steps).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--pack", is_flag=True, help="Causal LMs: pack the text into full --max-length windows "
               "(trains every position a long prompt reaches; short lines alone never do).")
 @click.option("--group-by-length/--no-group-by-length", default=True, show_default=True,
               help="Batch texts of about the same length together (far less padding, so faster steps).")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="LoRA / bias learning rate.")
-@click.option("--core-lr", default=2e-3, show_default=True, type=float, help="PHM core learning rate.")
+@click.option("--lr", default=1e-4, show_default=True, type=FiniteFloatRange(0), help="LoRA / bias learning rate.")
+@click.option("--core-lr", default=2e-3, show_default=True, type=FiniteFloatRange(0), help="PHM core learning rate.")
 @click.option("--local-epochs", default=0, show_default=True, type=click.IntRange(0),
               help="Epochs of layer-wise local distillation on cached activations before the KD loop (0: off).")
 @click.option("--local-batches", default=64, show_default=True, type=click.IntRange(0),
               help="Training batches the local stage caches activations of (0: all).")
-@click.option("--hidden-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+@click.option("--hidden-weight", default=1.0, show_default=True, type=FiniteFloatRange(0),
               help="Weight of the per-layer hidden-state KD term.")
-@click.option("--recon-weight", default=0.05, show_default=True, type=click.FloatRange(0),
+@click.option("--recon-weight", default=0.05, show_default=True, type=FiniteFloatRange(0),
               help="Weight of the per-linear reconstruction term (stage A).")
 @click.option("--schedule", type=click.Choice(["progressive", "abrupt"]), default="progressive", show_default=True)
 @click.option("--lora-r", default=8, show_default=True, type=click.IntRange(0), help="0 disables LoRA.")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, fields
@@ -35,14 +36,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from phm.common.fsutil import atomic_dir
+
 from .arch import attention_qkv_modules, find_mlp_blocks
-from .fsutil import atomic_dir
 from .inject import drop_dense, phm_wrappers, teacher_mode
 from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss
 from .local import LOCAL_INPUTS, local_distill
 from .schedule import LambdaSchedule, linear_ramp, lr_factor
 
-__all__ = ["DistillConfig", "distill", "STATE_DIR_NAME"]
+__all__ = ["DistillConfig", "NonFiniteError", "distill", "STATE_DIR_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class DistillConfig:
                     log_every=(1, None))
         for name, (lo, _) in ints.items():
             value = getattr(self, name)
+            if value is None and name == "kd_weight_start":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
         for name in ("stage_b_fraction", "fade_fraction"):
@@ -119,9 +123,12 @@ class DistillConfig:
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         for name in ("kd_weight", "ce_weight", "hidden_weight", "recon_weight", "lr", "core_lr", "weight_decay",
-                     "grad_clip", "calib_ridge", "local_lr"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                     "grad_clip", "calib_ridge", "local_lr", "kd_weight_start", "kd_temperature"):
+            value = getattr(self, name)
+            if value is None and name == "kd_weight_start":
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         LambdaSchedule(0, 1, self.fade_fraction, self.ramp_width, self.order)  # validates order
@@ -307,6 +314,10 @@ def _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce):
     return sum(parts.values()), parts
 
 
+class NonFiniteError(ValueError):
+    """A loss or gradient became nan/inf: the run stops before the update that would spread it."""
+
+
 def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path | None = None,
             resume: bool = False, state_extra: dict | None = None) -> tuple[nn.Module, list[dict]]:
     """Train the PHM layers of an injected model (inject_phm first) towards its own dense self.
@@ -393,8 +404,19 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
             loss, parts = _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip)
+        # max_norm inf only measures; one finite check of loss and gradient norm before the update
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip or math.inf)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            if state_dir is not None and step > start:  # the weights are still those after `step` steps
+                _save_state(state_dir, step, named, optimizer, config, history,
+                            {**state_extra, "stage": "B" if stage_b else "A"})
+            if bar is not None:
+                bar.close()  # the error line must start a line of its own
+            kept = f"; the last good state (step {step}) is in {state_dir}" if state_dir is not None and step else ""
+            raise NonFiniteError(f"training stopped at step {step + 1}: non-finite "
+                                 f"{'loss' if not torch.isfinite(loss) else 'gradient'} "
+                                 f"(loss {loss.item():.4g}, gradient norm {norm.item():.4g}){kept}; "
+                                 "lower --lr/--core-lr")
         optimizer.step()
         lam_mean = sum(lams) / len(lams) if lams else 1.0
         done = step + 1

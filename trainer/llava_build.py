@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .fsutil import atomic_dir
+from phm.common.fsutil import atomic_dir
 
 __all__ = ["CHAT_TEMPLATE", "IMAGE_TOKEN", "assemble_llava", "build_processor", "save_vlm"]
 

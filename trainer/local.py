@@ -156,6 +156,9 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
                         loss = hidden_kd_loss(run(i), targets[i], masks[i])
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
+                        if not torch.isfinite(loss):  # before the update: the cores stay as they were
+                            raise ValueError(f"local stage stopped at layer {path}.{index}: non-finite loss "
+                                             f"({loss.item():.4g}); lower the local learning rate")
                         opt.step()
                         step += 1
                         if bar is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .fsutil import atomic_dir
+from phm.common.fsutil import atomic_dir
 
 __all__ = ["SAMPLE_MODELS", "cache_root", "dinov2_small_dir", "load_dinov2_small", "load_minilm", "load_pretrained", "load_smollm2", "load_tokenizer",
            "mean_pool", "minilm_dir", "resolve_model_dir", "smollm2_dir"]
@@ -110,6 +110,9 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
         raise ValueError(f"model dir {path} does not exist")
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} has no config.json: not a Hugging Face model dir")
+    from .checkpoint import read_model_config
+
+    read_model_config(path)  # one line naming the field, before anything is built from it
     return path
 
 

@@ -18,11 +18,12 @@ import json
 import logging
 from pathlib import Path
 
+from phm.common.fsutil import atomic_write_text, check_apart, output_lock, recover_dir
+
 from .arch import ARCH_TABLE, supported_model_types
 from .checkpoint import PHM_CONFIG_NAME, save_phm_checkpoint
 from .data import ImageTextBatches, TokenBatches, read_samples, sample_teacher_texts
 from .distill import STATE_DIR_NAME, DistillConfig, distill, read_state
-from .fsutil import atomic_write_text, recover_dir
 from .inject import PHMConfig, inject_phm
 from .models import load_pretrained, load_tokenizer, resolve_model_dir
 from .textgen import reply_sentences
@@ -131,16 +132,19 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
         augment_lm = resolve_model_dir(augment_lm)  # a missing LM dir is an error before any work
         if augment_rounds < 1:
             raise ValueError(f"augment rounds must be ≥ 1, got {augment_rounds}")
-    _check_out_dir(out_dir, resume)
-    created = not out_dir.exists()
-    try:
-        return _train(model_dir, out_dir, phm_config, config, data, data_free_samples, resume, epochs,
-                      augment_lm, augment_rounds)
-    except BaseException:
-        if created:  # a run that failed before its first state checkpoint leaves no empty out dir behind
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
-        raise
+    data_path = Path(data) if data is not None and Path(data).exists() else None  # not 'chatterbot'
+    check_apart(out_dir, {"model dir": model_dir, "training data": data_path, "--augment-lm dir": augment_lm})
+    with output_lock(out_dir):  # one writer per run dir, for the whole run
+        _check_out_dir(out_dir, resume)
+        created = not out_dir.exists()
+        try:
+            return _train(model_dir, out_dir, phm_config, config, data, data_free_samples, resume, epochs,
+                          augment_lm, augment_rounds)
+        except BaseException:
+            if created:  # a run that failed before its first state checkpoint leaves no empty out dir behind
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+            raise
 
 
 def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: DistillConfig, data: str | None,

@@ -221,9 +221,10 @@ def _c_bytes(data: bytes) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from phm.common.fsutil import atomic_write_text
+
+    atomic_write_text(path, text)
+    path.chmod(0o644)  # mkstemp makes files private; generated sources are ordinary files
 
 
 def write_sources(specs: list[KernelSpec], results: list[dict], out_dir: Path) -> list[Path]:

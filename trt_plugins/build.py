@@ -24,6 +24,8 @@ from pathlib import Path
 
 import click
 
+from phm.common.cliutil import OneLineCommand
+from phm.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, check_apart, output_lock
 from phm.trt_plugins import aot
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,18 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def build_plugins(cfg: BuildConfig) -> BuildResult:
-    """AOT-compile all kernels for cfg.archs, then CMake-build the launcher (+ plugin) libraries."""
+    """AOT-compile all kernels for cfg.archs, then CMake-build the launcher (+ plugin) libraries.
+
+    The output dir lies apart from the sources it is built from and has one writer at a time;
+    generated/ is swapped in whole and every library file is renamed into place, so an interrupted
+    or failed build (disk full, read-only) leaves the previous complete files, never half-written ones."""
+    check_apart(cfg.out_dir, {"plugin sources": PLUGINS_DIR, "kernel sources": aot.CSRC_DIR.parent,
+                              "TensorRT root": cfg.tensorrt_root})
+    with output_lock(cfg.out_dir):
+        return _build_plugins(cfg)
+
+
+def _build_plugins(cfg: BuildConfig) -> BuildResult:
     specs = aot.all_specs(cfg.archs)
     gen = cfg.out_dir / "generated"
     if aot.cached_results(specs, gen):
@@ -102,7 +115,9 @@ def build_plugins(cfg: BuildConfig) -> BuildResult:
         log.info("compiling %d kernel specialisations for %s", len(specs),
                  ", ".join(f"sm_{a}" for a in cfg.archs))
         results = aot.compile_specs(specs, cfg.jobs)
-        aot.write_sources(specs, results, gen)
+        with atomic_dir(gen, overwrite=True) as tmp:
+            aot.write_sources(specs, results, tmp)
+            tmp.chmod(0o755)
     result = BuildResult(kernels=len(specs), generated_dir=gen)
 
     cmake = shutil.which(cfg.cmake)
@@ -135,16 +150,16 @@ def build_plugins(cfg: BuildConfig) -> BuildResult:
         src = build_dir / name
         if not src.is_file():
             raise BuildError(f"cmake build did not produce {name}")
-        shutil.copy2(src, lib_dir / name)
+        atomic_write_bytes(lib_dir / name, src.read_bytes()).chmod(0o755)
         result.libraries.append(lib_dir / name)
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     info["libraries"] = [str(p) for p in result.libraries]
     info.update(format_version=1, archs=[f"sm_{a}" for a in cfg.archs], host=platform.machine())
-    (cfg.out_dir / "build_info.json").write_text(json.dumps(info, indent=1))
+    atomic_write_text(cfg.out_dir / "build_info.json", json.dumps(info, indent=1)).chmod(0o644)
     return result
 
 
-@click.command("phm-build-plugins")
+@click.command("phm-build-plugins", cls=OneLineCommand)
 @click.option("--arch", "arch", default="sm_87,sm_90", show_default=True,
               help="comma-separated GPU targets (sm_80, sm_86, sm_87 = Jetson Orin, sm_89, sm_90)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -158,8 +173,11 @@ def main(arch: str, out_dir: Path, tensorrt_root: Path | None, jobs: int | None)
     try:
         cfg = BuildConfig(aot.parse_archs(arch), out_dir, tensorrt_root, jobs)
         res = build_plugins(cfg)
-    except (ValueError, BuildError, RuntimeError) as exc:
+    except (ValueError, BuildError, RuntimeError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as e:  # disk full, read-only: generated/ and lib/ keep their previous complete files
+        where = f" ({e.filename})" if e.filename else ""
+        raise click.ClickException(f"I/O error while building into {out_dir}: {e.strerror or e}{where}") from None
     log.info("%d kernels → %s", res.kernels, res.generated_dir)
     for lib in res.libraries:
         log.info("built %s", lib)

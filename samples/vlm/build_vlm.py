@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from phm.trainer.fsutil import atomic_write_text
+from phm.common.fsutil import atomic_write_text
 from phm.trainer.models import cache_root
 
 log = logging.getLogger("phm.vlm_sample")

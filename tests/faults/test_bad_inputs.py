@@ -120,6 +120,13 @@ def _other_plugin_version(art: Path) -> None:
     (art / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _plugin_sources() -> Path:
+    """The installed package's plugin sources (what phm-build-plugins compiles)."""
+    from phm.trt_plugins.build import PLUGINS_DIR
+
+    return PLUGINS_DIR
+
+
 def _image(d: Path) -> Path:
     from PIL import Image
 
@@ -150,6 +157,49 @@ def _empty_dir(d: Path) -> Path:
 def _empty_jsonl(d: Path) -> Path:
     (d / "data.jsonl").write_text("\n\n")
     return d / "data.jsonl"
+
+
+def _model(src: Path, d: Path) -> Path:
+    return copy(src, d / "model")
+
+
+def _symlink(d: Path, target: Path) -> Path:
+    (d / "link").symlink_to(target, target_is_directory=True)
+    return d / "link"
+
+
+def _data_inside_out(inputs, d: Path) -> Path:
+    (d / "out").mkdir()
+    return Path(__import__("shutil").copy(inputs.data, d / "out" / "data.txt"))
+
+
+def _calib_dir(d: Path) -> Path:
+    (d / "calib").mkdir()
+    (d / "calib" / "prompts.txt").write_text("calibrate on this\n")
+    return d / "calib"
+
+
+def _model_with_config(src: Path, d: Path, edit) -> Path:
+    """A copy of the model dir whose config.json (or phm_config.json) is valid JSON of the wrong form."""
+    model = copy(src, d / "model")
+    edit(model)
+    return model
+
+
+def _set_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(doc)))
+
+
+def _decoder_io_not_a_list(manifest: dict) -> dict:
+    decoder = {**manifest["graphs"]["decoder"], "io": {"inputs": "x", "outputs": []}}
+    return {**manifest, "graphs": {**manifest["graphs"], "decoder": decoder}}
+
+
+def _changed_same_size(art: Path, name: str = "decoder.onnx") -> None:
+    data = bytearray((art / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other bytes, same size: only the sha256 tells
+    (art / name).write_bytes(bytes(data))
 
 
 # id -> (inputs, case dir) -> Case. Each id is a different failure.
@@ -188,11 +238,38 @@ CASES = {
     "train-empty-data": lambda i, d: Case(_train(i.llama, d, data=_empty_jsonl(d), inputs=i), "is empty"),
     "train-missing-data": lambda i, d: Case(_train(i.llama, d, data=d / "nope.txt", inputs=i), "does not exist"),
     "train-disk-full": lambda i, d: Case(_train(i.llama, d, inputs=i), "File too large", fsize=16_000),
+    # valid JSON of the wrong form: one line naming file and field
+    "train-config-json-size-is-a-string": lambda i, d: Case(
+        _train(_model_with_config(i.llama, d, lambda m: _edit_json(m / "config.json", hidden_size="big")), d,
+               inputs=i), "config.json: field 'hidden_size' must be a positive integer, got 'big'"),
+    "train-config-json-no-model-type": lambda i, d: Case(
+        _train(_model_with_config(i.llama, d, lambda m: _set_json(m / "config.json", lambda c: {
+            k: v for k, v in c.items() if k != "model_type"})), d, inputs=i), "field 'model_type' is missing"),
+    "train-config-json-is-a-list": lambda i, d: Case(
+        _train(_model_with_config(i.llama, d, lambda m: (m / "config.json").write_text("[1, 2]")), d, inputs=i),
+        "config.json: the file must be an object, got a list"),
+    # nan and inf parse as floats: every float option refuses them by name
+    "train-lr-nan": lambda i, d: Case(_train(i.llama, d, "--lr", "nan", inputs=i),
+                                      "Invalid value for '--lr': 'nan' is not a finite number"),
+    "train-core-lr-inf": lambda i, d: Case(_train(i.llama, d, "--core-lr", "inf", inputs=i),
+                                           "Invalid value for '--core-lr': 'inf' is not a finite number"),
+    "train-recon-weight-nan": lambda i, d: Case(_train(i.llama, d, "--recon-weight", "NaN", inputs=i),
+                                                "Invalid value for '--recon-weight': 'NaN' is not a finite number"),
+    "train-epochs-minus-inf": lambda i, d: Case(
+        ["phm-train", i.llama, "--out", d / "out", "--data", i.data, "--epochs", "-inf"],
+        "Invalid value for '--epochs': '-inf' is not a finite number"),
+    # an output that is, holds or sits in an input: refused before any work (--overwrite/--resume would replace it)
+    "train-out-is-the-model-dir": lambda i, d: Case(
+        ["phm-train", m := _model(i.llama, d), "--out", m, "--data", i.data, *TRAIN_ARGS, "--resume"],
+        f"--out {d}/model is the model dir"),
+    "train-out-contains-the-data": lambda i, d: Case(
+        _train(i.llama, d, "--resume", data=_data_inside_out(i, d), inputs=i),
+        f"--out {d}/out contains the training data {d}/out/data.txt"),
     # phm-export -----------------------------------------------------------------------------------
     "export-missing-model-dir": lambda i, d: Case(_export(d / "nope", d), "does not exist"),
     "export-no-config-json": lambda i, d: Case(_export(_no_config(i.phm, d), d), "has no config.json"),
     "export-corrupt-config-json": lambda i, d: Case(_export(_corrupt_config(i.phm, d), d),
-                                                    "is not a Hugging Face model dir"),
+                                                    "config.json is not valid JSON"),
     "export-truncated-safetensors": lambda i, d: Case(_export(_truncated_weights(i.phm, d), d), "cannot load"),
     "export-pickle-weights-refused": lambda i, d: Case(_export(_pickle_only(i.llama, d), d),
                                                        "pytorch_model.bin: pickle weights are never loaded"),
@@ -219,7 +296,40 @@ CASES = {
                                                     "workspace 0.50, runtime 0.75), device has 0.50 GiB usable"),
     "export-device-below-os-reserve": lambda i, d: Case(_export(i.phm, d, "--target", "orin-nano", "--device-gib", 1),
                                                         "must exceed the 1.5 GiB"),
+    "export-config-json-nested-wrong-type": lambda i, d: Case(
+        _export(_model_with_config(i.phm, d, lambda m: _edit_json(m / "config.json", text_config={"vocab_size": -3})),
+                d), "config.json: field 'text_config.vocab_size' must be a positive integer, got -3"),
+    "export-phm-config-layers-not-a-list": lambda i, d: Case(
+        _export(_model_with_config(i.phm, d, lambda m: _edit_json(m / "phm_config.json", layers={"a": 1})), d),
+        "phm_config.json: field 'layers' must be a list, got an object"),
+    "export-phm-config-layer-missing-key": lambda i, d: Case(
+        _export(_model_with_config(i.phm, d, lambda m: _set_json(m / "phm_config.json", lambda c: {
+            **c, "layers": [{k: v for k, v in c["layers"][0].items() if k != "in_features"}, *c["layers"][1:]]})),
+                d), "phm_config.json: field 'layers[0].in_features' is missing"),
+    "export-phm-config-other-version": lambda i, d: Case(
+        _export(_model_with_config(i.phm, d, lambda m: _edit_json(m / "phm_config.json", format_version=7)), d),
+        "phm_config.json: format_version 7 is not supported (expected 1)"),
+    "export-verify-changed-file": lambda i, d: Case(
+        ["phm-export", "--verify", _artifacts_with(i, d, _changed_same_size)],
+        "art/decoder.onnx does not match its sha256 in manifest.json"),
+    "export-verify-with-out": lambda i, d: Case(["phm-export", "--verify", i.artifacts, "--out", d / "out"],
+                                                "--verify checks an existing artifacts dir and writes nothing"),
+    "export-device-gib-nan": lambda i, d: Case(_export(i.phm, d, "--device-gib", "nan"),
+                                               "Invalid value for '--device-gib': 'nan' is not a finite number"),
     "export-disk-full": lambda i, d: Case(_export(i.phm, d), "File too large", fsize=60_000),
+    "export-out-is-the-model-dir": lambda i, d: Case(["phm-export", m := _model(i.phm, d), "--out", m, "--overwrite"],
+                                                     f"--out {d}/model is the model dir {d}/model: an output never "
+                                                     "replaces its own input"),
+    "export-out-contains-the-model-dir": lambda i, d: Case(["phm-export", _model(i.phm, d), "--out", d, "--overwrite"],
+                                                           f"--out {d} contains the model dir {d}/model"),
+    "export-out-inside-the-model-dir": lambda i, d: Case(
+        ["phm-export", m := _model(i.phm, d), "--out", m / "art", "--overwrite"], "lies inside the model dir"),
+    "export-out-symlink-to-the-model-dir": lambda i, d: Case(
+        ["phm-export", m := _model(i.phm, d), "--out", _symlink(d, m), "--overwrite"],
+        f"--out {d}/link is the model dir {d}/model"),
+    "export-out-is-the-calib-data": lambda i, d: Case(
+        _export(i.phm, d, "--int8", "--calib-data", c := _calib_dir(d), "--out", c, "--overwrite"),
+        f"--out {d}/calib is the calibration data"),
     # phm-run ----------------------------------------------------------------------------------------
     "run-missing-artifacts-dir": lambda i, d: Case(_run(d / "nope"), "is not an artifacts dir"),
     "run-no-manifest": lambda i, d: Case(_run(_artifacts_with(i, d, lambda a: (a / "manifest.json").unlink())),
@@ -227,7 +337,7 @@ CASES = {
     "run-corrupt-manifest": lambda i, d: Case(
         _run(_artifacts_with(i, d, lambda a: (a / "manifest.json").write_text("{"))), "is not valid JSON"),
     "run-truncated-onnx": lambda i, d: Case(_run(_artifacts_with(i, d, lambda a: _truncate(a / "decoder.onnx"))),
-                                            "cannot read"),
+                                            "the file was changed or truncated"),
     "run-image-on-text-only-model": lambda i, d: Case(_run(i.artifacts, "--image", _image(d)), "text-only model"),
     "run-missing-image-file": lambda i, d: Case(_run(i.artifacts, "--image", d / "nope.png"), "does not exist"),
     "run-engine-for-other-plugin-version": lambda i, d: Case(
@@ -241,11 +351,41 @@ CASES = {
                                                  "Invalid value for '--max-new-tokens'"),
     "run-max-new-tokens-negative": lambda i, d: Case(_run(i.artifacts, "--max-new-tokens", -4),
                                                      "-4 is not in the range x>=1"),
+    "run-manifest-graphs-wrong-type": lambda i, d: Case(
+        _run(_artifacts_with(i, d, lambda a: _edit_json(a / "manifest.json", graphs=[]))),
+        "manifest.json: field 'graphs' must be an object, got a list; re-export the model"),
+    "run-manifest-no-files": lambda i, d: Case(
+        _run(_artifacts_with(i, d, lambda a: _set_json(a / "manifest.json", lambda m: {
+            k: v for k, v in m.items() if k != "files"}))), "manifest.json: field 'files' is missing"),
+    "run-manifest-io-wrong-shape": lambda i, d: Case(
+        _run(_artifacts_with(i, d, lambda a: _set_json(a / "manifest.json", _decoder_io_not_a_list))),
+        "field 'graphs.decoder.io.inputs' must be a list, got a string"),
+    "run-manifest-newer-format": lambda i, d: Case(
+        _run(_artifacts_with(i, d, lambda a: _edit_json(a / "manifest.json", format_version=2))),
+        "manifest.json: format_version 2 is not supported by this phm-run (reads 1)"),
+    "run-file-truncated-size-checked": lambda i, d: Case(
+        _run(_artifacts_with(i, d, lambda a: _truncate(a / "decoder.ref.json"))),
+        "art/decoder.ref.json is "),
+    "run-verify-changed-same-size": lambda i, d: Case(
+        _run(_artifacts_with(i, d, _changed_same_size), "--verify"),
+        "art/decoder.onnx does not match its sha256 in manifest.json"),
+    "run-image-is-a-directory": lambda i, d: Case(_run(i.artifacts, "--image", d), f"image {d} is a directory"),
+    "run-temperature-nan": lambda i, d: Case(_run(i.artifacts, "--temperature", "nan"),
+                                             "Invalid value for '--temperature': 'nan' is not a finite number"),
+    "run-top-p-inf": lambda i, d: Case(_run(i.artifacts, "--top-p", "inf"),
+                                       "Invalid value for '--top-p': 'inf' is not a finite number"),
+    "run-bad-option-value-one-line": lambda i, d: Case(_run(i.artifacts, "--backend", "cuda"),
+                                                       "Invalid value for '--backend': 'cuda' is not one of"),
     # phm-build-plugins ------------------------------------------------------------------------------
     "build-plugins-bad-arch": lambda i, d: Case(["phm-build-plugins", "--arch", "sm_12", "--out", d / "out"],
                                                 "unknown arch 'sm_12'; supported: sm_"),
     "build-plugins-out-is-a-file": lambda i, d: Case(["phm-build-plugins", "--arch", "sm_87", "--out", _file(d)],
                                                      "is a file"),
+    "build-plugins-out-is-the-plugin-sources": lambda i, d: Case(
+        ["phm-build-plugins", "--arch", "sm_87", "--out", _plugin_sources()], "is the plugin sources"),
+    "build-plugins-out-inside-tensorrt-root": lambda i, d: Case(
+        ["phm-build-plugins", "--arch", "sm_87", "--tensorrt-root", _calib_dir(d), "--out", d / "calib" / "build"],
+        "lies inside the TensorRT root"),
 }
 CONTROL = "control-uncaught-exception"
 TENSORRT_CASES = {"run-trt-without-tensorrt", "run-trt-engine-from-commands-sh-without-tensorrt"}  # meaningless where `import tensorrt` works
@@ -289,6 +429,46 @@ def test_bad_input(name, results):
     assert snapshot(d) == before, "the case folder changed: a partial artifact or temp dir was left behind"
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+TABLE_START, TABLE_END = "<!-- fault-table:start -->", "<!-- fault-table:end -->"
+
+
+def _message(name: str, results, inputs) -> str:
+    """The case's error line as a reader sees it: its own folder as CASE, the shared inputs as INPUTS."""
+    from phm.trt_plugins.build import PLUGINS_DIR
+
+    _, _, d, proc = results[name]
+    line = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    for path, alias in ((str(PLUGINS_DIR), "PLUGINS"), (str(d), "CASE"), (str(inputs.root), "INPUTS")):
+        line = line.replace(path, alias)
+    import re
+
+    # file sizes vary with the torch/onnx versions that wrote the graph
+    line = re.sub(r"is \d+ bytes, manifest.json says \d+", "is N bytes, manifest.json says M", line)
+    return line.replace("|", "\\|")
+
+
+def fault_table(results, inputs) -> str:
+    rows = [f"| `{name}` | {_message(name, results, inputs)} |" for name in CASES]
+    return "\n".join(["| case | what the tool prints (exit 1) |", "|---|---|", *rows])
+
+
+def test_docs_table_lists_every_case_with_its_message(results, inputs):
+    """docs/reliability.md's table is the suite's own output; PHM_WRITE_FAULT_TABLE=1 rewrites it."""
+    import os
+
+    if any(name not in results for name in CASES):
+        pytest.skip("TensorRT is importable here: its cases did not run")
+    table = fault_table(results, inputs)
+    text = DOCS.read_text()
+    head, rest = text.split(TABLE_START)
+    current = rest.split(TABLE_END)[0].strip()
+    if os.environ.get("PHM_WRITE_FAULT_TABLE") == "1":
+        DOCS.write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{rest.split(TABLE_END)[1]}")
+        current = table
+    assert current == table, "docs/reliability.md's fault table is stale: rerun with PHM_WRITE_FAULT_TABLE=1"
+
+
 def test_harness_sees_tracebacks(results):
     proc = results[CONTROL][3]
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'phm-no-such-command'" in proc.stderr
@@ -297,6 +477,56 @@ def test_harness_sees_tracebacks(results):
 def test_suite_size_and_inputs_untouched(inputs, results):
     assert len(CASES) >= 30
     assert all(not p.name.startswith(".") for p in inputs.root.rglob("*")), "a temp file among the shared inputs"
+
+
+def test_diverging_training_stops_at_the_first_non_finite_step_and_keeps_the_last_good_state(inputs, tmp_path):
+    """A learning rate that blows the weights up: one line at the first nan/inf loss or gradient, the
+    state of the step before it on disk (finite), and --resume continues from there."""
+    from faultkit import cli, run
+    from safetensors.torch import load_file
+
+    argv = [cli("phm-train"), inputs.llama, "--out", tmp_path / "out", "--data", inputs.data, *TRAIN_ARGS[2:],
+            "--steps", 6, "--checkpoint-every", 1, "--lr", "1e12", "--core-lr", "1e12"]
+    proc = run(argv)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("Error: training stopped at step 2: non-finite ") and \
+        f"the last good state (step 1) is in {tmp_path}/out/train_state" in lines[-1], lines[-1]
+    state = json.loads((tmp_path / "out" / "train_state" / "state.json").read_text())
+    assert state["step"] == 1
+    tensors = load_file(next((tmp_path / "out" / "train_state").glob("*.safetensors")))
+    assert tensors and all(t.isfinite().all() for t in tensors.values())
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # no checkpoint of a diverged run
+    resumed = run([*argv, "--resume"])
+    assert "resumed from step 1" in resumed.stderr and "stopped at step 2" in resumed.stderr
+
+
+@pytest.mark.parametrize("kind", ["not-an-image", "truncated", "empty", "decompression-bomb", "directory"])
+def test_images_pillow_refuses_are_one_line_naming_the_cause(kind, tmp_path, monkeypatch):
+    """What phm-run --image reads through (runtime.vlm.load_image; the CLI path is in tests/runtime/test_vlm.py
+    for VLM artifacts): every way Pillow refuses a file is one ValueError line naming the file."""
+    from PIL import Image
+
+    from phm.runtime.vlm import load_image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(path)
+    expect = f"cannot read image {path}: "
+    if kind == "not-an-image":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:60])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "decompression-bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32x32 = 1,024 > 2x the limit: Pillow refuses
+        expect = f"image {path} is too large to decode safely: "
+    else:
+        path = tmp_path
+        expect = f"image {tmp_path} is a directory, not an image file"
+    with pytest.raises(ValueError) as err:
+        load_image(path)
+    assert str(err.value).startswith(expect) and "\n" not in str(err.value), str(err.value)
 
 
 # APIs without a CLI flag of their own in this build (phm-export --int8 is wired by the INT8 work): the

@@ -23,7 +23,7 @@ import torch
 from faultkit import cli, env, run
 from safetensors.torch import load_file
 
-from phm.export.manifest import sha256
+from phm.common.artifacts import sha256
 
 STEPS = 8
 
@@ -130,7 +130,7 @@ def test_kill9_export_never_leaves_a_half_written_artifact(inputs, tmp_path):
 @pytest.mark.parametrize("writer", ["file", "dir"])
 def test_stale_temps_of_dead_writers_are_swept_live_ones_kept(tmp_path, writer):
     """The sweep itself: only temps whose pid is dead go (a live writer's temp dir is left alone)."""
-    from phm.trainer.fsutil import atomic_dir, atomic_write_bytes
+    from phm.common.fsutil import atomic_dir, atomic_write_bytes
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -150,7 +150,7 @@ def test_stale_temps_of_dead_writers_are_swept_live_ones_kept(tmp_path, writer):
 def test_swap_killed_between_renames_restores_the_previous_dir(tmp_path):
     """atomic_dir replaces a dir in two renames (old aside, new in); a kill between them leaves only
     `.name.old-<pid>`: the next writer (and phm-train --resume) puts it back before anything else."""
-    from phm.trainer.fsutil import recover_dir
+    from phm.common.fsutil import recover_dir
 
     dead = subprocess.Popen(["true"])
     dead.wait()

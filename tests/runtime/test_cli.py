@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from tinytok import word_tokenizer
 
+from phm.common.artifacts import file_entry
 from phm.export.api import export_model
 from phm.export.config import ExportConfig
 from phm.runtime.backend import BackendError
@@ -140,6 +141,11 @@ def test_chat_wraps_the_prompt_in_the_template(art, tmp_path):
     cfg["chat_template"] = "{% for m in messages %}w40 {{ m['content'] }} w41{% endfor %}{% if add_generation_prompt %} w42{% endif %}"
     cfg_path.write_text(json.dumps(cfg))
     (chat / "hf" / "chat_template.jinja").unlink(missing_ok=True)
+    # the manifest records every file's size: an edited file is re-recorded as a re-export would
+    manifest = json.loads((chat / "manifest.json").read_text())
+    manifest["files"]["hf/tokenizer_config.json"] = file_entry(cfg_path)
+    manifest["files"].pop("hf/chat_template.jinja", None)
+    (chat / "manifest.json").write_text(json.dumps(manifest))
     out = json.loads(_run([chat, "--prompt", "w5 w17", "--max-new-tokens", 2, "--chat", "--json"]).stdout)
     assert out["prompt_ids"] == [40, 5, 17, 41, 42]
     plain = json.loads(_run([chat, "--prompt", "w5 w17", "--max-new-tokens", 2, "--json"]).stdout)

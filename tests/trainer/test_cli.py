@@ -122,9 +122,10 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(case, message, tiny_dirs, tmp
     elif case in ("pack_with_images", "augment_with_images"):  # refused before any processor is looked for
         from PIL import Image
 
-        Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-        (tmp_path / "a.txt").write_text("a black square")
-        args[4] = tmp_path
+        (tmp_path / "images").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+        (tmp_path / "images" / "a.txt").write_text("a black square")
+        args[4] = tmp_path / "images"  # (an --out inside the data folder would be refused first)
         args += ["--pack"] if case == "pack_with_images" else ["--augment-lm", llama]
     elif case == "augment_lm_missing":
         args += ["--augment-lm", tmp_path / "no-lm"]

@@ -8,17 +8,27 @@ writer's pid (`.<name>.<pid>.<random>.tmp`, `.<name>.old-<pid>`): the next write
 removes those of dead processes (pids of this host: not for dirs shared with other machines), and
 `recover_dir` puts back a directory whose replacement was interrupted between its two renames (the
 old, complete one is restored).
+
+Two rules every writer of an output directory follows before any work:
+- `check_apart(out, inputs)`: the output never equals, contains or lies inside one of its inputs
+  (replacing the output must never delete what it was made from);
+- `output_lock(out)`: one writer per output, an advisory lock (flock) on a `.<name>.lock` sibling
+  held for the whole run; the kernel drops it when its holder dies, so a killed run's lock is
+  taken over by the next writer, which removes the file when it is done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "recover_dir"]
+__all__ = ["OutputLocked", "atomic_dir", "atomic_write_bytes", "atomic_write_text", "check_apart", "output_lock",
+           "recover_dir"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -123,3 +133,100 @@ def atomic_dir(path: str | Path, overwrite: bool = False):
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def check_apart(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out") -> None:
+    """ValueError (one line) when the output path equals, contains or lies inside one of `inputs`
+    ({what: path}; None entries are skipped). Paths are compared with symlinks resolved, so a link to
+    the model dir is the model dir."""
+    target = _real(out)
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        source = _real(path)
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "lies inside"
+        elif target in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ValueError(f"{flag} {out} {relation} the {what} {path}: an output never replaces its own input; "
+                         f"choose a {flag} apart from it")
+
+
+class OutputLocked(FileExistsError):
+    """Another live process is writing the same output."""
+
+
+_HELD: dict[Path, list] = {}  # lock path -> [fd, depth]: re-entrant within this process
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path):
+    """Hold the advisory write lock of output `out` for the block (re-entrant in one process).
+
+    The loser of a race raises OutputLocked naming the holder's pid. The lock file lives beside `out`
+    (not inside: an atomic dir swap replaces `out` itself) and is removed on release.
+    """
+    out = _real(out)
+    lock = _lock_path(out)
+    if lock in _HELD:
+        _HELD[lock][1] += 1
+        try:
+            yield lock
+        finally:
+            _HELD[lock][1] -= 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise OutputLocked(f"output {out} is being written by another process (pid {_holder(lock)}); "
+                               f"wait for it to finish or choose another output") from None
+        try:  # the holder we waited on may have removed the file: lock the one that is there now
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[lock] = [fd, 1]
+    try:
+        yield lock
+    finally:
+        del _HELD[lock]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # before the unlock: a waiter then sees another inode and retries
+        os.close(fd)
+
+
+def _holder(lock: Path) -> str:
+    """The pid the holder wrote (it writes just after locking: give it a moment)."""
+    import time
+
+    for _ in range(50):
+        try:
+            text = lock.read_text().strip()
+        except OSError:
+            return "unknown"
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"
