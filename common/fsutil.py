@@ -187,6 +187,11 @@ def output_lock(out: str | Path):
         finally:
             _HELD[lock][1] -= 1
         return
+    for folder in (lock.parent, *lock.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"cannot write {out}: {folder} is a file, not a directory")
+            break
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -94,6 +94,14 @@ def _run(cmd: list[str], what: str) -> None:
         raise BuildError(f"{what} failed:\n" + "\n".join(tail))
 
 
+def write_generated(specs: list, results: list[dict], gen: Path) -> None:
+    """generated/ as one atomic dir swap: a failed write (disk full, read-only) leaves the previous
+    complete sources, never a mix or a `.c.tmp`."""
+    with atomic_dir(gen, overwrite=True) as tmp:
+        aot.write_sources(specs, results, tmp)
+        tmp.chmod(0o755)
+
+
 def build_plugins(cfg: BuildConfig) -> BuildResult:
     """AOT-compile all kernels for cfg.archs, then CMake-build the launcher (+ plugin) libraries.
 
@@ -114,10 +122,7 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
     else:
         log.info("compiling %d kernel specialisations for %s", len(specs),
                  ", ".join(f"sm_{a}" for a in cfg.archs))
-        results = aot.compile_specs(specs, cfg.jobs)
-        with atomic_dir(gen, overwrite=True) as tmp:
-            aot.write_sources(specs, results, tmp)
-            tmp.chmod(0o755)
+        write_generated(specs, aot.compile_specs(specs, cfg.jobs), gen)
     result = BuildResult(kernels=len(specs), generated_dir=gen)
 
     cmake = shutil.which(cfg.cmake)

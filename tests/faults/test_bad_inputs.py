@@ -381,6 +381,11 @@ CASES = {
                                                 "unknown arch 'sm_12'; supported: sm_"),
     "build-plugins-out-is-a-file": lambda i, d: Case(["phm-build-plugins", "--arch", "sm_87", "--out", _file(d)],
                                                      "is a file"),
+    "build-plugins-out-under-a-file": lambda i, d: Case(
+        ["phm-build-plugins", "--arch", "sm_87", "--out", _file(d) / "build"],
+        f"cannot write {d}/out/build: {d}/out is a file, not a directory"),
+    "export-out-under-a-file": lambda i, d: Case(_export(i.phm, d, "--out", _file(d) / "art"),
+                                                 f"cannot write {d}/out/art: {d}/out is a file, not a directory"),
     "build-plugins-out-is-the-plugin-sources": lambda i, d: Case(
         ["phm-build-plugins", "--arch", "sm_87", "--out", _plugin_sources()], "is the plugin sources"),
     "build-plugins-out-inside-tensorrt-root": lambda i, d: Case(
