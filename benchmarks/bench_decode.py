@@ -11,13 +11,15 @@ trained checkpoints with --phm-b2 / --phm-b1 to time those instead. Exports are 
 
 For each intra-op thread count (set explicitly), all variants are loaded into one process and
 timed interleaved: each round runs every variant once (order rotated per round) through the
-runtime's generation loop (`OrtBackend`, PHM nodes lowered to specialised standard ops; prefill +
+runtime's generation loop (`OrtBackend` on the graph phm-export prepared for ONNX Runtime, PHM nodes
+lowered to specialised standard ops and shape arithmetic folded; prefill +
 `--new-tokens` greedy steps, EOS ignored), so the shared machine's load hits all of them alike.
 One more variant, "phm B=2 generic", runs the same B=2 file on its generic reference functions
-(`lower=False`), to show what the lowering buys (`--no-generic` leaves it out); "dense plain"
-and "phm B=2 plain" run dense and B=2 without the lean pass (`lean=False`: the traced shape
+(the lean pass still applied), to show what the lowering buys (`--no-generic` leaves it out);
+"dense plain" and "phm B=2 plain" run dense and B=2 without the lean pass (the traced shape
 arithmetic left as exported, phm.export.lean), to show what that buys (`--no-plain` leaves them
-out); their ratios are paired with "dense plain". The table gives the median over rounds and
+out). These variants are written beside the artifacts by `variant_graph`, from the portable
+`decoder.onnx` with phm.export's own passes; their ratios are paired with "dense plain". The table gives the median over rounds and
 the spread (min–max); ratios to dense are paired per round (the variants of one round ran back
 to back under about the same load) and summarised by their median and quartiles (decode tokens/s; prefill: dense ms / PHM ms). Results go to
 benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the measured-figures block of
@@ -61,8 +63,11 @@ def phm_checkpoint(dense_dir: Path, num_bases: int, out: Path) -> Path:
 def exported(model_dir: Path, out: Path) -> Path:
     from phm.export import ExportConfig, export_model
 
-    if (out / "manifest.json").is_file():
-        return out
+    from phm.common.artifacts import MANIFEST_VERSION
+
+    manifest = out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("format_version") == MANIFEST_VERSION:
+        return out  # reused; artifacts of an older format are exported again
     return export_model(model_dir, ExportConfig(overwrite=True), out)
 
 
@@ -159,12 +164,35 @@ def main():
         console.log(f"updated {args.docs}")
 
 
+def variant_graph(art: Path, lower: bool, lean: bool) -> Path:
+    """The decoder graph with the given passes: what phm-export prepared (both), or a variant written
+    once beside the artifacts from the portable decoder.onnx (weights inline: SmolLM2 is small)."""
+    from phm.common.fsutil import atomic_write_bytes
+
+    if lower and lean:
+        return art / json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]["ort_file"]
+    path = art.parent / f"{art.name}-variant-lower{int(lower)}-lean{int(lean)}.onnx"
+    if not path.is_file():
+        import onnx
+
+        from phm.export.lean import lean_graph
+        from phm.export.lower import lower_phm
+
+        model = onnx.load(str(art / "decoder.onnx"))
+        if lower:
+            lower_phm(model)
+        if lean:
+            lean_graph(model)
+        atomic_write_bytes(path, model.SerializeToString())
+    return path
+
+
 def measure(runs: dict, ids: np.ndarray, threads: int, args, console, params: dict) -> list[dict]:
     """Interleaved rounds of every variant at one thread count -> one row per variant."""
     from phm.runtime.ort_backend import OrtBackend
 
-    backends = {name: OrtBackend(art / "decoder.onnx", providers=["CPUExecutionProvider"], threads=threads,
-                                 lower=lower, lean=lean) for name, (art, lower, lean) in runs.items()}
+    backends = {name: OrtBackend(variant_graph(art, lower, lean), providers=["CPUExecutionProvider"],
+                                 threads=threads) for name, (art, lower, lean) in runs.items()}
     for b in backends.values():  # warm-up: first-run allocations and kernel choices
         run_once(b, ids, 4)
     samples = {name: {"decode_tok_s": [], "prefill_ms": []} for name in backends}

@@ -18,7 +18,7 @@ from .schema import SchemaError, check, opt, typed
 
 __all__ = ["MANIFEST_VERSION", "ArtifactError", "file_entry", "read_manifest", "sha256", "verify_files"]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: graphs[kind].ort_file, the graph ONNX Runtime runs as it is
 
 
 class ArtifactError(RuntimeError):
@@ -26,7 +26,7 @@ class ArtifactError(RuntimeError):
 
 
 _IO = [{"name": str, "dtype": str, "shape": list}]
-_GRAPH = {"file": str, "trt_file": opt(str), "io": {"inputs": _IO, "outputs": _IO}, "external_data": opt(str),
+_GRAPH = {"file": str, "ort_file": str, "trt_file": opt(str), "io": {"inputs": _IO, "outputs": _IO}, "external_data": opt(str),
           "profile": opt(dict), "plugins": opt([dict])}
 MANIFEST_SCHEMA = {
     "format_version": typed(int),

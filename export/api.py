@@ -3,8 +3,10 @@
     out/
       <kind>.onnx          ONNX Runtime file: PHM nodes + their reference functions (kind: decoder,
                            encoder, vision, embed — whatever the architecture has)
+      <kind>.ort.onnx      what ONNX Runtime (phm-run) runs: PHM nodes lowered, shape arithmetic folded
+                           (ort_graph.py; absent where that changes nothing)
       <kind>.trt.onnx      TensorRT file: the same graph without model.functions
-      <kind>.onnx.data     external initializers of both, when the graph is large
+      <kind>.onnx.data     external initializers of all three, one copy each, when the graph is large
       <kind>.inputs.json   Polygraphy inputs (decoder: prefill + one decode step)
       <kind>.ref.json      Polygraphy RunResults of the PyTorch model on those inputs
       manifest.json        versions, I/O contract, precision, memory plan for the target, PHM layers,
@@ -39,9 +41,11 @@ from phm.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text,
 
 from . import engine as trt_engine
 from . import manifest as mf
+from . import tolerance as tol
 from .config import ExportConfig
 from .graphs import export_graph, graph_specs, text_config
 from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
+from .ort_graph import ORT_SUFFIX, ort_graph
 from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
 from .refs import inputs_json, reference_feeds, run_results_json, run_torch
@@ -140,6 +144,27 @@ def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: 
     out.producer_name, out.producer_version = "phm-edge", mf.versions()["phm-edge"] or ""
     out.graph.name = kind
     return out, report
+
+
+def _tolerances(config: ExportConfig, outputs: list, graph: Path, feeds: list, float_np) -> dict:
+    """The polygraphy bounds of one graph (tolerance.py): per output, from its magnitude; INT8 from the
+    median error of the ONNX Runtime graph on the reference inputs, measured here."""
+    if not config.int8:
+        return {"check": "elemwise", **{b: tol.float_tolerances(outputs, config.precision, b)
+                                        for b in ("onnxrt", "trt")}}
+    import onnxruntime as ort
+
+    # ONNX Runtime's default options: what `polygraphy run --onnxrt` in commands.sh uses
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    got = []
+    for feed in feeds:
+        arrays = {k: v.numpy().astype(float_np) if v.is_floating_point() else v.numpy() for k, v in feed.items()}
+        got.append(dict(zip(names, sess.run(names, arrays))))
+    measured = tol.measured_median_errors(got, outputs)
+    bounds = tol.int8_tolerances(measured, outputs)
+    return {"check": "median", "onnxrt": bounds, "trt": bounds, "measured_median": measured,
+            "margin": tol.MARGIN}
 
 
 def _check(model: onnx.ModelProto, path: Path, external: bool) -> None:
@@ -258,6 +283,13 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
             _save_onnx(ort_model, tmp / f"{name}.onnx")
             _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
             _check(ort_model, tmp / f"{name}.onnx", data is not None)
+            stage(f"preparing the {spec.kind} graph for ONNX Runtime")
+            prepared = ort_graph(ort_model)
+            ort_file = f"{name}.onnx"
+            if prepared is not None:
+                ort_file = f"{name}{ORT_SUFFIX}"
+                _save_onnx(prepared, tmp / ort_file)
+                del prepared
 
             stage(f"reference outputs for {spec.kind} (PyTorch)")
             model.float()
@@ -266,15 +298,16 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
             model.to(dtype)
             atomic_write_text(tmp / f"{name}.inputs.json", inputs_json(feeds, float_np))
             atomic_write_text(tmp / f"{name}.ref.json", run_results_json(outputs))
+            tolerances = _tolerances(config, outputs, tmp / ort_file, feeds, float_np)
             inputs, outs = mf.graph_io(trt_model)
-            graphs[name] = {"file": f"{name}.onnx", "trt_file": f"{name}.trt.onnx",
+            graphs[name] = {"file": f"{name}.onnx", "ort_file": ort_file, "trt_file": f"{name}.trt.onnx",
                             "external_data": data.name if data else None,
                             "inputs": f"{name}.inputs.json", "ref": f"{name}.ref.json",
                             "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
                             "profile": mf.profile_shapes(spec.kind, inputs, config, max_positions),
                             "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
                                           for op in ("PHMLinear", "PHMFFN")},
-                            "plugins": mf.plugin_requirements(trt_model),
+                            "plugins": mf.plugin_requirements(trt_model), "tolerances": tolerances,
                             **({"int8": int8_summary} if int8_summary is not None else {})}
             if spec.kind == "vision":  # a runtime lays out the prompt's image tokens by this count, which
                 # the ONNX graph leaves symbolic (LLaVA's features are a Concat over images)

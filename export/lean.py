@@ -42,7 +42,8 @@ _KEEP_BYTES = 1 << 16  # integer initializers up to this size keep their data fo
 
 def _keep(init: onnx.TensorProto) -> bool:
     """Small integer initializers keep their data (the inference reads their values); weights do not."""
-    return init.data_type in _INT and init.ByteSize() <= _KEEP_BYTES
+    return (init.data_type in _INT and init.ByteSize() <= _KEEP_BYTES
+            and init.data_location != TensorProto.EXTERNAL)  # (its data is not in memory)
 
 
 def _infer(model: onnx.ModelProto):
@@ -169,7 +170,7 @@ class _Lean:
     def value(self, name: str) -> list[int] | None:
         """The ints of an initializer or Constant output (Slice arguments after the fold)."""
         init = self.const_nodes.get(name) or self.inits.get(name)
-        if init is None:
+        if init is None or init.data_location == TensorProto.EXTERNAL:
             return None
         arr = numpy_helper.to_array(init)
         return [int(v) for v in arr.reshape(-1)] if arr.dtype.kind == "i" else None

@@ -12,14 +12,19 @@ This pass rewrites, in memory, each float-core node into what the node actually 
 
     xb = reshape(x, (…, n, k))                      n column blocks of x
     z  = reshape(M @ xb, (…, n, B·k))               cheap mixing, M (n·B, n) a constant
-    y  = z @ A_catᵀ                                 one GEMM per projection; A_catᵀ (B·k, m) stored
-                                                    pre-transposed, so the big MatMul reads it once
+    y  = z @ A_catᵀ                                 one GEMM per projection; A_catᵀ (B·k, m) is
+                                                    Transpose(Reshape(cores)) of the node's own core
+                                                    initializer, which ONNX Runtime folds once when
+                                                    it loads the graph (pre-transposed in memory, so
+                                                    the big MatMul reads it once)
     PHMLinear: reshape(y (+ bias), (…, n·m)), then its own activation only
     PHMFFN:    gate and up share z, so one GEMM against [A_gateᵀ | A_upᵀ] (B·k, 2m); act(gate)·up
                stays in the (…, n, m) block layout, which is the layout down's mixing reads.
 
-Nodes with quantized cores (weight_format ≠ "float") are left to the reference functions. The
-result is checked against the reference graph (tests/export/test_lower.py) and by the runtime's
+The lowering reads no weight values (shapes and types only, biases reshaped in the graph too), so
+the lowered graph shares every weight initializer with the graph it came from: exported with
+external data, the ONNX Runtime graph and its twins reference one copy of each tensor. Nodes with
+quantized cores (weight_format ≠ "float") are left to the reference functions. The result is checked against the reference graph (tests/export/test_lower.py) and by the runtime's
 token-for-token tests against torch.
 """
 
@@ -63,9 +68,12 @@ class _Lowering:
         self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def array(self, name: str) -> np.ndarray | None:
+    def weight(self, name: str) -> tuple[tuple, type] | None:
+        """(dims, numpy dtype) of a weight initializer (its values are never read), or None."""
         init = self.inits.get(name)
-        return None if init is None else numpy_helper.to_array(init)
+        if init is None:
+            return None
+        return tuple(init.dims), helper.tensor_dtype_to_np_dtype(init.data_type)
 
     def shape(self, rank: int, *tail: int) -> str:
         """A Reshape target keeping the first rank-1 dims of x (0 = copy) and ending in `tail`."""
@@ -125,16 +133,16 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     is_ffn = node.op_type == spec.PHM_FFN.op_type
     firsts = ((spec.GATE_CORES, spec.UP_CORES, spec.DOWN_CORES) if a.get("mlp_type", "swiglu") == "swiglu"
               else (spec.UP_CORES, spec.DOWN_CORES)) if is_ffn else (1,)
-    cores = [lw.array(node.input[f]) for f in firsts]
-    if any(c is None for c in cores):
+    weights = [lw.weight(node.input[f]) for f in firsts]
+    if any(w is None for w in weights):
         return None  # cores computed at run time (not an initializer): the reference handles it
-    dtype = cores[0].dtype
+    cores = [dims for dims, _ in weights]  # (m, B, k) each
+    names = [node.input[f] for f in firsts]
+    dtype = weights[0][1]
     bases = torch.tensor(np.asarray(a["bases"], np.float32)).reshape(num_bases, n, n)
     mix = lw.const(f"{node.name}_mix", mixing_matrix(bases).numpy().astype(dtype))
-    biases = []
-    for f in firsts:
-        b = lw.array(node.input[f + 2]) if int(a.get("has_bias", 0)) else None
-        biases.append(None if b is None else b.reshape(n, -1))
+    has_bias = int(a.get("has_bias", 0))
+    biases = [node.input[f + 2] if has_bias and node.input[f + 2] in lw.inits else None for f in firsts]
     nodes: list = []
 
     def op(op_type, *inputs, **attrs):
@@ -147,33 +155,42 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         xb = op("Reshape", v, lw.shape(rank, n, k))
         return op("Reshape", op("MatMul", mix, xb), lw.shape(rank, n, num_bases * k))
 
-    def a_cat_t(*cs: np.ndarray) -> str:
-        return lw.const(f"{node.name}_acat_t", np.concatenate([c.reshape(c.shape[0], -1).T for c in cs], axis=1))
+    def a_cat_t(*which: int) -> str:
+        """A_catᵀ (B·k, m) of the cores `which`, side by side: graph ops on the shared initializers."""
+        parts = []
+        for i in which:
+            m, b, k = cores[i]
+            flat = op("Reshape", names[i], lw.const(f"{node.name}_acat_shape", np.array([m, b * k], np.int64)))
+            parts.append(op("Transpose", flat, perm=[1, 0]))
+        return parts[0] if len(parts) == 1 else op("Concat", *parts, axis=1)
 
-    def add_bias(v: str, bias: np.ndarray | None) -> str:
-        return v if bias is None else op("Add", v, lw.const(f"{node.name}_bias", bias.astype(dtype)))
+    def add_bias(v: str, bias: str | None) -> str:
+        """+ bias (n·m,) in the (…, n, m) block layout: a Reshape of the shared initializer."""
+        if bias is None:
+            return v
+        return op("Add", v, op("Reshape", bias, lw.const(f"{node.name}_bias_shape", np.array([n, -1], np.int64))))
 
-    k_in = cores[0].shape[2]
+    k_in = cores[0][2]
     if not is_ffn:
-        y = add_bias(op("MatMul", mixed(x, k_in), a_cat_t(cores[0])), biases[0])
-        y = op("Reshape", y, lw.shape(rank, n * cores[0].shape[0]))
+        y = add_bias(op("MatMul", mixed(x, k_in), a_cat_t(0)), biases[0])
+        y = op("Reshape", y, lw.shape(rank, n * cores[0][0]))
         out = _activation(nodes, lw, y, a.get("activation", "none"), dtype)
     else:
         z = mixed(x, k_in)
         if len(cores) == 3:  # swiglu: gate and up in one GEMM, split in the block layout
-            m = cores[0].shape[0]
-            gu = op("MatMul", z, a_cat_t(cores[0], cores[1]))
+            m = cores[0][0]
+            gu = op("MatMul", z, a_cat_t(0, 1))
             gate_out, up_out = lw.name(f"{node.name}_gate"), lw.name(f"{node.name}_up")
             nodes.append(helper.make_node("Split", [gu, lw.const("phm_split", np.array([m, m], np.int64))],
                                           [gate_out, up_out], axis=-1, name=gate_out))
             gate, up = add_bias(gate_out, biases[0]), add_bias(up_out, biases[1])
             h = op("Mul", _activation(nodes, lw, gate, a["activation"], dtype), up)
         else:
-            up = add_bias(op("MatMul", z, a_cat_t(cores[0])), biases[0])
+            up = add_bias(op("MatMul", z, a_cat_t(0)), biases[0])
             h = _activation(nodes, lw, up, a["activation"], dtype)
         down = cores[-1]
-        y = add_bias(op("MatMul", mixed(h, down.shape[2]), a_cat_t(down)), biases[-1])
-        out = op("Reshape", y, lw.shape(rank, n * down.shape[0]))
+        y = add_bias(op("MatMul", mixed(h, down[2]), a_cat_t(len(cores) - 1)), biases[-1])
+        out = op("Reshape", y, lw.shape(rank, n * down[0]))
     nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=lw.name(f"{node.name}_out")))
     return nodes
 

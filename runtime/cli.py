@@ -1,22 +1,24 @@
 """`phm-run ARTIFACTS_DIR --prompt TEXT [--image PATH]`: generate text from an exported artifacts dir.
 
-Streams the generated text to stdout as it is generated, then one timing line on stderr (prefill
-ms, decode tokens/s, peak RSS; peak device memory on a GPU backend), or prints one JSON object with
-`--json`. Generation stays inside the exported context (the manifest's, set by `phm-export
---context`): a prompt longer than it is refused, and --max-new-tokens past it is capped with a
-warning. Ctrl-C stops generation: what was printed stays, and the exit status is 130. Backends:
-`ort` (ONNX Runtime: CPU, or its CUDA EP where installed; text decoders, and Qwen2(.5)-VL and
-LLaVA with an image) and `trt` (the TensorRT decoder engine phm-export builds where TensorRT is
-importable). An image prompt is the image first, then the text, or for LLaVA the image at the
-prompt's `<image>` token where it has one (`VisionSpec.image_prompt`). `--chat` wraps the prompt
-as one user turn in the tokenizer's chat template; without it the prompt is used as written.
-Every known failure is one line on stderr and exit status 1.
+Streams the generated text to stdout as it is generated, then one timing line on stderr (startup:
+command start to the first prefill; prefill ms, decode tokens/s, peak RSS; peak device memory on a
+GPU backend), or prints one JSON object with `--json`. Generation stays inside the exported context
+(the manifest's, set by `phm-export --context`): a prompt longer than it is refused, and
+--max-new-tokens past it is capped with a warning. Ctrl-C stops generation: what was printed stays,
+and the exit status is 130. Backends: `ort` (ONNX Runtime: CPU, or its CUDA EP where installed; text
+decoders, and Qwen2(.5)-VL and LLaVA with an image) and `trt` (the TensorRT decoder engine
+phm-export builds where TensorRT is importable). An image prompt is the image first, then the text,
+or the image at the placeholder the prompt holds (`VisionSpec.image_prompt`). `--chat` wraps the
+prompt as one user turn in the model's chat template (with an image: the processor's template, the
+image inside the user turn); without it the prompt is used as written. Every known failure is one
+line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import click
@@ -27,20 +29,15 @@ from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 from .backend import BackendError, read_manifest
 from .generate import GenerationConfig, generate, stop_ids
 from .sampling import SamplingConfig
+from .tokenizer import TokenizerError, load_tokenizer
 from .vlm import VisionSpec, image_processor, load_image
 
 
 def _tokenizer(artifacts: Path):
-    from transformers import AutoTokenizer
-
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    message = f"{artifacts}/hf holds no tokenizer: pass a model exported with its tokenizer"
-    if not any((artifacts / "hf" / n).is_file() for n in names):
-        raise click.ClickException(message)
     try:
-        return AutoTokenizer.from_pretrained(artifacts / "hf", local_files_only=True)
-    except (OSError, ValueError, TypeError):
-        raise click.ClickException(message) from None
+        return load_tokenizer(artifacts / "hf")
+    except TokenizerError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _backend(artifacts: Path, kind: str, threads: int | None):
@@ -106,7 +103,33 @@ def _chat(tok, prompt: str) -> str:
     writes its own special tokens, so the caller tokenizes without adding more."""
     if not getattr(tok, "chat_template", None):
         raise click.ClickException("--chat: this model's tokenizer has no chat template; pass the formatted prompt")
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def _processor_template(hf_dir: Path) -> str | None:
+    """The processor's own chat template where the model ships one apart from the tokenizer's
+    (chat_template.json, or processor_config.json's "chat_template"), as HF processors read it."""
+    for name in ("chat_template.json", "processor_config.json"):
+        path = hf_dir / name
+        if path.is_file():
+            try:
+                template = json.loads(path.read_text()).get("chat_template")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(template, str) and template:
+                return template
+    return None
+
+
+def _image_chat(hf_dir: Path, tok, prompt: str) -> str:
+    """An image + text user turn as the model's processor renders it (HF `processor.apply_chat_template`,
+    without loading the processor): the image placeholder sits inside the user turn where the template
+    puts it, and VisionSpec.image_prompt then expands it to the image's tokens."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    template = _processor_template(hf_dir) or getattr(tok, "chat_template", None)
+    if not template:
+        raise click.ClickException("--chat: this model has no chat template; pass the formatted prompt")
+    return tok.apply_chat_template(messages, add_generation_prompt=True, chat_template=template)
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,6 +148,7 @@ def _chat(tok, prompt: str) -> str:
               "loading (sizes are always checked).")
 def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, seed, threads, chat, as_json, verify):
     """Generate text from an artifacts dir written by phm-export."""
+    started = time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         manifest = read_manifest(artifacts, verify=verify)
@@ -141,7 +165,9 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
         picture = load_image(image) if image is not None else None
         engine = _backend(artifacts, backend, threads)
         tok = _tokenizer(artifacts)
-        ids = tok(_chat(tok, prompt) if chat else prompt, add_special_tokens=not chat)["input_ids"]
+        if chat:
+            text = _image_chat(artifacts / "hf", tok, prompt) if image is not None else _chat(tok, prompt)
+        ids = tok.encode(text if chat else prompt, add_special_tokens=not chat)
         images = None
         if image is not None:
             images = {"pixel_values": vision.pixel_values(image_processor(artifacts / "hf"), picture)}
@@ -153,7 +179,8 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
                                pad_id=tok.pad_token_id or 0, sampling=SamplingConfig(temperature, top_p, seed))
         streamer = None if as_json else _Streamer(tok, cfg.stop_ids)
         try:
-            result = generate(engine, np.array([ids], dtype=np.int64), cfg, images=images, on_token=streamer)
+            result = generate(engine, np.array([ids], dtype=np.int64), cfg, images=images, on_token=streamer,
+                              started=started)
         except KeyboardInterrupt:
             if streamer is not None and streamer.wrote:
                 click.echo()  # end the streamed line: what was printed stays

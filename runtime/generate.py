@@ -44,6 +44,7 @@ class Timings:
     decode_tokens: int
     peak_rss_mb: float
     peak_device_mb: float | None = None   # GPU backends: device memory in use, peak over the steps
+    startup_ms: float | None = None       # phm-run: command start (artifacts dir) to the first prefill
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -51,14 +52,15 @@ class Timings:
 
     def line(self) -> str:
         device = "" if self.peak_device_mb is None else f", peak device memory {self.peak_device_mb:.0f} MB"
-        return (f"prefill {self.prefill_ms:.1f} ms ({self.prompt_tokens} tok), decode "
+        start = "" if self.startup_ms is None else f"startup {self.startup_ms / 1e3:.2f} s, "
+        return (f"{start}prefill {self.prefill_ms:.1f} ms ({self.prompt_tokens} tok), decode "
                 f"{self.decode_tokens_per_s:.1f} tok/s ({self.decode_tokens} tok), peak RSS {self.peak_rss_mb:.0f} MB"
                 f"{device}")
 
     def to_dict(self) -> dict:
         return {"prefill_ms": self.prefill_ms, "prompt_tokens": self.prompt_tokens, "decode_ms": self.decode_ms,
                 "decode_tokens": self.decode_tokens, "decode_tokens_per_s": self.decode_tokens_per_s,
-                "peak_rss_mb": self.peak_rss_mb, "peak_device_mb": self.peak_device_mb}
+                "peak_rss_mb": self.peak_rss_mb, "peak_device_mb": self.peak_device_mb, "startup_ms": self.startup_ms}
 
 
 @dataclass
@@ -72,10 +74,12 @@ def _peak_rss_mb() -> float:
 
 
 def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, attention_mask: np.ndarray | None = None,
-             images: dict | None = None, on_token: Callable[[np.ndarray], None] | None = None) -> GenerationResult:
+             images: dict | None = None, on_token: Callable[[np.ndarray], None] | None = None,
+             started: float | None = None) -> GenerationResult:
     """Prompt (batch, seq) -> new tokens. Decode timing covers every decode step (all but the first token).
 
-    `on_token(ids)` gets each step's (batch,) tokens as soon as they are chosen (streaming output)."""
+    `on_token(ids)` gets each step's (batch,) tokens as soon as they are chosen (streaming output);
+    `started` (a time.perf_counter() value) is when the caller began loading: startup_ms runs to the prefill."""
     input_ids = np.asarray(input_ids, dtype=np.int64)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, seq) with seq ≥ 1, got shape {input_ids.shape}")
@@ -83,6 +87,7 @@ def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, att
     rng = np.random.default_rng(cfg.sampling.seed)
     backend.reset()
     t0 = time.perf_counter()
+    startup_ms = None if started is None else (t0 - started) * 1e3
     logits = backend.prefill(input_ids, mask, images)
     prefill_ms = (time.perf_counter() - t0) * 1e3
     batch = input_ids.shape[0]
@@ -102,7 +107,7 @@ def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, att
         logits = backend.decode(nxt[:, None], mask)
     decode_ms = (time.perf_counter() - t1) * 1e3
     timings = Timings(prefill_ms, int(input_ids.size), decode_ms, max(len(out) - 1, 0) * batch, _peak_rss_mb(),
-                      getattr(backend, "peak_device_mb", None))
+                      getattr(backend, "peak_device_mb", None), startup_ms)
     return GenerationResult(np.stack(out, axis=1), timings)
 
 

@@ -37,48 +37,23 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _quantized(model) -> bool:
-    """Whether the graph holds Q/DQ nodes (an --int8 export)."""
+def _is_quantized(path: Path) -> bool:
+    """Whether the graph holds Q/DQ nodes (an --int8 export); reads the graph without its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError …: one line
+        raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
 
 
-def _prepared(path: Path, lower: bool, lean: bool) -> tuple[bytes | None, bool]:
-    """(the graph as ORT should run it, or None to load the file as it is; whether it is Q/DQ).
-
-    The rewrites: PHM nodes lowered to specialised standard ops (phm.export.lower) and the traced
-    shape arithmetic folded into constants (phm.export.lean). None too when the result would pass
-    protobuf's 2 GiB limit. The file is parsed once for both answers."""
-    import onnx
-
-    from phm.export.lean import lean_graph
-    from phm.export.lower import lower_phm
-
-    if not (lower or lean):  # nothing to rewrite: read the graph without its weights
-        return None, _quantized(onnx.load(str(path), load_external_data=False))
-    model = onnx.load(str(path))
-    quantized = _quantized(model)
-    changed = bool(lower and lower_phm(model))
-    # Q/DQ graphs are left as exported: the fold is untested on them.
-    if lean and not quantized:
-        changed |= lean_graph(model) > 0
-    if not changed:
-        return None, quantized
-    if model.ByteSize() >= (1 << 31) - (1 << 20):
-        log.warning("%s: over 2 GiB after rewriting; running the file as it is", path.name)
-        return None, quantized
-    data = model.SerializeToString()
-    del model  # keep one copy of the weights in memory while ORT builds the session
-    return data, quantized
-
-
-def _session(ort, path: Path, providers: list[str] | None, threads: int | None, lower: bool = True,
-             lean: bool = True):
+def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: bool | None = None):
+    """An InferenceSession of the file exactly as exported (phm-export prepared it: ort_graph.py)."""
     if not path.is_file():
         raise BackendError(f"ONNX model {path} does not exist")
-    try:
-        data, quantized = _prepared(path, lower, lean)
-    except Exception as e:  # onnx raises DecodeError / ValidationError …: one line
-        raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if quantized is None:
+        quantized = _is_quantized(path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: fp16 graphs make the CPU constant folder warn per node
     # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
@@ -93,7 +68,7 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     available = ort.get_available_providers()
     providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(data or str(path), opts, providers=providers)
+        return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types; report one line
         raise BackendError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
 
@@ -102,15 +77,18 @@ class OrtBackend:
     name = "ort"
 
     def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 vision: VisionSpec | None = None, lower: bool = True, lean: bool = True):
-        """`onnx_path`: decoder.onnx. `vision`: the VLM's image spec; embed.onnx and vision.onnx are
-        then read from the decoder's directory. `lower`: run PHM nodes as specialised standard ops
-        (phm.export.lower) instead of the generic reference functions the file carries. `lean`: fold
-        the traced graph's run-time shape arithmetic into constants first (phm.export.lean)."""
+                 vision: VisionSpec | None = None, quantized: bool | None = None,
+                 embed_path: str | Path | None = None, vision_path: str | Path | None = None):
+        """`onnx_path`: the decoder graph, loaded as it is (from_artifacts picks the file phm-export
+        prepared for ONNX Runtime). `vision`: the VLM's image spec; `embed_path`/`vision_path` its
+        other graphs (default: embed.onnx / vision.onnx beside the decoder). `quantized`: whether the
+        graphs hold Q/DQ nodes (None: read from the decoder graph)."""
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
-        self.session = _session(ort, onnx_path, providers, threads, lower, lean)
+        if quantized is None and onnx_path.is_file():
+            quantized = _is_quantized(onnx_path)
+        self.session = _session(ort, onnx_path, providers, threads, quantized)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embeds = "inputs_embeds" in self.inputs
@@ -128,8 +106,10 @@ class OrtBackend:
             if vision is None:
                 raise BackendError(f"{onnx_path.name} takes inputs_embeds: open VLM artifacts with "
                                    "OrtBackend.from_artifacts")
-            self.embed_session = _session(ort, onnx_path.with_name("embed.onnx"), providers, threads, lower, lean)
-            self.vision_session = _session(ort, onnx_path.with_name("vision.onnx"), providers, threads, lower, lean)
+            self.embed_session = _session(ort, Path(embed_path or onnx_path.with_name("embed.onnx")), providers,
+                                          threads, quantized)
+            self.vision_session = _session(ort, Path(vision_path or onnx_path.with_name("vision.onnx")), providers,
+                                           threads, quantized)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._ort = ort
@@ -139,11 +119,18 @@ class OrtBackend:
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
-                       threads: int | None = None, lower: bool = True, lean: bool = True) -> "OrtBackend":
-        """The backend of an artifacts dir written by phm-export (text decoder or VLM)."""
+                       threads: int | None = None) -> "OrtBackend":
+        """The backend of an artifacts dir written by phm-export (text decoder or VLM): the graphs it
+        prepared for ONNX Runtime (manifest `ort_file`), loaded without any rewriting."""
         artifacts = Path(artifacts)
-        read_manifest(artifacts)  # a missing or corrupt manifest is one clear error before any session
-        return cls(artifacts / "decoder.onnx", providers, threads, VisionSpec.from_artifacts(artifacts), lower, lean)
+        manifest = read_manifest(artifacts)  # a bad artifacts dir is one clear error before any session
+        graphs = manifest["graphs"]
+        if "decoder" not in graphs:
+            raise BackendError(f"{artifacts} holds no decoder graph")
+        path = {kind: artifacts / g["ort_file"] for kind, g in graphs.items()}
+        return cls(path["decoder"], providers, threads, VisionSpec.from_artifacts(artifacts),
+                   quantized=manifest.get("precision") == "int8", embed_path=path.get("embed"),
+                   vision_path=path.get("vision"))
 
     def reset(self) -> None:
         self.cache = None

@@ -86,21 +86,22 @@ class VisionSpec:
     def image_prompt(self, text_ids: list[int]) -> list[int]:
         """The prompt ids with the image's tokens in place.
 
-        Qwen: the image first, then the text (Qwen2-VL's user-turn layout, without a chat template).
-        LLaVA: an image token the text already holds (a prompt written with `<image>`, as LLaVA's
-        chat template places it) is expanded to one token per image feature, as LlavaProcessor
-        does; a text without one gets the image first (after a leading BOS, which must stay first).
+        An image token the text already holds (the placeholder a chat template puts inside the user
+        turn: Qwen's `<|image_pad|>` between its vision start/end tokens, LLaVA's `<image>`) is
+        expanded to one token per image feature, as the HF processors do. A text without one gets
+        the image first: Qwen as `<|vision_start|>` image `<|vision_end|>` text, LLaVA after a
+        leading BOS, which must stay first.
         """
         tokens = [self.image_token_id] * self.image_tokens
-        if self.mrope:
-            return [self.vision_start_token_id, *tokens, self.vision_end_token_id, *text_ids]
         text_ids = list(text_ids)
         n = text_ids.count(self.image_token_id)
         if n > 1:
             raise ValueError(f"the prompt holds {n} image tokens; one image takes one")
-        if n == 1:
+        if n == 1:  # a chat template's placeholder (Qwen: inside <|vision_start|> … <|vision_end|>)
             i = text_ids.index(self.image_token_id)
             return text_ids[:i] + tokens + text_ids[i + 1:]
+        if self.mrope:
+            return [self.vision_start_token_id, *tokens, self.vision_end_token_id, *text_ids]
         head = 1 if self.bos_token_id is not None and text_ids[:1] == [self.bos_token_id] else 0
         return text_ids[:head] + tokens + text_ids[head:]
 

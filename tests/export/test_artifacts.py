@@ -50,7 +50,7 @@ def test_manifest_describes_the_artifacts(store):
     assert "--staticPlugins=$PLUGINS" in cmds["trtexec"] and "decoder.trt.onnx" in cmds["trtexec"]
     assert "--minShapes=input_ids:1x1," in cmds["trtexec"] and "past_key_values.0.key:1x2x0x8" in cmds["trtexec"]
     assert "--trt --plugins $PLUGINS" in cmds["polygraphy_trt"]
-    assert cmds["polygraphy_onnxrt"].startswith("polygraphy run decoder.onnx --onnxrt")
+    assert cmds["polygraphy_onnxrt"].startswith("polygraphy run decoder.ort.onnx --onnxrt")
     assert (art / "commands.sh").read_text().count("trtexec") >= 1
     assert (art / "hf" / "phm_config.json").is_file() and not (art / "hf" / "model.safetensors").exists()
     assert m["engine_status"].startswith("not built") or m["engines"]
@@ -81,7 +81,7 @@ def test_same_input_gives_byte_identical_onnx(store, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "TensorRT" in proc.stderr or (tmp_path / "again" / "engines").is_dir()
     onnx_files = sorted(p.name for p in first.glob("*.onnx"))
-    assert onnx_files == ["decoder.onnx", "decoder.trt.onnx"]
+    assert onnx_files == ["decoder.onnx", "decoder.ort.onnx", "decoder.trt.onnx"]
     for name in onnx_files + ["decoder.ref.json", "decoder.inputs.json"]:
         assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 

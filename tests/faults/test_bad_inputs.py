@@ -361,8 +361,8 @@ CASES = {
         _run(_artifacts_with(i, d, lambda a: _set_json(a / "manifest.json", _decoder_io_not_a_list))),
         "field 'graphs.decoder.io.inputs' must be a list, got a string"),
     "run-manifest-newer-format": lambda i, d: Case(
-        _run(_artifacts_with(i, d, lambda a: _edit_json(a / "manifest.json", format_version=2))),
-        "manifest.json: format_version 2 is not supported by this phm-run (reads 1)"),
+        _run(_artifacts_with(i, d, lambda a: _edit_json(a / "manifest.json", format_version=3))),
+        "manifest.json: format_version 3 is not supported by this phm-run (reads 2)"),
     "run-file-truncated-size-checked": lambda i, d: Case(
         _run(_artifacts_with(i, d, lambda a: _truncate(a / "decoder.ref.json"))),
         "art/decoder.ref.json is "),

@@ -59,7 +59,7 @@ def test_text_and_timing_line(art):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().startswith("w")
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("[ort cpu] prefill") and "tok/s" in line and "peak RSS" in line
+    assert line.startswith("[ort cpu] startup ") and ", prefill " in line and "tok/s" in line and "peak RSS" in line
 
 
 def test_sampling_flags_are_seeded(art):

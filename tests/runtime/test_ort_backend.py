@@ -1,5 +1,7 @@
 """ORT generation over real exports equals torch's greedy decode token for token; phm-run errors."""
 
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -31,13 +33,18 @@ def exported(request, tmp_path_factory):
     return load(model_dir), out
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "plain"])
-def test_ort_greedy_equals_torch(exported, lean):
+@pytest.mark.parametrize("graph", ["prepared", "portable"])
+def test_ort_greedy_equals_torch(exported, graph):
+    """The graph phm-export prepared for ONNX Runtime (what phm-run loads) and the portable one (PHM
+    nodes on their reference functions, traced shape arithmetic) both generate torch's tokens."""
     model, art = exported
     cfg = GenerationConfig(max_new_tokens=16)
     ids = np.array([[5, 17, 33, 9, 101], [0, 0, 44, 12, 7]])
     mask = np.array([[1] * 5, [0, 0, 1, 1, 1]])
-    ours = generate(OrtBackend(art / "decoder.onnx", lean=lean), ids, cfg, attention_mask=mask).tokens
+    backend = OrtBackend.from_artifacts(art) if graph == "prepared" else OrtBackend(art / "decoder.onnx")
+    if graph == "prepared":  # lowered and lean: a file of its own
+        assert json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]["ort_file"] == "decoder.ort.onnx"
+    ours = generate(backend, ids, cfg, attention_mask=mask).tokens
     ref = generate(TorchBackend(model), ids, cfg, attention_mask=mask).tokens
     np.testing.assert_array_equal(ours, ref)
 

@@ -7,6 +7,8 @@ scikit-image's bundled photos.
 """
 
 
+import json
+
 import numpy as np
 import pytest
 import skimage.data
@@ -149,3 +151,53 @@ def test_image_prompt_errors_are_one_line(vlm, tmp_path):
     result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5", "--image", str(bad)])
     assert result.exit_code == 1 and "cannot read image" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}w40 {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+                 "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+                 "<|vision_end|>{% else %} {{ c['text'] }}{% endif %}{% endfor %}{% endif %} w41{% endfor %}"
+                 "{% if add_generation_prompt %} w42{% endif %}")
+
+
+def test_chat_image_prompt_equals_the_hf_processors_ids(tmp_path):
+    """--chat with an image: the image block inside the user turn exactly where the model's processor
+    template puts it, token for token what the HF processor gives for the same image and text."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    model = tiny_model("qwen2_vl")
+    config = PHMConfig()
+    targets = inject_phm(model, config)
+    set_lambda(model, 1.0)
+    drop_dense(model)
+    source = tmp_path / "source"
+    vcfg = model.config.vision_config
+    images = Qwen2VLImageProcessorPil(patch_size=vcfg.patch_size, merge_size=vcfg.spatial_merge_size,
+                                      temporal_patch_size=vcfg.temporal_patch_size, min_pixels=16,
+                                      max_pixels=1 << 20)
+    images.save_pretrained(source)
+    tok = _tokenizer(model.config)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(source)  # (its chat_template.jinja is the template the processor reads too)
+    ckpt = save_phm_checkpoint(model, config, targets, tmp_path / "ckpt", source_dir=source)
+    art = export_model(ckpt, ExportConfig(), tmp_path / "art")
+    spec = VisionSpec.from_artifacts(art)
+    _, h, w = spec.grid_thw
+    patch = vcfg.patch_size
+    image = skimage.data.astronaut()[: h * patch, : w * patch]  # already the exported grid: no resize
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5 w17", "--image", str(tmp_path / "photo.png"),
+                                          "--chat", "--max-new-tokens", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w5 w17"}]}]
+    # What Qwen2VLProcessor.__call__ does (it cannot be built here: its video half needs torchvision):
+    # the template's text, each <|image_pad|> repeated grid.prod() // merge² times, then the tokenizer
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    grid = images(images=[Image.fromarray(image)], return_tensors="np")["image_grid_thw"][0]
+    assert tuple(int(v) for v in grid) == tuple(spec.grid_thw)
+    pads = int(np.prod(grid)) // vcfg.spatial_merge_size ** 2
+    want = tok(text.replace("<|image_pad|>", "<|image_pad|>" * pads), add_special_tokens=False)["input_ids"]
+    assert out["prompt_ids"] == want
+    assert want[0] == 40 and want[-2:] == [41, 42]  # the image sits inside the user turn
