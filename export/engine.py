@@ -5,25 +5,25 @@
 The ONNX parser maps each `com.phm::PHMLinear`/`PHMFFN` node to our IPluginV3 creators (op type =
 plugin name, `plugin_version`/`plugin_namespace` attributes), which the plugin library registers
 when loaded through `trt.get_plugin_registry().load_library`. Precision lives in the ONNX
-(DESIGN.md §4): the network is created strongly typed where the API has it, so an fp16 graph gives
+(docs/design.md §4): the network is created strongly typed where the API has it, so an fp16 graph gives
 an fp16 engine on 10.3 and on 11.x, where the kFP16 builder flag is gone. fp32 graphs are built with
 TF32 off, so they match the fp32 reference within the manifest's tolerances.
 
-Nothing here runs on machines without TensorRT (DESIGN.md §6); there `unavailable_reason()` says
+Nothing here runs on machines without TensorRT (docs/design.md §6); there `unavailable_reason()` says
 why, and the exporter writes the trtexec commands instead.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from phm.common.fsutil import atomic_write_bytes
+from phm.trt_plugins.library import load_plugins, plugin_library
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineBuildError", "build_all", "build_engine", "load_plugins", "plugin_library", "unavailable_reason"]
+__all__ = ["EngineBuildError", "build_all", "build_engine", "unavailable_reason"]
 
 
 class EngineBuildError(ValueError):
@@ -37,27 +37,6 @@ def unavailable_reason() -> str | None:
     except Exception as e:  # ImportError, or an OSError from a missing libnvinfer
         return f"`import tensorrt` failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return None
-
-
-def plugin_library(artifacts: Path, target: str) -> Path | None:
-    """$PHM_PLUGINS, else <artifacts>/plugins/<target>/lib/libphm_trt_plugins.so, if it exists."""
-    from .manifest import PLUGIN_LIBRARY
-
-    env = os.environ.get("PHM_PLUGINS")
-    path = Path(env) if env else artifacts / "plugins" / target / PLUGIN_LIBRARY
-    return path if path.is_file() else None
-
-
-def load_plugins(trt, plugin_lib: Path) -> None:
-    """Register our creators: the `_dyn` twin through the registry (it exports getCreators), else
-    dlopen the static library (REGISTER_TENSORRT_PLUGIN at load, as trtexec --staticPlugins does)."""
-    dyn = plugin_lib.with_name(plugin_lib.stem + "_dyn" + plugin_lib.suffix)
-    if dyn.is_file():
-        trt.get_plugin_registry().load_library(str(dyn))
-    else:
-        import ctypes
-
-        ctypes.CDLL(str(plugin_lib), mode=ctypes.RTLD_GLOBAL)
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profile: dict, plugin_lib: Path | None,

@@ -8,7 +8,7 @@ reshapes + transposes the cores, and the If of PHMFFN stays. On SmolLM2-135M tha
 small nodes per decode step, which costs more time than PHM saves in weight bytes.
 
 This pass rewrites, in memory, each float-core node into what the node actually computes
-(DESIGN.md §1; M = trainer.hypercomplex.mixing_matrix, A_cat = cores (m, B, k)):
+(docs/design.md §1; M = trainer.hypercomplex.mixing_matrix, A_cat = cores (m, B, k)):
 
     xb = reshape(x, (…, n, k))                      n column blocks of x
     z  = reshape(M @ xb, (…, n, B·k))               cheap mixing, M (n·B, n) a constant

@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import shlex
-from pathlib import Path
 
 import onnx
 
 from phm.common.artifacts import MANIFEST_VERSION, file_entry, sha256
 from phm.trt_plugins import spec
+from phm.trt_plugins.library import PLUGIN_LIBRARY
 
 from . import io_names as io
 from .config import ExportConfig
 
-# MANIFEST_VERSION, file_entry and sha256 are the artifact contract's (phm.common.artifacts), named here
-# for the writer's convenience
+# MANIFEST_VERSION, file_entry and sha256 are the artifact contract's (phm.common.artifacts) and
+# PLUGIN_LIBRARY the plugin layout's (phm.trt_plugins.library), named here for the writer's convenience
 __all__ = ["MANIFEST_VERSION", "PLUGIN_LIBRARY", "commands", "file_entry", "graph_io",
            "plugin_requirements", "profile_shapes", "sha256", "versions"]
 
-# What `phm-build-plugins --arch SM --out DIR` writes: DIR/lib/libphm_trt_plugins.so (static registration:
-# trtexec --staticPlugins, polygraphy --plugins) and DIR/lib/libphm_trt_plugins_dyn.so (loadLibrary).
-PLUGIN_LIBRARY = "lib/libphm_trt_plugins.so"
 INT8_ERROR_STAT = ["--check-error-stat", "median"]
 
 

@@ -1,4 +1,4 @@
-"""INT8 explicit quantization of a rewritten graph (DESIGN.md §3.4): what `phm-export --int8` adds.
+"""INT8 explicit quantization of a rewritten graph (docs/design.md §3.4): what `phm-export --int8` adds.
 
     plan = plan_int8(graph, lm_head=False)                 # which MatMuls get what
     acts = collect_activations(ort_model, plan.activation_tensors, feeds, types)   # ORT, float graph

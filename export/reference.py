@@ -197,7 +197,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def strip_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of `model` without model-local functions (the TensorRT file; DESIGN.md §4)."""
+    """Copy of `model` without model-local functions (the TensorRT file; docs/design.md §4)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.functions[:]

@@ -14,7 +14,7 @@ step with `set_input_shape` inside the engine's optimisation profile; every step
 
 The KV cache grows each step (dynamic `past` axis), so decode is not captured in a CUDA graph:
 that needs a static-length cache graph, which the exporter does not write yet. Untested here (no
-TensorRT on the development machines, DESIGN.md §6) except step 1.
+TensorRT on the development machines, docs/design.md §6) except step 1.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class TrtBackend:
     def __init__(self, engine_path: str | Path, plugin_library: str | Path | None, required_plugins: list[dict]):
         import torch
 
-        from phm.export.engine import load_plugins
+        from phm.trt_plugins.library import load_plugins
 
         trt = import_tensorrt()
         engine_path = Path(engine_path)
@@ -129,7 +129,7 @@ class TrtBackend:
     def from_artifacts(cls, artifacts: str | Path) -> "TrtBackend":
         """The decoder engine of an artifacts dir, with the plugin library phm-build-plugins wrote
         there (or $PHM_PLUGINS). Text decoders only: VLM engines (vision/embed) are not driven yet."""
-        from phm.export.engine import plugin_library
+        from phm.trt_plugins.library import plugin_library
 
         artifacts = Path(artifacts)
         if "vision" in read_manifest(artifacts)["graphs"]:

@@ -6,7 +6,7 @@ safetensors, no hub access) and, for B = 1..4 (n = 2), shows what the closed-for
 parameter count and the byte ratio against the dense weight. B = 4 = n² is exact.
 
 This is the first stage of the pipeline; the trainer then distils the PHM layers back to the
-teacher's behaviour (the projection alone is far from it, DESIGN.md §1).
+teacher's behaviour (the projection alone is far from it, docs/design.md §1).
 """
 
 from __future__ import annotations

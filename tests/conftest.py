@@ -19,7 +19,7 @@ def _has_cuda() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is visible to torch on this machine")
-    no_trt = pytest.mark.skip(reason="needs TensorRT: `import tensorrt` fails here (DESIGN.md §6)")
+    no_trt = pytest.mark.skip(reason="needs TensorRT: `import tensorrt` fails here (docs/design.md §6)")
     has_gpu = _has_cuda()
     has_trt = importlib.util.find_spec("tensorrt") is not None
     for item in items:

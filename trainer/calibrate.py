@@ -1,4 +1,4 @@
-"""Activation-weighted (data-aware) PHM initialisation (DESIGN.md §1, "fitting the cores to real
+"""Activation-weighted (data-aware) PHM initialisation (docs/design.md §1, "fitting the cores to real
 activations"): ridge regression of each dense layer's outputs on the PHM-mixed inputs.
 
 For one layer with input covariance C = Σ_t x_t x_tᵀ (over real tokens of the calibration data,
@@ -9,7 +9,7 @@ collected in teacher mode), the cores minimise
 where A_proj is the closed-form weight-space projection and G = ZᵀZ the Gram matrix of the mixed
 inputs. Both G and the right-hand side are linear in C, so only C (d_in × d_in) is accumulated per
 layer, never the activations. White inputs (C ∝ I) give back A_proj exactly; the ridge term
-shrinks towards it where the calibration data say little (DESIGN.md measured over-fitting of
+shrinks towards it where the calibration data say little (a plain least-squares fit over-fits
 wide down_proj layers on few tokens).
 """
 

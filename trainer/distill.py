@@ -4,7 +4,7 @@
     model, history = distill(model, batches, DistillConfig(steps=600), state_dir=out / "train_state")
     save_phm_checkpoint(model, phm_config, targets, out)     # model is PHM-only, LoRA merged
 
-Stages (DESIGN.md §2; every schedule value is a pure function of the step, so resume is exact):
+Stages (docs/design.md §2; every schedule value is a pure function of the step, so resume is exact):
   0. optional activation-weighted core init on the first `calib_batches` batches (calibrate.py);
   1. LoRA (peft) on the attention q/k/v outside the vision tower; everything except PHM cores/biases
      and LoRA is frozen (so the vision tower is);
@@ -84,7 +84,7 @@ class DistillConfig:
     grad_clip: float = 1.0
     lora_r: int = 8                  # paper: r = 8, α = 16 on q/k/v; 0 disables LoRA
     lora_alpha: int = 16
-    calibrate_init: bool = True      # activation-weighted ridge init of the cores (DESIGN.md §1)
+    calibrate_init: bool = True      # activation-weighted ridge init of the cores (docs/design.md §1)
     calib_batches: int = 32
     calib_ridge: float = 1e-2
     local_epochs: int = 0            # layer-wise local distillation before the KD loop (local.py); 0 = off

@@ -1,6 +1,6 @@
 """The PHM linear map: bases, forward, projection from dense, cost accounting.
 
-This module is the one implementation of DESIGN.md §1 that everything else (trainer, ONNX
+This module is the one implementation of docs/design.md §1 that everything else (trainer, ONNX
 reference, Triton kernels, tests) calls or is checked against.
 
     W = Σ_b H_b ⊗ A_b        H_b ∈ R^{n×n} fixed, A_b ∈ R^{(d_out/n)×(d_in/n)} learned
@@ -37,7 +37,7 @@ __all__ = [
     "project_dense",
 ]
 
-# n = 2: orthogonal under the Frobenius product, together spanning all 2×2 (DESIGN.md §1).
+# n = 2: orthogonal under the Frobenius product, together spanning all 2×2 (docs/design.md §1).
 # I, J give complex multiplication; K, L complete the span.
 _N2 = {
     "I": ((1.0, 0.0), (0.0, 1.0)),
@@ -171,7 +171,7 @@ def project_dense(weight: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     """Least-squares cores A = argmin ‖W − Σ_b H_b ⊗ A_b‖_F, A_cat layout (d_out/n, B, d_in/n).
 
     Normal equations in the bases' Gram matrix G_bc = ⟨H_b, H_c⟩_F: A = G⁻¹ · (Σ_ij H_c[i,j] W_ij).
-    Exact when the bases span R^{n×n}. Blocks use the kron(H, A) layout (DESIGN.md §1 trap).
+    Exact when the bases span R^{n×n}. Blocks use the kron(H, A) layout (docs/design.md §1 trap).
     """
     num_bases, n, _ = bases.shape
     d_out, d_in = weight.shape

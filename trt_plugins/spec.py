@@ -1,4 +1,4 @@
-"""The single source of the PHM op / TensorRT plugin contract (DESIGN.md §3, §4).
+"""The single source of the PHM op / TensorRT plugin contract (docs/design.md §3, §4).
 
 Everything that emits, runs or checks a PHM node reads this module and nothing else: the exporter
 (`phm.export`, writes the ONNX nodes), the ONNX Runtime reference, the Triton kernels' launchers,
@@ -16,7 +16,7 @@ as given; empty optional inputs are not portable across parser versions). An inp
 configuration does not use (scales of float cores, bias when has_bias = 0, gate of a plain MLP) is
 a placeholder: a one-element tensor of the documented dtype, never read by the kernels.
 
-Weights (cores, scales, bias) are initializer inputs, never attributes (DESIGN.md §4: the parser
+Weights (cores, scales, bias) are initializer inputs, never attributes (docs/design.md §4: the parser
 maps INT/INTS → int32 fields, FLOAT(S) → float32, STRING → char; INT8 initializers are allowed;
 INT64/UINT8/BOOL attributes are avoided).
 

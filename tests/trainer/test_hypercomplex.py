@@ -63,7 +63,7 @@ def test_from_dense_exact_when_bases_span(n, full):
 
 def test_from_dense_projection_errors_match_theory():
     # On an i.i.d. Gaussian matrix the orthogonal projection keeps B/n² of the energy, so the
-    # relative error is sqrt(1 - B/4) for n = 2 (DESIGN.md §1: 0.866, 0.707, 0.500).
+    # relative error is sqrt(1 - B/4) for n = 2 (docs/design.md §1: 0.866, 0.707, 0.500).
     torch.manual_seed(2)
     w = torch.randn(512, 512)
     for num_bases, expected in [(1, 0.866), (2, 0.707), (3, 0.5)]:

@@ -2,7 +2,7 @@
 C++ harness with a fake CUDA driver: creator names and fields (vs spec.py), parsing of fields the way
 the ONNX parser passes them, serialise → createPlugin round trip, format rules, shape checks and the
 kernels + arguments enqueue launches. Needs TensorRT headers (TENSORRT_ROOT or standard paths) and a
-C++ compiler; skipped otherwise (TensorRT headers are never vendored, DESIGN.md §6)."""
+C++ compiler; skipped otherwise (TensorRT headers are never vendored, docs/design.md §6)."""
 
 import shutil
 import subprocess

@@ -4,7 +4,7 @@ Read by the Python launchers (`phm_linear`, `phm_ffn`: interpreter and JIT) and 
 compiles every entry of `aot_specialisations()` and writes the same selection rule into the C
 dispatcher, so the TensorRT plugin and the torch op run identical kernels for identical shapes.
 
-Tile sizes are first choices from the roofline reasoning in DESIGN.md §4 (decode streams weights:
+Tile sizes are first choices from the roofline reasoning in docs/design.md §4 (decode streams weights:
 small BLOCK_M for many programs in flight, long BLOCK_K; prefill: tensor-core tiles) and have not
 been tuned on a GPU yet: `benchmarks/bench_phm_kernels_gpu.py --sweep` measures alternatives.
 """

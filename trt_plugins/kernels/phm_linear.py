@@ -1,4 +1,4 @@
-"""PHMLinear in Triton: y = act(Σ_b (H_b ⊗ A_b) x + bias), never materialising W (DESIGN.md §1, §4).
+"""PHMLinear in Triton: y = act(Σ_b (H_b ⊗ A_b) x + bias), never materialising W (docs/design.md §1, §4).
 
 One source, three uses: Triton's interpreter (TRITON_INTERPRET=1, CPU tests), JIT from torch on a
 GPU (`phm.trt_plugins.torch_ops`) and AOT cubins + C launchers for the TensorRT plugins (`aot.py`).

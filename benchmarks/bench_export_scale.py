@@ -1,0 +1,195 @@
+"""Export and run at the user's scale: config-built models of real architectures, exported and run
+as a user would, with the cost of each step measured.
+
+For each shape and variant (dense; PHM B=2 from the projection of the same weights) the script
+builds the checkpoint once (generated weights, safetensors, cached in --work), then runs, each in a
+child process of its own so its peak RSS is its own:
+  - `phm-export CKPT --out ART [--fp16]`: wall time, peak RSS, artifact bytes against the
+    checkpoint's weight bytes at the export precision;
+  - `phm-run ART --prompt … --max-new-tokens N --json`: startup (command start to first prefill)
+    and peak RSS, and its greedy tokens against transformers' `generate` on the checkpoint (fp32).
+Results go to benchmarks/results/export_scale.json and, with --docs, into docs/export.md between
+its bench_export_scale markers.
+
+    python benchmarks/bench_export_scale.py --shapes qwen2-0.6b --variants dense,phm
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# Real architectures' shapes (weights generated): the 0.6 B untied Qwen2 crossed protobuf's 2 GiB
+# in fp32; the Qwen2.5-VL-3B text decoder is the mission's smallest target.
+SHAPES = {
+    "qwen2-tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),  # the test's
+    "qwen2-0.6b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=False),
+    "qwen2.5-vl-3b-text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                               num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+}
+PROMPT = "The capital of France is"
+MARKERS = ("<!-- bench_export_scale:start -->", "<!-- bench_export_scale:end -->")
+
+
+def dense_checkpoint(shape: str, out: Path) -> Path:
+    import torch
+    import transformers
+
+    from phm.trainer.tiny_models import save_char_tokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1, eos_token_id=2,
+                                   pad_token_id=0, architectures=["Qwen2ForCausalLM"])
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    model.save_pretrained(out, max_shard_size="1GB")
+    return save_char_tokenizer(out)
+
+
+def phm_checkpoint(dense: Path, out: Path) -> Path:
+    from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
+
+    if (out / "phm_config.json").is_file():
+        return out
+    model, config = load(dense), PHMConfig(num_bases=2, init="projection")
+    targets = inject_phm(model, config)
+    set_lambda(model, 1.0)
+    drop_dense(model)
+    return save_phm_checkpoint(model, config, targets, out, source_dir=dense, overwrite=True)
+
+
+def measured(argv: list) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(the process, wall s, its peak RSS in GB): run through a fresh wrapper whose only child it is."""
+    wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, argv)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t
+    lines = proc.stderr.rstrip().splitlines()
+    rss_gb = int(lines[-1]) / 2**20 if lines and lines[-1].isdigit() else float("nan")
+    proc.stderr = "\n".join(lines[:-1])
+    return proc, wall, rss_gb
+
+
+def weight_bytes(ckpt: Path, fp16: bool) -> int:
+    """Bytes of the checkpoint's weights at the export precision (the files hold fp32)."""
+    total = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
+    return total // 2 if fp16 else total
+
+
+def reference_tokens(ckpt: Path, prompt_ids: list[int], new_tokens: int) -> list[int]:
+    import torch
+
+    from phm.trainer import load
+
+    model = load(ckpt)
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def run_one(shape: str, variant: str, args, console) -> dict:
+    work = args.work / shape
+    dense = dense_checkpoint(shape, work / "dense")
+    ckpt = dense if variant == "dense" else phm_checkpoint(dense, work / "phm-b2")
+    art = work / f"art-{variant}{'-fp16' if args.fp16 else ''}"
+    if art.exists():
+        import shutil
+
+        shutil.rmtree(art)
+    console.log(f"{shape} {variant}: exporting")
+    proc, export_s, export_rss = measured([BIN / "phm-export", ckpt, "--out", art, *(["--fp16"] if args.fp16 else [])])
+    row = {"shape": shape, "variant": variant, "precision": "fp16" if args.fp16 else "fp32",
+           "weight_bytes": weight_bytes(ckpt, args.fp16), "export_ok": proc.returncode == 0,
+           "export_s": round(export_s, 1), "export_peak_rss_gb": round(export_rss, 2)}
+    if proc.returncode != 0:
+        row["export_error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return row
+    row["artifact_bytes"] = sum(p.stat().st_size for p in art.rglob("*") if p.is_file())
+    row["artifacts_over_weights"] = round(row["artifact_bytes"] / row["weight_bytes"], 3)
+    row["export_rss_over_weights"] = round(export_rss * 2**30 / row["weight_bytes"], 2)
+    console.log(f"{shape} {variant}: phm-run")
+    proc, run_s, run_rss = measured([BIN / "phm-run", art, "--prompt", PROMPT, "--max-new-tokens", args.new_tokens,
+                                     "--json"])
+    if proc.returncode != 0:
+        row["run_error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return row
+    out = json.loads(proc.stdout)
+    row.update(run_s=round(run_s, 2), startup_s=round(out["startup_ms"] / 1e3, 2), run_peak_rss_gb=round(run_rss, 2))
+    if not args.fp16:  # fp16 greedy may differ from fp32 torch legitimately; fp32 must not
+        row["greedy_equals_transformers"] = out["tokens"] == reference_tokens(ckpt, out["prompt_ids"],
+                                                                                args.new_tokens)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| shape | variant | precision | weights | export | peak RSS (× weights) | artifacts (× weights) | "
+             "phm-run startup | greedy = transformers |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if not r["export_ok"]:
+            lines.append(f"| {r['shape']} | {r['variant']} | {r['precision']} | {r['weight_bytes'] / 1e9:.2f} GB | "
+                         f"failed: {r['export_error']} | | | | |")
+            continue
+        lines.append(f"| {r['shape']} | {r['variant']} | {r['precision']} | {r['weight_bytes'] / 1e9:.2f} GB | "
+                     f"{r['export_s']:.0f} s | {r['export_peak_rss_gb']:.1f} GB ({r['export_rss_over_weights']:.2f}×) | "
+                     f"{r['artifact_bytes'] / 1e9:.2f} GB ({r['artifacts_over_weights']:.3f}×) | "
+                     f"{r.get('startup_s', float('nan')):.2f} s | {r.get('greedy_equals_transformers', 'n/a')} |")
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, block: str) -> None:
+    from phm.common.fsutil import atomic_write_text
+
+    text = path.read_text()
+    start, end = MARKERS
+    head, rest = text.split(start)
+    atomic_write_text(path, f"{head}{start}\n{block}\n{end}{rest.split(end)[1]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="qwen2-0.6b", help=f"comma-separated: {', '.join(SHAPES)}")
+    ap.add_argument("--variants", default="dense,phm", help="comma-separated: dense, phm")
+    ap.add_argument("--fp16", action="store_true", help="export --fp16 (greedy is then not compared)")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--work", type=Path, default=None, help="checkpoints and artifacts [default: $PHM_CACHE/export_scale]")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "export_scale.json")
+    ap.add_argument("--docs", type=Path, default=None, help="rewrite this doc's bench_export_scale block")
+    args = ap.parse_args()
+    from rich.console import Console
+
+    from phm.trainer.models import cache_root
+
+    console = Console()
+    args.work = args.work or cache_root() / "export_scale"
+    rows = [run_one(shape, variant, args, console) for shape in args.shapes.split(",")
+            for variant in args.variants.split(",")]
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+              "command": " ".join(sys.argv), "rows": rows}
+    from phm.common.fsutil import atomic_write_text
+
+    atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+    console.print(table(rows))
+    if args.docs:
+        write_docs(args.docs, f"{table(rows)}\n\n`{result['command']}` ({result['date']}, {result['machine']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The runtime stands alone: importing what phm-run needs for text and generating over ONNX Runtime
+loads neither torch, transformers, graphsurgeon nor the exporter or trainer (on a Jetson the runtime
+should need none of them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "transformers", "onnx_graphsurgeon", "phm.export", "phm.trainer")
+
+
+def test_runtime_modules_import_no_heavy_package():
+    code = ("import sys\n"
+            "import phm.runtime, phm.runtime.cli, phm.runtime.ort_backend, phm.runtime.trt_backend, "
+            "phm.runtime.generate, phm.runtime.vlm, phm.runtime.tokenizer, phm.common.artifacts\n"
+            f"heavy = sorted(m for m in sys.modules if m.startswith({HEAVY!r}))\n"
+            "print(','.join(heavy)); sys.exit(bool(heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, f"imported: {proc.stdout.strip()} {proc.stderr[-1000:]}"
+
+
+def test_text_generation_loads_no_heavy_package(tmp_path):
+    """phm-run over a real export, in a fresh interpreter: what it imported by the end."""
+    from phm.export import ExportConfig, export_model
+    from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model
+
+    art = export_model(save_char_tokenizer(save_tiny_model("llama", tmp_path / "llama")), ExportConfig(),
+                       tmp_path / "art")
+    code = ("import sys\n"
+            "from phm.runtime.cli import main\n"
+            f"sys.argv = ['phm-run', {str(art)!r}, '--prompt', 'hello', '--max-new-tokens', '4']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            f"heavy = sorted(m for m in sys.modules if m.startswith({HEAVY!r}))\n"
+            "print('HEAVY:' + ','.join(heavy), file=sys.stderr); sys.exit(3 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
