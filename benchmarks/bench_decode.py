@@ -138,7 +138,7 @@ def main():
     import onnxruntime
 
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
             "onnxruntime": onnxruntime.__version__, "threads": args.threads, "rounds": args.rounds,
             "new_tokens": args.new_tokens, "prompt_tokens": int(ids.shape[1]),
             "load_average_at_end": os.getloadavg(), "checkpoints": {n: str(c) for n, c in variants.items()}}
