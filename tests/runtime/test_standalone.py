@@ -4,8 +4,10 @@ should need none of them)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("torch", "transformers", "onnx_graphsurgeon", "phm.export", "phm.trainer")
 
@@ -35,3 +37,26 @@ def test_text_generation_loads_no_heavy_package(tmp_path):
             "print('HEAVY:' + ','.join(heavy), file=sys.stderr); sys.exit(3 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_runtime_only_install_runs_phm_run(tmp_path):
+    """`pip install "phm-edge[runtime]"` into a fresh venv (CI pins): no torch there, and its phm-run
+    generates from an export made by the full install."""
+    from phm.export import ExportConfig, export_model
+    from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model
+
+    root = Path(__file__).resolve().parents[2]
+    art = export_model(save_char_tokenizer(save_tiny_model("llama", tmp_path / "llama")), ExportConfig(),
+                       tmp_path / "art")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
+                          str(root / "constraints" / "cpu.txt"), f"{root}[runtime]"],
+                         capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
+    assert no_torch.returncode != 0, "the runtime install pulled torch"
+    run = subprocess.run([str(venv / "bin" / "phm-run"), str(art), "--prompt", "hello", "--max-new-tokens", "4",
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(json.loads(run.stdout)["tokens"]) == 4
