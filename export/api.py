@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +54,7 @@ from .verify import mlp_report, not_rewritten
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "export_model", "memory_plan_for"]
+__all__ = ["ExportError", "build_manifest", "export_model", "memory_plan_for"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".index.json")
 
@@ -223,10 +223,35 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
         return _export_model(model_dir, config, out_dir, on_stage)
 
 
-def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
-                  on_stage: Callable[[str], None] | None) -> Path:
-    stage = on_stage or (lambda msg: log.info("%s", msg))
-    trt_reason = trt_engine.unavailable_reason()
+@dataclass
+class _Job:
+    """What every stage of one export reads: the loaded model and what was derived from it up front."""
+
+    model_dir: Path
+    config: ExportConfig
+    model: torch.nn.Module
+    doc: dict | None                 # phm_config.json (None: a plain HF model dir)
+    blocks: list[dict]               # the MLP blocks the architecture table finds
+    counts: dict                     # parameter counts (param_counts)
+    max_positions: int
+    plan: MemoryPlan
+    int8: object | None              # the Int8Stage with --int8
+    stage: Callable[[str], None]
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.doc["layers"] if self.doc else []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.config.fp16 else torch.float32
+
+    @property
+    def float_np(self):
+        return np.float16 if self.config.fp16 else np.float32
+
+
+def _check_request(config: ExportConfig, out_dir: Path, trt_reason: str | None) -> None:
     if config.require_engine and trt_reason:
         raise ExportError(f"--require-engine: cannot build TensorRT engines: {trt_reason}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -234,6 +259,11 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
         raise FileExistsError(f"output directory {out_dir} exists and is not empty")
 
+
+def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list, list]:
+    """Load the model and plan the export before anything is written: (job, graph specs, their fp32
+    twins for the reference outputs). An architecture without an export path, a model that does not
+    fit the target or bad calibration data fail here."""
     stage(f"loading {model_dir}")
     doc = read_phm_config(model_dir) if model_dir.is_dir() else None
     model = _merge_lora(load(model_dir), model_dir)
@@ -241,135 +271,165 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
     # MatMul-Softmax-MatMul pattern TensorRT fuses; the TorchScript exporter's SDPA symbolic leaves
     # fp16 attention outputs in fp32, which breaks fp16 graphs (GPT-2, BERT).
     model.set_attn_implementation("eager")
-    dtype = torch.float16 if config.fp16 else torch.float32
-    float_np = np.float16 if config.fp16 else np.float32
-    layers = doc["layers"] if doc else []
-    blocks = [asdict(b) for b in find_mlp_blocks(model)]
-    counts = param_counts(model, 16 if config.fp16 else 32)
-    max_positions = getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence
     specs = graph_specs(model)  # an architecture without an export path fails here, before the plan
     ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
-    plan = memory_plan_for(model, config)
-    int8 = _int8_stage(model, model_dir, config, stage) if config.int8 else None
+    job = _Job(model_dir, config, model, doc, [asdict(b) for b in find_mlp_blocks(model)],
+               param_counts(model, 16 if config.fp16 else 32),
+               getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence,
+               memory_plan_for(model, config), None, stage)
+    if config.int8:
+        job.int8 = _int8_stage(model, model_dir, config, stage)
+    return job, specs, ref_specs
 
+
+def _trace(job: _Job, spec, tmp: Path) -> onnx.ModelProto:
+    job.stage(f"exporting {spec.kind} graph")
+    trace_dir = tmp / f".trace-{spec.kind}"
+    trace_dir.mkdir()
+    spec.sample = tuple(t.to(job.dtype) if t.is_floating_point() else t for t in spec.sample)
+    export_graph(spec, trace_dir / "graph.onnx")
+    traced = onnx.load(str(trace_dir / "graph.onnx"))
+    shutil.rmtree(trace_dir)
+    return traced
+
+
+def _write_graphs(job: _Job, name: str, rewritten: onnx.ModelProto,
+                  tmp: Path) -> tuple[Path | None, str, onnx.ModelProto]:
+    """The three graphs of one kind (portable, ONNX Runtime, TensorRT) over one copy of the weights:
+    (external data file or None, the ONNX Runtime file's name, the TensorRT model)."""
+    data = None
+    if _initializer_bytes(rewritten) > job.config.external_data_mb * (1 << 20):
+        data = tmp / f"{name}.onnx.data"
+        # before the twins are copied from it: all reference the one copy at the same offsets
+        _externalize(rewritten, data)
+    ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
+    _save_onnx(ort_model, tmp / f"{name}.onnx")
+    _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
+    _check(ort_model, tmp / f"{name}.onnx", data is not None)
+    job.stage(f"preparing the {name} graph for ONNX Runtime")
+    prepared = ort_graph(ort_model)
+    ort_file = f"{name}.onnx"
+    if prepared is not None:
+        ort_file = f"{name}{ORT_SUFFIX}"
+        _save_onnx(prepared, tmp / ort_file)
+    return data, ort_file, trt_model
+
+
+def _references(job: _Job, ref_spec, name: str, tmp: Path) -> tuple[list, list]:
+    """PyTorch's outputs (fp32, the source model) on seeded inputs, written for polygraphy."""
+    job.stage(f"reference outputs for {name} (PyTorch)")
+    job.model.float()
+    feeds = reference_feeds(ref_spec, job.model)
+    outputs = run_torch(ref_spec, feeds)
+    job.model.to(job.dtype)
+    atomic_write_text(tmp / f"{name}.inputs.json", inputs_json(feeds, job.float_np))
+    atomic_write_text(tmp / f"{name}.ref.json", run_results_json(outputs))
+    return feeds, outputs
+
+
+def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
+    """trace → rewrite → quantize → write (three graphs) → references → tolerances: (the manifest's
+    entry for this graph, its MLP report)."""
+    config, name = job.config, spec.kind
+    traced = _trace(job, spec, tmp)
+    job.stage(f"rewriting {name} MLPs into PHM ops")
+    rewritten, report = _rewrite(name, traced, job.blocks, job.layers, spec.towers, config.strict, config.fp16)
+    int8_summary = None
+    if job.int8 is not None:
+        job.stage(f"INT8: calibrating and quantizing the {name} graph")
+        rewritten, int8_summary = job.int8.quantize(spec, rewritten)
+    data, ort_file, trt_model = _write_graphs(job, name, rewritten, tmp)
+    feeds, outputs = _references(job, ref_spec, name, tmp)
+    inputs, outs = mf.graph_io(trt_model)
+    entry = {"file": f"{name}.onnx", "ort_file": ort_file, "trt_file": f"{name}.trt.onnx",
+             "external_data": data.name if data else None, "inputs": f"{name}.inputs.json",
+             "ref": f"{name}.ref.json", "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
+             "profile": mf.profile_shapes(name, inputs, config, job.max_positions),
+             "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
+                           for op in ("PHMLinear", "PHMFFN")},
+             "plugins": mf.plugin_requirements(trt_model),
+             "tolerances": _tolerances(config, outputs, tmp / ort_file, feeds, job.float_np),
+             **({"int8": int8_summary} if int8_summary is not None else {})}
+    if name == "vision":  # a runtime lays out the prompt's image tokens by this count, which the ONNX
+        # graph leaves symbolic (LLaVA's features are a Concat over images)
+        entry["image_tokens"] = int(outputs[0][spec.outputs[0]].shape[0])
+    return entry, report
+
+
+def _write_support_files(job: _Job, graphs: dict, tmp: Path) -> dict:
+    """hf/ (every non-weight file of the model dir), commands.sh, export_config.json; the commands."""
+    job.stage("writing manifest and commands")
+    hf = tmp / "hf"
+    hf.mkdir()
+    for f in sorted(job.model_dir.iterdir()):
+        if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != "adapter_config.json":
+            shutil.copy2(f, hf / f.name)
+    cmds = mf.commands(graphs, job.config)
+    atomic_write_text(tmp / "commands.sh", mf.commands_sh(cmds, job.config))
+    atomic_write_text(tmp / "export_config.json", job.config.to_json())
+    return cmds
+
+
+def _engines(job: _Job, graphs: dict, tmp: Path, trt_reason: str | None) -> dict:
+    if trt_reason:
+        log.warning("TensorRT engines not built: %s (commands.sh has the trtexec lines for %s)",
+                    trt_reason, job.config.target)
+        return {}
+    job.stage("building TensorRT engines")
+    return trt_engine.build_all(tmp, graphs, job.config)
+
+
+def build_manifest(job: _Job, tmp: Path, graphs: dict, reports: list, cmds: dict, engines: dict,
+                   report_file: str | None, trt_reason: str | None) -> dict:
+    """manifest.json of the assembled dir `tmp` (format: phm.common.artifacts)."""
+    config, doc = job.config, job.doc
+    files = {f.relative_to(tmp).as_posix(): mf.file_entry(f) for f in sorted(tmp.rglob("*"))
+             if f.is_file() and f.name != "manifest.json"}
+    # TensorRT plugin creators the graphs need (phm-run checks them before loading TensorRT)
+    plugins = sorted({(p["name"], p["version"], p["namespace"]) for g in graphs.values() for p in g["plugins"]})
+    phm = None if doc is None else {
+        "n": doc["phm"]["n"], "bases": doc["phm"]["bases"],
+        "layers": [{k: t[k] for k in ("name", "tower", "layer", "role", "num_bases", "in_features", "out_features",
+                                      "bias")} for t in job.layers]}
+    return {
+        "format_version": mf.MANIFEST_VERSION, "model_dir": str(job.model_dir),
+        "model_type": job.model.config.model_type, "architecture": type(job.model).__name__,
+        "precision": config.precision, "activations": config.activations, "report": report_file,
+        "target": {"name": config.target, "sm": config.sm}, "memory_plan": job.plan.to_dict(),
+        "plugins": [dict(zip(("name", "version", "namespace"), t)) for t in plugins],
+        "versions": mf.versions(), "graphs": graphs, "phm": phm,
+        "mlps": [s.to_dict() for s in reports], "mlps_rewritten": sum(s.rewritten for s in reports),
+        "mlps_total": len(reports), "params": job.counts,
+        "onnx_bytes": sum(v["bytes"] for k, v in files.items() if k.endswith((".trt.onnx", ".onnx.data"))),
+        "files": files, "commands": cmds, "engines": engines or None,
+        "engine_status": "built" if engines else f"not built: {trt_reason}",
+    }
+
+
+def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
+                  on_stage: Callable[[str], None] | None) -> Path:
+    stage = on_stage or (lambda msg: log.info("%s", msg))
+    trt_reason = trt_engine.unavailable_reason()
+    _check_request(config, out_dir, trt_reason)
+    job, specs, ref_specs = _load_job(model_dir, config, stage)
     graphs, reports = {}, []
     with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
         if config.fp16:
-            model.to(dtype)
+            job.model.to(job.dtype)
         for spec, ref_spec in zip(specs, ref_specs):
-            stage(f"exporting {spec.kind} graph")
-            trace_dir = tmp / f".trace-{spec.kind}"
-            trace_dir.mkdir()
-            spec.sample = tuple(t.to(dtype) if t.is_floating_point() else t for t in spec.sample)
-            export_graph(spec, trace_dir / "graph.onnx")
-            traced = onnx.load(str(trace_dir / "graph.onnx"))
-            shutil.rmtree(trace_dir)
-
-            stage(f"rewriting {spec.kind} MLPs into PHM ops")
-            rewritten, report = _rewrite(spec.kind, traced, blocks, layers, spec.towers, config.strict,
-                                       config.fp16)
+            graphs[spec.kind], report = _export_kind(job, spec, ref_spec, tmp)
             reports += report
-            int8_summary = None
-            if int8 is not None:
-                stage(f"INT8: calibrating and quantizing the {spec.kind} graph")
-                rewritten, int8_summary = int8.quantize(spec, rewritten)
-            name = spec.kind
-            data = None
-            if _initializer_bytes(rewritten) > config.external_data_mb * (1 << 20):
-                data = tmp / f"{name}.onnx.data"
-                # before the two twins are copied from it: both reference the one copy at the same offsets
-                _externalize(rewritten, data)
-            ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
-            _save_onnx(ort_model, tmp / f"{name}.onnx")
-            _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
-            _check(ort_model, tmp / f"{name}.onnx", data is not None)
-            stage(f"preparing the {spec.kind} graph for ONNX Runtime")
-            prepared = ort_graph(ort_model)
-            ort_file = f"{name}.onnx"
-            if prepared is not None:
-                ort_file = f"{name}{ORT_SUFFIX}"
-                _save_onnx(prepared, tmp / ort_file)
-                del prepared
-
-            stage(f"reference outputs for {spec.kind} (PyTorch)")
-            model.float()
-            feeds = reference_feeds(ref_spec, model)
-            outputs = run_torch(ref_spec, feeds)
-            model.to(dtype)
-            atomic_write_text(tmp / f"{name}.inputs.json", inputs_json(feeds, float_np))
-            atomic_write_text(tmp / f"{name}.ref.json", run_results_json(outputs))
-            tolerances = _tolerances(config, outputs, tmp / ort_file, feeds, float_np)
-            inputs, outs = mf.graph_io(trt_model)
-            graphs[name] = {"file": f"{name}.onnx", "ort_file": ort_file, "trt_file": f"{name}.trt.onnx",
-                            "external_data": data.name if data else None,
-                            "inputs": f"{name}.inputs.json", "ref": f"{name}.ref.json",
-                            "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
-                            "profile": mf.profile_shapes(spec.kind, inputs, config, max_positions),
-                            "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
-                                          for op in ("PHMLinear", "PHMFFN")},
-                            "plugins": mf.plugin_requirements(trt_model), "tolerances": tolerances,
-                            **({"int8": int8_summary} if int8_summary is not None else {})}
-            if spec.kind == "vision":  # a runtime lays out the prompt's image tokens by this count, which
-                # the ONNX graph leaves symbolic (LLaVA's features are a Concat over images)
-                graphs[name]["image_tokens"] = int(outputs[0][spec.outputs[0]].shape[0])
-
         report_file = None
-        if int8 is not None:
-            model.float()
-            report_file = _int8_report(int8, tmp, graphs, model_dir, doc, counts)
-
-        stage("writing manifest and commands")
-        hf = tmp / "hf"
-        hf.mkdir()
-        for f in sorted(model_dir.iterdir()):
-            if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != "adapter_config.json":
-                shutil.copy2(f, hf / f.name)
-        cmds = mf.commands(graphs, config)
-        atomic_write_text(tmp / "commands.sh", mf.commands_sh(cmds, config))
-        atomic_write_text(tmp / "export_config.json", config.to_json())
-
-        engines = {}
-        if trt_reason:
-            log.warning("TensorRT engines not built: %s (commands.sh has the trtexec lines for %s)",
-                        trt_reason, config.target)
-        else:
-            stage("building TensorRT engines")
-            engines = trt_engine.build_all(tmp, graphs, config)
-
-        files = {f.relative_to(tmp).as_posix(): mf.file_entry(f) for f in sorted(tmp.rglob("*"))
-                 if f.is_file() and f.name != "manifest.json"}
-        manifest = {
-            "format_version": mf.MANIFEST_VERSION,
-            "model_dir": str(model_dir),
-            "model_type": model.config.model_type,
-            "architecture": type(model).__name__,
-            "precision": config.precision,
-            "activations": config.activations,
-            "report": report_file,
-            "target": {"name": config.target, "sm": config.sm},
-            "memory_plan": plan.to_dict(),
-            # TensorRT plugin creators the graphs need (phm-run checks them before loading TensorRT)
-            "plugins": [dict(zip(("name", "version", "namespace"), t)) for t in sorted(
-                {(p["name"], p["version"], p["namespace"]) for g in graphs.values() for p in g["plugins"]})],
-            "versions": mf.versions(),
-            "graphs": graphs,
-            "phm": None if doc is None else {
-                "n": doc["phm"]["n"], "bases": doc["phm"]["bases"],
-                "layers": [{k: t[k] for k in ("name", "tower", "layer", "role", "num_bases", "in_features",
-                                              "out_features", "bias")} for t in layers]},
-            "mlps": [s.to_dict() for s in reports],
-            "mlps_rewritten": sum(s.rewritten for s in reports),
-            "mlps_total": len(reports),
-            "params": counts,
-            "onnx_bytes": sum(v["bytes"] for k, v in files.items() if k.endswith((".trt.onnx", ".onnx.data"))),
-            "files": files,
-            "commands": cmds,
-            "engines": engines or None,
-            "engine_status": "built" if engines else f"not built: {trt_reason}",
-        }
+        if job.int8 is not None:
+            job.model.float()
+            report_file = _int8_report(job.int8, tmp, graphs, model_dir, job.doc, job.counts)
+        cmds = _write_support_files(job, graphs, tmp)
+        engines = _engines(job, graphs, tmp, trt_reason)
+        manifest = build_manifest(job, tmp, graphs, reports, cmds, engines, report_file, trt_reason)
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in [tmp, *tmp.rglob("*")]:  # temp files/dirs are created private: publish normally
             path.chmod(0o755 if path.is_dir() or path.name == "commands.sh" else 0o644)
     log.info("wrote %s (%d graph(s), %d/%d MLPs rewritten, params %d → %d)", out_dir, len(graphs),
-             manifest["mlps_rewritten"], manifest["mlps_total"], counts["params_before"], counts["params_after"])
+             manifest["mlps_rewritten"], manifest["mlps_total"], job.counts["params_before"],
+             job.counts["params_after"])
     return out_dir
