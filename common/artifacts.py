@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .schema import SchemaError, check, opt, typed
+from .schema import SchemaError, check, opt
 
 __all__ = ["MANIFEST_VERSION", "ArtifactError", "file_entry", "read_manifest", "sha256", "verify_files"]
 
@@ -26,10 +26,10 @@ class ArtifactError(RuntimeError):
 
 
 _IO = [{"name": str, "dtype": str, "shape": list}]
-_GRAPH = {"file": str, "ort_file": str, "trt_file": opt(str), "io": {"inputs": _IO, "outputs": _IO}, "external_data": opt(str),
-          "profile": opt(dict), "plugins": opt([dict])}
+_GRAPH = {"file": str, "ort_file": str, "trt_file": opt(str), "io": {"inputs": _IO, "outputs": _IO},
+          "external_data": opt(str), "profile": opt(dict), "plugins": opt([dict])}
 MANIFEST_SCHEMA = {
-    "format_version": typed(int),
+    "format_version": int,
     "graphs": {str: _GRAPH},
     "files": {str: {"bytes": int, "sha256": str}},
     "target": opt({"name": str, "sm": str}),
@@ -72,14 +72,12 @@ def read_manifest(artifacts: str | Path) -> dict:
     return doc
 
 
-def verify_files(artifacts: str | Path, manifest: dict, hashes: bool = False, only: tuple = ()) -> int:
-    """Check every file the manifest lists (or those under the `only` prefixes): present, its recorded
-    size, and with `hashes` its sha256. Returns the count checked; ArtifactError names the first bad file."""
+def verify_files(artifacts: str | Path, manifest: dict, hashes: bool = False) -> int:
+    """Check every file the manifest lists: present, its recorded size, and with `hashes` its sha256.
+    Returns the count checked; ArtifactError names the first bad file."""
     artifacts = Path(artifacts)
     checked = 0
     for name, entry in sorted(manifest["files"].items()):
-        if only and not name.startswith(only):
-            continue
         path = artifacts / name
         if not path.is_file():
             raise ArtifactError(f"{path} is missing (listed in manifest.json): copy the whole artifacts dir")

@@ -15,7 +15,7 @@ import signal
 
 import click
 
-__all__ = ["FiniteFloat", "FiniteFloatRange", "OneLineCommand"]
+__all__ = ["FiniteFloatRange", "OneLineCommand"]
 
 
 class Terminated(BaseException):
@@ -49,20 +49,9 @@ class OneLineCommand(click.Command):
             signal.signal(signal.SIGTERM, previous)
 
 
-class FiniteFloat(click.ParamType):
-    """A float option that refuses nan and ±inf by name (float('nan') parses, and poisons a run)."""
-
-    name = "float"
-
-    def convert(self, value, param, ctx):
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
 class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses nan (which every range comparison lets through) and ±inf."""
+    """click.FloatRange that also refuses nan (which every range comparison lets through) and ±inf,
+    by name: float('nan') parses, and poisons a run. `FiniteFloatRange()` is any finite float."""
 
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)

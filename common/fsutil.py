@@ -164,29 +164,19 @@ class OutputLocked(FileExistsError):
     """Another live process is writing the same output."""
 
 
-_HELD: dict[Path, list] = {}  # lock path -> [fd, depth]: re-entrant within this process
-
-
 def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
 @contextlib.contextmanager
 def output_lock(out: str | Path):
-    """Hold the advisory write lock of output `out` for the block (re-entrant in one process).
+    """Hold the advisory write lock of output `out` for the block.
 
     The loser of a race raises OutputLocked naming the holder's pid. The lock file lives beside `out`
     (not inside: an atomic dir swap replaces `out` itself) and is removed on release.
     """
     out = _real(out)
     lock = _lock_path(out)
-    if lock in _HELD:
-        _HELD[lock][1] += 1
-        try:
-            yield lock
-        finally:
-            _HELD[lock][1] -= 1
-        return
     for folder in (lock.parent, *lock.parent.parents):
         if folder.exists():
             if not folder.is_dir():
@@ -212,11 +202,9 @@ def output_lock(out: str | Path):
         os.close(fd)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[lock] = [fd, 1]
     try:
         yield lock
     finally:
-        del _HELD[lock]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)  # before the unlock: a waiter then sees another inode and retries
         os.close(fd)

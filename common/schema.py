@@ -8,13 +8,12 @@ A schema is written as the data looks:
     {str: schema}                       an object whose every value matches schema
     [schema]                            a list whose every item matches schema
     opt(schema)                         the key may be missing or null
-    typed(int)                          same as int (reads better at the top of a schema)
     positive(int)                       an int ≥ 1
 """
 
 from __future__ import annotations
 
-__all__ = ["SchemaError", "check", "opt", "positive", "typed"]
+__all__ = ["SchemaError", "check", "opt", "positive"]
 
 
 class SchemaError(ValueError):
@@ -31,17 +30,12 @@ class positive:  # noqa: N801
         self.kind = kind
 
 
-def typed(kind):
-    return kind
-
-
-_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "true/false", dict: "an object",
-          list: "a list"}
+_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "an object",
+          list: "a list", type(None): "null"}
 
 
 def _type_name(value) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "an object",
-            list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+    return _NAMES.get(type(value), type(value).__name__)
 
 
 def _is(value, kind) -> bool:

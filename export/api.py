@@ -48,7 +48,7 @@ from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
 from .ort_graph import ORT_SUFFIX, ort_graph
 from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
-from .refs import inputs_json, reference_feeds, run_results_json, run_torch
+from .refs import feed_arrays, inputs_json, reference_feeds, run_results_json, run_torch
 from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units, share_tied_weights
 from .verify import mlp_report, not_rewritten
 
@@ -157,10 +157,7 @@ def _tolerances(config: ExportConfig, outputs: list, graph: Path, feeds: list, f
     # ONNX Runtime's default options: what `polygraphy run --onnxrt` in commands.sh uses
     sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    got = []
-    for feed in feeds:
-        arrays = {k: v.numpy().astype(float_np) if v.is_floating_point() else v.numpy() for k, v in feed.items()}
-        got.append(dict(zip(names, sess.run(names, arrays))))
+    got = [dict(zip(names, sess.run(names, feed_arrays(feed, float_np)))) for feed in feeds]
     measured = tol.measured_median_errors(got, outputs)
     bounds = tol.int8_tolerances(measured, outputs)
     return {"check": "median", "onnxrt": bounds, "trt": bounds, "measured_median": measured,

@@ -24,7 +24,8 @@ This pass rewrites, in memory, each float-core node into what the node actually 
 The lowering reads no weight values (shapes and types only, biases reshaped in the graph too), so
 the lowered graph shares every weight initializer with the graph it came from: exported with
 external data, the ONNX Runtime graph and its twins reference one copy of each tensor. Nodes with
-quantized cores (weight_format ≠ "float") are left to the reference functions. The result is checked against the reference graph (tests/export/test_lower.py) and by the runtime's
+quantized cores (weight_format ≠ "float") are left to the reference functions. The result is
+checked against the reference graph (tests/export/test_lower.py) and by the runtime's
 token-for-token tests against torch.
 """
 

@@ -18,7 +18,7 @@ import torch
 from . import io_names as io
 from .graphs import GraphSpec, text_config
 
-__all__ = ["reference_feeds", "run_torch", "run_results_json", "inputs_json"]
+__all__ = ["feed_arrays", "reference_feeds", "run_torch", "run_results_json", "inputs_json"]
 
 PROMPT = 6  # tokens of the reference prefill
 
@@ -76,7 +76,8 @@ def run_torch(spec: GraphSpec, feeds: list[dict]) -> list[OrderedDict]:
     return results
 
 
-def _to_numpy(feed: dict, float_dtype) -> OrderedDict:
+def feed_arrays(feed: dict, float_dtype) -> OrderedDict:
+    """One torch feed as the numpy arrays a runner takes (float inputs in the graph's dtype)."""
     return OrderedDict((k, v.numpy().astype(float_dtype) if v.is_floating_point() else v.numpy())
                        for k, v in feed.items())
 
@@ -84,7 +85,7 @@ def _to_numpy(feed: dict, float_dtype) -> OrderedDict:
 def inputs_json(feeds: list[dict], float_dtype=np.float32) -> str:
     from polygraphy.json import to_json
 
-    return to_json([_to_numpy(f, float_dtype) for f in feeds])
+    return to_json([feed_arrays(f, float_dtype) for f in feeds])
 
 
 def run_results_json(outputs: list[OrderedDict], float_dtype=np.float32, runner_name: str = "torch") -> str:

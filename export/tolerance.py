@@ -40,7 +40,8 @@ def scales(outputs: list[OrderedDict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for iteration in outputs:
         for name, value in iteration.items():
-            if np.asarray(value).dtype.kind == "f" and np.asarray(value).size:
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and value.size:
                 out[name] = max(out.get(name, 0.0), float(np.max(np.abs(value))))
     return out
 
@@ -61,9 +62,9 @@ def measured_median_errors(got: list[OrderedDict], ref: list[OrderedDict]) -> di
     out: dict[str, list[float]] = {}
     for g, r in zip(got, ref):
         for name, want in r.items():
-            want = np.asarray(want, np.float64)
-            if want.dtype.kind != "f" or name not in g:
+            if np.asarray(want).dtype.kind != "f" or name not in g:
                 continue
+            want = np.asarray(want, np.float64)
             diff = np.abs(np.asarray(g[name], np.float64) - want)
             rel = diff / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
             prev = out.get(name, [0.0, 0.0])

@@ -30,7 +30,7 @@ from .backend import BackendError, read_manifest
 from .generate import GenerationConfig, generate, stop_ids
 from .sampling import SamplingConfig
 from .tokenizer import TokenizerError, load_tokenizer
-from .vlm import VisionSpec, image_processor, load_image
+from .vlm import VisionSpec, check_image_file, image_processor, load_image
 
 
 def _tokenizer(artifacts: Path):
@@ -40,14 +40,14 @@ def _tokenizer(artifacts: Path):
         raise click.ClickException(str(e)) from None
 
 
-def _backend(artifacts: Path, kind: str, threads: int | None):
+def _backend(artifacts: Path, kind: str, threads: int | None, manifest: dict):
     if kind == "trt":
         from .trt_backend import TrtBackend
 
         return TrtBackend.from_artifacts(artifacts)
     from .ort_backend import OrtBackend
 
-    return OrtBackend.from_artifacts(artifacts, threads=threads)
+    return OrtBackend.from_artifacts(artifacts, threads=threads, manifest=manifest)
 
 
 def exported_context(manifest: dict) -> int | None:
@@ -157,17 +157,18 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
     if not (artifacts / "decoder.onnx").is_file():
         raise click.ClickException(f"{artifacts} holds no decoder graph: phm-run generates text from decoder models")
     try:
-        vision = VisionSpec.from_artifacts(artifacts)
-        if image is not None and (image.is_dir() or not image.exists()):
-            load_image(image)  # one line: a directory, or no such file
-        if image is not None and vision is None:
-            raise click.ClickException("an image was given but this artifact is a text-only model")
+        vision = VisionSpec.from_artifacts(artifacts, manifest)
+        if image is not None:
+            check_image_file(image)  # the file's own faults first, then whether the model takes images
+            if vision is None:
+                raise click.ClickException("an image was given but this artifact is a text-only model")
         picture = load_image(image) if image is not None else None
-        engine = _backend(artifacts, backend, threads)
+        engine = _backend(artifacts, backend, threads, manifest)
         tok = _tokenizer(artifacts)
+        prompt_text = prompt
         if chat:
-            text = _image_chat(artifacts / "hf", tok, prompt) if image is not None else _chat(tok, prompt)
-        ids = tok.encode(text if chat else prompt, add_special_tokens=not chat)
+            prompt_text = _image_chat(artifacts / "hf", tok, prompt) if image is not None else _chat(tok, prompt)
+        ids = tok.encode(prompt_text, add_special_tokens=not chat)
         images = None
         if image is not None:
             images = {"pixel_values": vision.pixel_values(image_processor(artifacts / "hf"), picture)}

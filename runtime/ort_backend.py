@@ -48,12 +48,10 @@ def _is_quantized(path: Path) -> bool:
     return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
 
 
-def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: bool | None = None):
+def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: bool):
     """An InferenceSession of the file exactly as exported (phm-export prepared it: ort_graph.py)."""
     if not path.is_file():
         raise BackendError(f"ONNX model {path} does not exist")
-    if quantized is None:
-        quantized = _is_quantized(path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: fp16 graphs make the CPU constant folder warn per node
     # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
@@ -86,7 +84,9 @@ class OrtBackend:
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
-        if quantized is None and onnx_path.is_file():
+        if not onnx_path.is_file():
+            raise BackendError(f"ONNX model {onnx_path} does not exist")
+        if quantized is None:
             quantized = _is_quantized(onnx_path)
         self.session = _session(ort, onnx_path, providers, threads, quantized)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
@@ -119,16 +119,18 @@ class OrtBackend:
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
-                       threads: int | None = None) -> "OrtBackend":
+                       threads: int | None = None, manifest: dict | None = None) -> "OrtBackend":
         """The backend of an artifacts dir written by phm-export (text decoder or VLM): the graphs it
-        prepared for ONNX Runtime (manifest `ort_file`), loaded without any rewriting."""
+        prepared for ONNX Runtime (manifest `ort_file`), loaded without any rewriting. `manifest`: the
+        dir's manifest where the caller has read it already (read and checked here otherwise)."""
         artifacts = Path(artifacts)
-        manifest = read_manifest(artifacts)  # a bad artifacts dir is one clear error before any session
+        if manifest is None:  # a bad artifacts dir is one clear error before any session
+            manifest = read_manifest(artifacts)
         graphs = manifest["graphs"]
         if "decoder" not in graphs:
             raise BackendError(f"{artifacts} holds no decoder graph")
         path = {kind: artifacts / g["ort_file"] for kind, g in graphs.items()}
-        return cls(path["decoder"], providers, threads, VisionSpec.from_artifacts(artifacts),
+        return cls(path["decoder"], providers, threads, VisionSpec.from_artifacts(artifacts, manifest),
                    quantized=manifest.get("precision") == "int8", embed_path=path.get("embed"),
                    vision_path=path.get("vision"))
 

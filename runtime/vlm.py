@@ -34,20 +34,26 @@ import numpy as np
 
 from .backend import position_ids_from_mask, read_manifest
 
-__all__ = ["VisionSpec", "image_processor", "merge_image_features", "mrope_position_ids", "mrope_step_positions",
-           "preprocess_image", "preprocess_square_image"]
+__all__ = ["VisionSpec", "check_image_file", "image_processor", "load_image", "merge_image_features",
+           "mrope_position_ids", "mrope_step_positions", "preprocess_image", "preprocess_square_image"]
 
 
-def load_image(path: str | Path):
-    """The RGB image at `path` (Pillow), or ValueError in one line naming the cause: a directory, a
-    file Pillow cannot decode (truncated, not an image, unsupported), a decompression bomb."""
-    from PIL import Image
-
+def check_image_file(path: str | Path) -> Path:
+    """`path` as a Path, or ValueError in one line: a directory, or no such file."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"image {path} is a directory, not an image file")
     if not path.is_file():
         raise ValueError(f"image {path} does not exist")
+    return path
+
+
+def load_image(path: str | Path):
+    """The RGB image at `path` (Pillow), or ValueError in one line naming the cause: a directory, no
+    such file, a file Pillow cannot decode (truncated, not an image, unsupported), a decompression bomb."""
+    from PIL import Image
+
+    path = check_image_file(path)
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
@@ -112,9 +118,10 @@ class VisionSpec:
         return preprocess_square_image(processor, image, self.image_size)
 
     @classmethod
-    def from_artifacts(cls, artifacts: Path) -> "VisionSpec | None":
-        """None for a text-only artifacts dir (no vision graph in its manifest)."""
-        vision = read_manifest(artifacts)["graphs"].get("vision")
+    def from_artifacts(cls, artifacts: Path, manifest: dict | None = None) -> "VisionSpec | None":
+        """None for a text-only artifacts dir (no vision graph in its manifest). `manifest`: the dir's
+        manifest where the caller has read it already (read and checked here otherwise)."""
+        vision = (manifest or read_manifest(artifacts))["graphs"].get("vision")
         if vision is None:
             return None
         return cls.from_config(json.loads((Path(artifacts) / "hf" / "config.json").read_text()), vision)

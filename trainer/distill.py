@@ -105,8 +105,6 @@ class DistillConfig:
                     log_every=(1, None))
         for name, (lo, _) in ints.items():
             value = getattr(self, name)
-            if value is None and name == "kd_weight_start":
-                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
         for name in ("stage_b_fraction", "fade_fraction"):

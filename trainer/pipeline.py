@@ -21,7 +21,7 @@ from pathlib import Path
 from phm.common.fsutil import atomic_write_text, check_apart, output_lock, recover_dir
 
 from .arch import ARCH_TABLE, supported_model_types
-from .checkpoint import PHM_CONFIG_NAME, save_phm_checkpoint
+from .checkpoint import PHM_CONFIG_NAME, read_model_config, save_phm_checkpoint
 from .data import ImageTextBatches, TokenBatches, read_samples, sample_teacher_texts
 from .distill import STATE_DIR_NAME, DistillConfig, distill, read_state
 from .inject import PHMConfig, inject_phm
@@ -73,10 +73,7 @@ def _check_out_dir(out_dir: Path, resume: bool) -> None:
 
 
 def _check_architecture(model_dir: Path) -> None:
-    try:
-        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{model_dir}/config.json is not valid JSON: {e}") from None
+    model_type = read_model_config(model_dir)["model_type"]
     if model_type not in ARCH_TABLE:
         raise ValueError(f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}")
 
