@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # `from tinymodels import save_char_tokenizer`: the test fixtures' tokenizer
 BIN = Path(sys.executable).parent
 # Real architectures' shapes (weights generated): the 0.6 B untied Qwen2 crossed protobuf's 2 GiB
 # in fp32; the Qwen2.5-VL-3B text decoder is the mission's smallest target.
@@ -46,7 +47,7 @@ def dense_checkpoint(shape: str, out: Path) -> Path:
     import torch
     import transformers
 
-    from phm.trainer.tiny_models import save_char_tokenizer
+    from tinymodels import save_char_tokenizer
 
     if (out / "config.json").is_file():
         return out

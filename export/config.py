@@ -17,7 +17,6 @@ EXPORT_CONFIG_VERSION = 1
 # GPU architecture per target, from the memory planner's device table (one source): the Jetson Orin
 # modules (JetPack 6: TensorRT 10.3, sm_87) and a desktop GPU (sm_90).
 TARGETS = {name: device.sm for name, device in DEVICES.items()}
-_LEGACY_TARGETS = {"orin": "agx-orin"}  # export_config.json written before the per-module targets
 # phm.export.calibrate.make_calibrator's, and "mse": the clip with the least output error of the
 # quantized linears (quantize.choose_scales; it needs the weights, so it is not an activation calibrator)
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -52,7 +51,6 @@ class ExportConfig:
     overwrite: bool = False          # replace an existing non-empty output dir
 
     def __post_init__(self):
-        self.target = _LEGACY_TARGETS.get(self.target, self.target)
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         for name in ("calib_data", "int8_lm_head", "report_data"):

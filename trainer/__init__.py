@@ -1,8 +1,7 @@
 """phm.trainer: the PHM core math (hypercomplex.py) and, on top of it, progressive PHM training.
 
 Modules: hypercomplex (PHM math), arch (per-architecture MLP patterns), inject (config, wrapper,
-inject/drop), checkpoint (checkpoint dir save/load), tiny_models (tiny
-random-weight configs of real architectures, for structure tests), schedule (λ ramps), losses,
+inject/drop), checkpoint (checkpoint dir save/load), schedule (λ ramps), losses,
 calibrate (activation-weighted init), distill (the training verb), data (loaders), models (bundled
 real weights), evaluate (fidelity metrics), pipeline (`train`, what phm-train runs), cli.
 """

@@ -316,36 +316,52 @@ class NonFiniteError(ValueError):
     """A loss or gradient became nan/inf: the run stops before the update that would spread it."""
 
 
-def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path | None = None,
-            resume: bool = False, state_extra: dict | None = None) -> tuple[nn.Module, list[dict]]:
-    """Train the PHM layers of an injected model (inject_phm first) towards its own dense self.
+@dataclass
+class _Run:
+    """What every step of one distill run reads and updates."""
 
-    `data`: an object with `batch(step) -> dict of model inputs` and `len()` (TokenBatches,
-    ImageTextBatches). Returns (PHM-only model with LoRA merged, log history). With `state_dir`,
-    the training state is checkpointed there (with `state_extra` in its JSON); `resume=True`
-    continues from it.
-    """
-    state_extra = dict(state_extra or {})
-    if not phm_wrappers(model):
-        raise ValueError("model has no PHM layers: call inject_phm(model, config) before distill")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
-    state_dir = Path(state_dir) if state_dir is not None else None
-    saved = None
-    if resume:
-        if state_dir is None:
-            raise ValueError("resume needs a state_dir")
-        saved = read_state(state_dir)
-        _check_resumable(saved["distill"], config)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    model.to(device).eval()
+    model: nn.Module
+    config: DistillConfig
+    device: torch.device
+    objective: str
+    groups: dict                     # wrapper name → schedule group (block order)
+    schedule: LambdaSchedule
+    named: list                      # trainable (name, parameter)
+    optimizer: torch.optim.Optimizer
+    wrappers: dict                   # name → PHMResidualLinear
+    state_dir: Path | None
+    state_extra: dict
+    history: list
+    start: int = 0
+    stage_b: bool = False
+
+    @property
+    def stage(self) -> str:
+        return "B" if self.stage_b else "A"
+
+    def save(self, step: int, stage: str | None = None) -> None:
+        _save_state(self.state_dir, step, self.named, self.optimizer, self.config, self.history,
+                    {**self.state_extra, "stage": stage or self.stage})
+
+
+def _saved_state(state_dir: Path | None, resume: bool, config: DistillConfig) -> dict | None:
+    if not resume:
+        return None
+    if state_dir is None:
+        raise ValueError("resume needs a state_dir")
+    saved = read_state(state_dir)
+    _check_resumable(saved["distill"], config)
+    return saved
+
+
+def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, state_extra, saved) -> _Run:
+    """Initialise (calibrated cores, local stage) on a fresh run, add LoRA, build the optimizer, and
+    restore the saved state on a resumed one."""
     objective = _objective(model, config)
     groups = _block_groups(model)
-    history: list[dict] = []
     schedule = LambdaSchedule(config.stage_a_steps, max(groups.values()) + 1, config.fade_fraction,
                               config.ramp_width, config.order, abrupt=config.schedule == "abrupt")
+    history: list[dict] = []
     if config.calibrate_init and saved is None:
         from .calibrate import calibrate_phm
 
@@ -359,86 +375,132 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
     model.eval()
     named = _trainable(model)
     optimizer = torch.optim.AdamW(_param_groups(named, config), weight_decay=config.weight_decay)
-    start, stage_b = 0, False
-    if saved is not None:
-        start, history = saved["step"], saved["history"]
-        stage_b = start >= config.stage_a_steps
-        _load_state(state_dir, named, optimizer)
-        log.info("resumed from step %d", start)
     wrappers = {n.removeprefix("base_model.model."): w for n, w in phm_wrappers(model)}
-    use_ce = objective == "logits" and config.ce_weight > 0
-    hidden = config.hidden_weight > 0
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
-    t0 = time.perf_counter()
-    bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
+    run = _Run(model, config, device, objective, groups, schedule, named, optimizer, wrappers, state_dir,
+               state_extra, history)
+    if saved is not None:
+        run.start, run.history = saved["step"], saved["history"]
+        run.stage_b = run.start >= config.stage_a_steps
+        _load_state(state_dir, named, optimizer)
+        log.info("resumed from step %d", run.start)
+    return run
 
-        bar = tqdm(total=config.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
-    for step in range(start, config.steps):
-        if step >= config.stage_a_steps and not stage_b:
-            stage_b = True
-            log.info("step %d: stage B, PHM-only student (λ = 1; dense weights serve only as the teacher)", step)
-        lams = [schedule.lam(groups[name], step) for name in wrappers]
-        for (name, w), lam in zip(wrappers.items(), lams):
-            w.recon = None
-            w.lam, w.record_recon = lam, config.recon_weight > 0 and not stage_b
-        kd_w = config.kd_weight if config.kd_weight_start is None else config.kd_weight_start + (
-            config.kd_weight - config.kd_weight_start) * linear_ramp(step, 0, max(1.0, schedule.fade_fraction * config.stage_a_steps))
-        factor = lr_factor(step, config.steps, config.warmup_steps)
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * factor
-        batch = _to(data.batch(step), device)
-        with torch.no_grad(), amp, teacher_mode(model):
-            if _is_peft(model):
-                with model.disable_adapter():
-                    teacher = _forward(model, batch, objective, hidden)
-            else:
-                teacher = _forward(model, batch, objective, hidden)
-        with amp:
-            student = _forward(model, batch, objective, hidden)
-            recons = [w.recon for w in wrappers.values() if w.recon is not None]  # (unused towers stay None)
-            recon = torch.stack(recons).mean() if recons and config.recon_weight > 0 and not stage_b else None
-            loss, parts = _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # max_norm inf only measures; one finite check of loss and gradient norm before the update
-        norm = torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip or math.inf)
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
-            if state_dir is not None and step > start:  # the weights are still those after `step` steps
-                _save_state(state_dir, step, named, optimizer, config, history,
-                            {**state_extra, "stage": "B" if stage_b else "A"})
-            if bar is not None:
-                bar.close()  # the error line must start a line of its own
-            kept = f"; the last good state (step {step}) is in {state_dir}" if state_dir is not None and step else ""
-            raise NonFiniteError(f"training stopped at step {step + 1}: non-finite "
-                                 f"{'loss' if not torch.isfinite(loss) else 'gradient'} "
-                                 f"(loss {loss.item():.4g}, gradient norm {norm.item():.4g}){kept}; "
-                                 "lower --lr/--core-lr")
-        optimizer.step()
-        lam_mean = sum(lams) / len(lams) if lams else 1.0
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            entry = {"step": done, "stage": "B" if stage_b else "A", "loss": round(loss.item(), 6),
-                     **{k: round(v.item(), 6) for k, v in parts.items()}, "lam": round(lam_mean, 4),
-                     "lr_factor": round(factor, 4), "elapsed_s": round(time.perf_counter() - t0, 2)}
-            history.append(entry)
-            log.info("step %d/%d %s", done, config.steps, " ".join(f"{k}={v}" for k, v in entry.items() if k != "step"))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lam=f"{lam_mean:.2f}", stage="B" if stage_b else "A")
-        if state_dir is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
-                and done != config.steps:
-            _save_state(state_dir, done, named, optimizer, config, history, {**state_extra, "stage": "B" if stage_b else "A"})
+
+def _step(run: _Run, data, step: int, bar) -> tuple[torch.Tensor, dict, list, float]:
+    """One optimizer step (λ of every wrapper, lr, teacher and student forward, loss, update);
+    NonFiniteError before the update when the loss or the gradient norm is not finite."""
+    config, model = run.config, run.model
+    if step >= config.stage_a_steps and not run.stage_b:
+        run.stage_b = True
+        log.info("step %d: stage B, PHM-only student (λ = 1; dense weights serve only as the teacher)", step)
+    lams = [run.schedule.lam(run.groups[name], step) for name in run.wrappers]
+    for w, lam in zip(run.wrappers.values(), lams):
+        w.recon = None
+        w.lam, w.record_recon = lam, config.recon_weight > 0 and not run.stage_b
+    kd_w = config.kd_weight if config.kd_weight_start is None else config.kd_weight_start + (
+        config.kd_weight - config.kd_weight_start) * linear_ramp(
+            step, 0, max(1.0, run.schedule.fade_fraction * config.stage_a_steps))
+    factor = lr_factor(step, config.steps, config.warmup_steps)
+    for g in run.optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    batch = _to(data.batch(step), run.device)
+    hidden = config.hidden_weight > 0
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and run.device.type == "cuda")
+    with torch.no_grad(), amp, teacher_mode(model):
+        if _is_peft(model):
+            with model.disable_adapter():
+                teacher = _forward(model, batch, run.objective, hidden)
+        else:
+            teacher = _forward(model, batch, run.objective, hidden)
+    with amp:
+        student = _forward(model, batch, run.objective, hidden)
+        recons = [w.recon for w in run.wrappers.values() if w.recon is not None]  # (unused towers stay None)
+        recon = torch.stack(recons).mean() if recons and config.recon_weight > 0 and not run.stage_b else None
+        use_ce = run.objective == "logits" and config.ce_weight > 0
+        loss, parts = _loss(student, teacher, batch, run.objective, config, kd_w, recon, use_ce)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # max_norm inf only measures; one finite check of loss and gradient norm before the update
+    norm = torch.nn.utils.clip_grad_norm_([p for _, p in run.named], config.grad_clip or math.inf)
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        _stop_non_finite(run, step, loss, norm, bar)
+    run.optimizer.step()
+    return loss, parts, lams, factor
+
+
+def _stop_non_finite(run: _Run, step: int, loss: torch.Tensor, norm: torch.Tensor, bar) -> None:
+    if run.state_dir is not None and step > run.start:  # the weights are still those after `step` steps
+        run.save(step)
     if bar is not None:
-        bar.close()
-    for w in wrappers.values():
+        bar.close()  # the error line must start a line of its own
+    kept = f"; the last good state (step {step}) is in {run.state_dir}" if run.state_dir is not None and step else ""
+    raise NonFiniteError(f"training stopped at step {step + 1}: non-finite "
+                         f"{'loss' if not torch.isfinite(loss) else 'gradient'} "
+                         f"(loss {loss.item():.4g}, gradient norm {norm.item():.4g}){kept}; lower --lr/--core-lr")
+
+
+def _record(run: _Run, done: int, loss, parts: dict, lams: list, factor: float, t0: float, bar) -> None:
+    """Log every log_every steps, advance the progress bar, checkpoint every checkpoint_every."""
+    config = run.config
+    lam_mean = sum(lams) / len(lams) if lams else 1.0
+    if done % config.log_every == 0 or done == config.steps:
+        entry = {"step": done, "stage": run.stage, "loss": round(loss.item(), 6),
+                 **{k: round(v.item(), 6) for k, v in parts.items()}, "lam": round(lam_mean, 4),
+                 "lr_factor": round(factor, 4), "elapsed_s": round(time.perf_counter() - t0, 2)}
+        run.history.append(entry)
+        log.info("step %d/%d %s", done, config.steps, " ".join(f"{k}={v}" for k, v in entry.items() if k != "step"))
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lam=f"{lam_mean:.2f}", stage=run.stage)
+    if run.state_dir is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
+            and done != config.steps:
+        run.save(done)
+
+
+def _finish(run: _Run) -> nn.Module:
+    """The PHM-only model: dense weights dropped, LoRA merged, nothing trainable."""
+    for w in run.wrappers.values():
         w.record_recon, w.recon = False, None
-    if state_dir is not None and start < config.steps:
-        _save_state(state_dir, config.steps, named, optimizer, config, history, {**state_extra, "stage": "done"})
+    if run.state_dir is not None and run.start < run.config.steps:
+        run.save(run.config.steps, "done")
+    model = run.model
     drop_dense(model)
     if _is_peft(model):
         model = model.merge_and_unload()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.eval(), history
+    return model.eval()
+
+
+def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path | None = None,
+            resume: bool = False, state_extra: dict | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train the PHM layers of an injected model (inject_phm first) towards its own dense self.
+
+    `data`: an object with `batch(step) -> dict of model inputs` and `len()` (TokenBatches,
+    ImageTextBatches). Returns (PHM-only model with LoRA merged, log history). With `state_dir`,
+    the training state is checkpointed there (with `state_extra` in its JSON); `resume=True`
+    continues from it.
+    """
+    if not phm_wrappers(model):
+        raise ValueError("model has no PHM layers: call inject_phm(model, config) before distill")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
+    state_dir = Path(state_dir) if state_dir is not None else None
+    saved = _saved_state(state_dir, resume, config)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model.to(device).eval()
+    run = _start(model, data, config, device, state_dir, dict(state_extra or {}), saved)
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=run.start, desc="distill", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(run.start, config.steps):
+        loss, parts, lams, factor = _step(run, data, step, bar)
+        _record(run, step + 1, loss, parts, lams, factor, t0, bar)
+    if bar is not None:
+        bar.close()
+    return _finish(run), run.history

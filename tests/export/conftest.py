@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from phm.export import ExportConfig, export_model
-from phm.trainer.tiny_models import save_tiny_model
+from tinymodels import save_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from ortloop / exportkit import ...`
 from exportkit import make_phm_checkpoint  # noqa: E402

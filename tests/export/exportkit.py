@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from phm.trainer import PHMConfig, drop_dense, inject_phm, save_phm_checkpoint, set_lambda
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 ARCHS = ("llama", "qwen2", "gpt2", "bert", "qwen2_vl", "qwen2_5_vl")
 VLMS = ("qwen2_vl", "qwen2_5_vl")

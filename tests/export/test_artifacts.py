@@ -18,7 +18,7 @@ from ortloop import manifest, session
 
 from phm.export import ExportConfig, ExportError, export_model
 from phm.export import api as export_api
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 from phm.trt_plugins import spec
 
 POLYGRAPHY = str(Path(sys.executable).parent / "polygraphy")

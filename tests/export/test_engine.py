@@ -42,6 +42,17 @@ def test_dense_engine_builds_and_loads(store, tmp_path):
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not os.environ.get("PHM_PLUGINS"), reason="set PHM_PLUGINS to the built plugin library")
 def test_phm_engine_builds_with_the_plugin_library(store, tmp_path):
+    """The PHM engine deserializes in a fresh runtime with the plugin library loaded the way
+    polygraphy and phm-run load it, and its I/O tensors are the manifest's contract."""
+    import tensorrt as trt
+
     art = export_model(store.checkpoint("llama", True), ExportConfig(max_sequence=64, opt_sequence=16,
                                                                       require_engine=True), tmp_path / "phm")
-    assert Path(art / manifest(art)["engines"]["decoder"]).is_file()
+    m = manifest(art)
+    trt.get_plugin_registry().load_library(os.environ["PHM_PLUGINS"])
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
+        Path(art / m["engines"]["decoder"]).read_bytes())
+    assert engine is not None
+    names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+    io = m["graphs"]["decoder"]["io"]
+    assert names == {t["name"] for t in io["inputs"] + io["outputs"]}

@@ -8,7 +8,7 @@ from ortloop import session
 
 from phm.export import ExportConfig, export_model
 from phm.export.graphs import DecoderGraph
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 
 def test_lora_adapter_is_merged_before_export(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from phm.export.memory_plan import DEVICES, GiB, RUNTIME_OVERHEAD, ModelFootprint, plan_memory
 from phm.trainer import PHMConfig, drop_dense, inject_phm
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 # Qwen2.5-VL-7B language model, roughly: 28 layers, 4 KV heads × 128, hidden 3584, MLP 18944.
 QWEN7B = ModelFootprint(linear_params=6_530_000_000, phm_params=0, embedding_params=545_000_000,
@@ -58,7 +58,7 @@ def test_device_override_and_errors():
     assert set(DEVICES) == {"orin-nano", "orin-nx", "agx-orin", "desktop"}
 
 
-# Tiny Llama (tiny_models: vocab 256, hidden 32, MLP 64, 2 layers, 4 heads / 2 KV heads of 8, 256
+# Tiny Llama (tests/tinymodels.py: vocab 256, hidden 32, MLP 64, 2 layers, 4 heads / 2 KV heads of 8, 256
 # positions, tied head) with PHM n=2, B=2 MLPs, counted by hand:
 #   embedding 256·32 = 8192; attention per layer q 32·32 + k 32·16 + v 32·16 + o 32·32 = 3072 (linear);
 #   PHM cores per layer 3 · 32·64·B/n² = 3072; norms 2·32 per layer + 32 final = 160 (other).
@@ -124,4 +124,5 @@ def test_tiny_device_memory_is_refused_by_the_config():
 
     with pytest.raises(ValueError, match="must exceed the 1.5 GiB the OS of orin-nano keeps"):
         ExportConfig(target="orin-nano", device_gib=1.5)
-    assert ExportConfig(target="orin").target == "agx-orin"  # export_config.json of earlier exports
+    with pytest.raises(ValueError, match="target must be one of"):
+        ExportConfig(target="orin")  # a name for no module: refused, never guessed

@@ -17,7 +17,7 @@ import pytest
 
 from phm.export import ExportConfig, export_model
 from phm.export.tolerance import MARGIN, REL, float_tolerances, int8_tolerances, measured_median_errors
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 BIN = Path(sys.executable).parent
 

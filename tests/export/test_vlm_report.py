@@ -25,7 +25,7 @@ from phm.runtime.ort_backend import OrtBackend
 from phm.runtime.torch_backend import TorchBackend
 from phm.runtime.vlm import VisionSpec, image_processor
 from phm.trainer import load
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 from tinytok import word_tokenizer  # noqa: E402

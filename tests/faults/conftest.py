@@ -27,7 +27,7 @@ class Inputs:
 def inputs(tmp_path_factory) -> Inputs:
     from phm.export import ExportConfig, export_model
     from phm.trainer import DistillConfig, PHMConfig, drop_dense, inject_phm, save_phm_checkpoint, set_lambda, train
-    from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model, tiny_model
+    from tinymodels import save_char_tokenizer, save_tiny_model, tiny_model
 
     root = tmp_path_factory.mktemp("fault-inputs")
     llama = save_char_tokenizer(save_tiny_model("llama", root / "llama"))

@@ -19,7 +19,7 @@ from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.torch_backend import TorchBackend
 from phm.runtime.trt_backend import TrtBackend, check_manifest_plugins
 from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 from phm.trt_plugins import spec
 
 

@@ -12,7 +12,7 @@ from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.sampling import SamplingConfig, sample_next
 from phm.runtime.torch_backend import TorchBackend
 from phm.trainer import PHMConfig, drop_dense, inject_phm, set_lambda
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 
 @pytest.mark.parametrize("mod", [backend_mod, sampling_mod])

@@ -27,7 +27,7 @@ from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.ort_backend import OrtBackend
 from phm.runtime.vlm import VisionSpec, image_processor
 from phm.trainer import load
-from phm.trainer.tiny_models import save_tiny_model
+from tinymodels import save_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))  # the export tests' PHM checkpoint
 from exportkit import make_phm_checkpoint  # noqa: E402

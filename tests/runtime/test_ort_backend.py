@@ -13,7 +13,7 @@ from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.ort_backend import OrtBackend
 from phm.runtime.torch_backend import TorchBackend
 from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint
-from phm.trainer.tiny_models import save_tiny_model, tiny_model
+from tinymodels import save_tiny_model, tiny_model
 
 
 @pytest.fixture(scope="module", params=[("llama", False), ("llama", True), ("gpt2", True)],

@@ -25,7 +25,7 @@ def test_runtime_modules_import_no_heavy_package():
 def test_text_generation_loads_no_heavy_package(tmp_path):
     """phm-run over a real export, in a fresh interpreter: what it imported by the end."""
     from phm.export import ExportConfig, export_model
-    from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model
+    from tinymodels import save_char_tokenizer, save_tiny_model
 
     art = export_model(save_char_tokenizer(save_tiny_model("llama", tmp_path / "llama")), ExportConfig(),
                        tmp_path / "art")
@@ -43,7 +43,7 @@ def test_runtime_only_install_runs_phm_run(tmp_path):
     """`pip install "phm-edge[runtime]"` into a fresh venv (CI pins): no torch there, and its phm-run
     generates, from an fp32 and an --int8 export of a tiny Llama, the tokens of the full install's."""
     from phm.export import ExportConfig, export_model
-    from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model
+    from tinymodels import save_char_tokenizer, save_tiny_model
 
     root = Path(__file__).resolve().parents[2]
     model = save_char_tokenizer(save_tiny_model("llama", tmp_path / "llama"))

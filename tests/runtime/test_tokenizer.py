@@ -16,7 +16,7 @@ TEXTS = ["The capital of France is Paris.", "  two  spaces, a comma , and isn't 
 
 def _dirs(tmp_path):
     from phm.trainer.models import minilm_dir, smollm2_dir
-    from phm.trainer.tiny_models import save_char_tokenizer
+    from tinymodels import save_char_tokenizer
 
     char = tmp_path / "char"
     char.mkdir()

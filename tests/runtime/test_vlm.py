@@ -24,7 +24,7 @@ from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.ort_backend import OrtBackend
 from phm.runtime.vlm import VisionSpec, image_processor, preprocess_image
 from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 STEPS = 10
 

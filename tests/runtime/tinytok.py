@@ -3,7 +3,7 @@ are complete the way a real model's are (phm-run needs hf/ to hold a tokenizer).
 
 from __future__ import annotations
 
-from phm.trainer.tiny_models import VOCAB
+from tinymodels import VOCAB
 
 
 def word_tokenizer(special: dict[int, str] | None = None, unk: str = "<pad>"):

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from phm.trainer import load
 from phm.trainer.cli import main
-from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model, tiny_model
+from tinymodels import save_char_tokenizer, save_tiny_model, tiny_model
 
 
 def _run(*args):

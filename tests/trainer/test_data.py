@@ -8,7 +8,7 @@ import torch
 
 from phm.trainer.data import (Sample, TokenBatches, chatterbot_texts, read_samples, sample_teacher_texts,
                               split_holdout)
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 
 def test_jsonl_txt_and_folder(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from phm.trainer import PHMConfig, PHMLinear, PHMResidualLinear, inject_phm, load, save_phm_checkpoint
 from phm.trainer.arch import is_vision_module
 from phm.trainer.distill import DistillConfig, _add_lora, _trainable, distill, read_state
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 from trainkit import FAST
 from trainkit import random_batches as _batches

@@ -6,7 +6,7 @@ from torch import nn
 
 from phm.trainer import (PHMConfig, PHMLinear, PHMResidualLinear, drop_dense, inject_phm, load, phm_targets,
                          save_phm_checkpoint, set_lambda, teacher_mode)
-from phm.trainer.tiny_models import TINY_ARCHS, tiny_model
+from tinymodels import TINY_ARCHS, tiny_model
 
 EXPECTED_TARGETS = {"llama": 6, "qwen2": 6, "gpt2": 4, "bert": 4, "qwen2_vl": 10, "qwen2_5_vl": 12, "llava": 10,
                     "llava_dinov2": 10}
@@ -66,6 +66,16 @@ def test_top_k_b3_preset_and_overrides():
     assert by_name["model.language_model.layers.0.mlp.gate_proj"] == 2
     assert by_name["model.visual.blocks.0.mlp.gate_proj"] == 2  # top-K applies to language layers
     assert by_name["model.visual.blocks.1.mlp.down_proj"] == 1
+
+
+def test_layer_num_bases_pattern_that_matches_nothing_is_an_error():
+    """As peft refuses target_modules that match nothing: a typo must not train every layer at the
+    default B in silence."""
+    model = tiny_model("qwen2")
+    with pytest.raises(ValueError, match=r"pattern '\.\*down_porj' matches no replaced layer.*model\.layers\.0"):
+        phm_targets(model, PHMConfig(layer_num_bases={r".*down_proj": 1, r".*down_porj": 1}))
+    with pytest.raises(ValueError, match="matches no replaced layer"):  # a vision pattern, vision not replaced
+        phm_targets(tiny_model("qwen2_5_vl"), PHMConfig(layer_num_bases={r".*visual.*": 1}))
 
 
 def test_projection_init_beats_random_init():

