@@ -1,15 +1,17 @@
 """Export and run at the user's scale: config-built models of real architectures, exported and run
 as a user would, with the cost of each step measured.
 
-For each shape and variant (dense; PHM B=2 from the projection of the same weights) the script
-builds the checkpoint once (generated weights, safetensors, cached in --work), then runs, each in a
-child process of its own so its peak RSS is its own:
+For each shape and variant (dense; PHM B=2 from the projection of the same weights; PHM B=2
+generated directly) the script builds the checkpoint once (generated weights, safetensors, cached in
+--work), then runs, each in a child process of its own so its peak RSS is its own:
   - `phm-export CKPT --out ART [--fp16]`: wall time, peak RSS, artifact bytes against the
     checkpoint's weight bytes at the export precision;
+  - the `polygraphy run … --onnxrt` line of its commands.sh (ONNX Runtime vs the PyTorch reference
+    outputs, per-output tolerances): passed or not, and its peak RSS;
   - `phm-run ART --prompt … --max-new-tokens N --json`: startup (command start to first prefill)
     and peak RSS, and its greedy tokens against transformers' `generate` on the checkpoint (fp32).
-Results go to benchmarks/results/export_scale.json and, with --docs, into docs/export.md between
-its bench_export_scale markers.
+Results go to --json (benchmarks/results/export_scale.json) and, with --docs, the tables of every
+benchmarks/results/export_scale*.json into docs/export.md between its bench_export_scale markers.
 
     python benchmarks/bench_export_scale.py --shapes qwen2-0.6b --variants dense,phm
 """
@@ -21,6 +23,8 @@ import datetime
 import json
 import os
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -38,14 +42,20 @@ SHAPES = {
                        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=False),
     "qwen2.5-vl-3b-text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                                num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-vl-7b-text": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                               num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
 }
 PROMPT = "The capital of France is"
 MARKERS = ("<!-- bench_export_scale:start -->", "<!-- bench_export_scale:end -->")
 
 
 def dense_checkpoint(shape: str, out: Path) -> Path:
+    """A dense HF checkpoint of the shape with generated weights (N(0, 0.02), norms 1), written shard by
+    shard (≤ 1 GB each) so that generating a 3B model needs no more memory than one shard."""
     import torch
     import transformers
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
 
     from tinymodels import save_char_tokenizer
 
@@ -53,10 +63,40 @@ def dense_checkpoint(shape: str, out: Path) -> Path:
         return out
     cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1, eos_token_id=2,
                                    pad_token_id=0, architectures=["Qwen2ForCausalLM"])
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(cfg).eval()
-    model.save_pretrained(out, max_shard_size="1GB")
-    return save_char_tokenizer(out)
+    with init_empty_weights():
+        names = {n: tuple(p.shape) for n, p in transformers.Qwen2ForCausalLM(cfg).state_dict().items()}
+    if cfg.tie_word_embeddings:
+        names.pop("lm_head.weight")
+    gen = torch.Generator().manual_seed(0)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():  # an interrupted run's shards and temporaries
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shards, shard, size, index = [], {}, 0, {}
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(shards) + 1:05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            shards.append(name)
+            index.update({k: name for k in shard})
+            shard, size = {}, 0
+
+    for name, dims in names.items():
+        t = torch.ones(dims) if name.endswith("norm.weight") else (
+            torch.zeros(dims) if name.endswith(".bias") else torch.randn(dims, generator=gen) * 0.02)
+        if size + t.numel() * 4 > 1 << 30:
+            flush()
+        shard[name], size = t, size + t.numel() * 4
+    flush()
+    total = sum((tmp / f).stat().st_size for f in shards)
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                   "weight_map": index}, indent=1))
+    cfg.save_pretrained(tmp)
+    save_char_tokenizer(tmp)
+    tmp.rename(out)
+    return out
 
 
 def phm_checkpoint(dense: Path, out: Path) -> Path:
@@ -71,14 +111,64 @@ def phm_checkpoint(dense: Path, out: Path) -> Path:
     return save_phm_checkpoint(model, config, targets, out, source_dir=dense, overwrite=True)
 
 
-def measured(argv: list) -> tuple[subprocess.CompletedProcess, float, float]:
+def generated_phm_checkpoint(shape: str, out: Path) -> Path:
+    """A PHM (B = 2) checkpoint of the shape generated directly (cores N(0, 0.02), no dense model and
+    no projection): for shapes whose fp32 dense copy this machine cannot hold. The one
+    model.safetensors is written tensor by tensor, so generating it needs one tensor's memory."""
+    import torch
+    import transformers
+    from accelerate import init_empty_weights
+
+    from phm.trainer import PHMConfig, empty_model, phm_targets
+    from phm.trainer.arch import find_mlp_blocks
+    from phm.trainer.checkpoint import PHM_CONFIG_NAME, WEIGHTS_NAME, phm_config_doc
+    from tinymodels import save_char_tokenizer
+
+    if (out / PHM_CONFIG_NAME).is_file():
+        return out
+    cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1, eos_token_id=2,
+                                   pad_token_id=0, architectures=["Qwen2ForCausalLM"])
+    config = PHMConfig(num_bases=2)
+    with init_empty_weights():
+        dense = transformers.Qwen2ForCausalLM(cfg)
+    doc = phm_config_doc(config, phm_targets(dense, config), find_mlp_blocks(dense, config.towers))
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    cfg.save_pretrained(tmp)
+    (tmp / PHM_CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    save_char_tokenizer(tmp)
+    (tmp / WEIGHTS_NAME).touch()  # the dir must name its weights file; empty_model reads none of it
+    shapes = {n: tuple(t.shape) for n, t in empty_model(tmp).state_dict().items()}
+    if cfg.tie_word_embeddings:
+        shapes.pop("lm_head.weight")
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, dims in shapes.items():
+        size = 4 * int(torch.Size(dims).numel())
+        header[name] = {"dtype": "F32", "shape": list(dims), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    gen = torch.Generator().manual_seed(0)
+    with open(tmp / WEIGHTS_NAME, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for name, dims in shapes.items():
+            t = torch.ones(dims) if name.endswith("norm.weight") else (
+                torch.zeros(dims) if name.endswith(".bias") else torch.randn(dims, generator=gen) * 0.02)
+            f.write(t.numpy().tobytes())
+    tmp.rename(out)
+    return out
+
+
+def measured(argv: list, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
     """(the process, wall s, its peak RSS in GB): run through a fresh wrapper whose only child it is."""
     wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
                "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, argv)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd)
     wall = time.perf_counter() - t
     lines = proc.stderr.rstrip().splitlines()
     rss_gb = int(lines[-1]) / 2**20 if lines and lines[-1].isdigit() else float("nan")
@@ -106,12 +196,13 @@ def reference_tokens(ckpt: Path, prompt_ids: list[int], new_tokens: int) -> list
 
 def run_one(shape: str, variant: str, args, console) -> dict:
     work = args.work / shape
-    dense = dense_checkpoint(shape, work / "dense")
-    ckpt = dense if variant == "dense" else phm_checkpoint(dense, work / "phm-b2")
+    if variant == "phm-gen":
+        ckpt = generated_phm_checkpoint(shape, work / "phm-gen-b2")
+    else:
+        dense = dense_checkpoint(shape, work / "dense")
+        ckpt = dense if variant == "dense" else phm_checkpoint(dense, work / "phm-b2")
     art = work / f"art-{variant}{'-fp16' if args.fp16 else ''}"
     if art.exists():
-        import shutil
-
         shutil.rmtree(art)
     console.log(f"{shape} {variant}: exporting")
     proc, export_s, export_rss = measured([BIN / "phm-export", ckpt, "--out", art, *(["--fp16"] if args.fp16 else [])])
@@ -124,6 +215,13 @@ def run_one(shape: str, variant: str, args, console) -> dict:
     row["artifact_bytes"] = sum(p.stat().st_size for p in art.rglob("*") if p.is_file())
     row["artifacts_over_weights"] = round(row["artifact_bytes"] / row["weight_bytes"], 3)
     row["export_rss_over_weights"] = round(export_rss * 2**30 / row["weight_bytes"], 2)
+    if args.export_only:
+        return row
+    console.log(f"{shape} {variant}: polygraphy (commands.sh: ONNX Runtime vs PyTorch, decoder)")
+    check = shlex.split(json.loads((art / "manifest.json").read_text())["commands"]["decoder"]["polygraphy_onnxrt"])
+    proc, check_s, check_rss = measured([BIN / check[0], *check[1:]], cwd=art)
+    row.update(polygraphy_passed=proc.returncode == 0 and "PASSED" in proc.stdout + proc.stderr,
+               polygraphy_s=round(check_s, 1), polygraphy_peak_rss_gb=round(check_rss, 2))
     console.log(f"{shape} {variant}: phm-run")
     proc, run_s, run_rss = measured([BIN / "phm-run", art, "--prompt", PROMPT, "--max-new-tokens", args.new_tokens,
                                      "--json"])
@@ -140,16 +238,19 @@ def run_one(shape: str, variant: str, args, console) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| shape | variant | precision | weights | export | peak RSS (× weights) | artifacts (× weights) | "
-             "phm-run startup | greedy = transformers |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "polygraphy (ORT vs PyTorch) | phm-run startup | greedy = transformers |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         if not r["export_ok"]:
             lines.append(f"| {r['shape']} | {r['variant']} | {r['precision']} | {r['weight_bytes'] / 1e9:.2f} GB | "
-                         f"failed: {r['export_error']} | | | | |")
+                         f"failed: {r['export_error']} | | | | | |")
             continue
         lines.append(f"| {r['shape']} | {r['variant']} | {r['precision']} | {r['weight_bytes'] / 1e9:.2f} GB | "
                      f"{r['export_s']:.0f} s | {r['export_peak_rss_gb']:.1f} GB ({r['export_rss_over_weights']:.2f}×) | "
                      f"{r['artifact_bytes'] / 1e9:.2f} GB ({r['artifacts_over_weights']:.3f}×) | "
-                     f"{r.get('startup_s', float('nan')):.2f} s | {r.get('greedy_equals_transformers', 'n/a')} |")
+                     f"{'passed' if r.get('polygraphy_passed') else 'FAILED' if 'polygraphy_passed' in r else 'n/a'} | "
+                     f"{'%.2f s' % r['startup_s'] if 'startup_s' in r else 'n/a'} | "
+                     f"{r.get('greedy_equals_transformers', 'n/a')} |")
     return "\n".join(lines)
 
 
@@ -165,7 +266,12 @@ def write_docs(path: Path, block: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="qwen2-0.6b", help=f"comma-separated: {', '.join(SHAPES)}")
-    ap.add_argument("--variants", default="dense,phm", help="comma-separated: dense, phm")
+    ap.add_argument("--variants", default="dense,phm",
+                    help="comma-separated: dense, phm (projection of the dense weights), phm-gen (PHM weights "
+                         "generated directly: shapes whose dense fp32 copy does not fit in memory)")
+    ap.add_argument("--export-only", action="store_true",
+                    help="export and measure it, no ONNX Runtime check or phm-run (models whose fp16 graph ONNX "
+                         "Runtime's CPU provider would widen to fp32 beyond this machine's memory)")
     ap.add_argument("--fp16", action="store_true", help="export --fp16 (greedy is then not compared)")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--work", type=Path, default=None, help="checkpoints and artifacts [default: $PHM_CACHE/export_scale]")
@@ -176,20 +282,25 @@ def main() -> None:
 
     from phm.trainer.models import cache_root
 
-    console = Console()
-    args.work = args.work or cache_root() / "export_scale"
-    rows = [run_one(shape, variant, args, console) for shape in args.shapes.split(",")
-            for variant in args.variants.split(",")]
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-              "command": " ".join(sys.argv), "rows": rows}
     from phm.common.fsutil import atomic_write_text
 
-    atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
-    console.print(table(rows))
-    if args.docs:
-        write_docs(args.docs, f"{table(rows)}\n\n`{result['command']}` ({result['date']}, {result['machine']})")
+    console = Console()
+    args.work = args.work or cache_root() / "export_scale"
+    if args.shapes:  # --shapes "" --docs …: only render the results files into the doc
+        rows = [run_one(shape, variant, args, console) for shape in args.shapes.split(",")
+                for variant in args.variants.split(",")]
+        result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+                  "command": " ".join(sys.argv), "rows": rows}
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+        console.print(table(rows))
+    if args.docs:  # every results file of this script, each with the command and machine that made it
+        blocks = []
+        for path in sorted(args.json.parent.glob("export_scale*.json")):
+            res = json.loads(path.read_text())
+            blocks.append(f"{table(res['rows'])}\n\n`{res['command']}` ({res['date']}, {res['machine']})")
+        write_docs(args.docs, "\n\n".join(blocks))
 
 
 if __name__ == "__main__":

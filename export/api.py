@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
+from tqdm import tqdm
 
 from phm.trainer import PHMLinear, load, read_phm_config
 from phm.trainer.arch import find_mlp_blocks
@@ -42,6 +43,7 @@ from phm.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text,
 from . import engine as trt_engine
 from . import manifest as mf
 from . import tolerance as tol
+from .bind import bind_weights, streamed_weights
 from .config import ExportConfig
 from .graphs import export_graph, graph_specs, text_config
 from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
@@ -50,7 +52,9 @@ from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
 from .refs import feed_arrays, inputs_json, reference_feeds, run_results_json, run_torch
 from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units, share_tied_weights
+from .source import ModelSource
 from .verify import mlp_report, not_rewritten
+from .weights import ArrayTensor, DataFile, StreamedWeight
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +112,37 @@ def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
     atomic_write_bytes(path, model.SerializeToString(deterministic=True))
 
 
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    """Bytes the graph's initializers hold inline (ByteSize() of a graph past protobuf's 2 GiB fails)."""
-    return sum(len(t.raw_data) for t in model.graph.initializer)
+DATA_FILE = "model.onnx.data"  # the external data of every graph of an export: each weight stored once
 
 
-def _externalize(model: onnx.ModelProto, data_path: Path) -> None:
-    """Move large initializers to `data_path` (one file, deterministic offsets), in place."""
-    from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
+def _materialize(graph: gs.Graph) -> gs.Graph:
+    """Every streamed weight loaded (a graph the INT8 stage quantizes, or one small enough to inline)."""
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and isinstance(t._values, StreamedWeight):
+            t.values = t._values.load()
+    return graph
 
-    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data_path.name,
-                                   size_threshold=1024)
-    write_external_data_tensors(model, str(data_path.parent))
+
+def _store_weights(graph: gs.Graph, data: DataFile, inline_mb: int) -> bool:
+    """Put the graph's weights where they will live: inline when all of them fit in `inline_mb`,
+    else every initializer over 1 KiB in the shared data file (streamed weights block by block,
+    in-memory ones as they are). Returns whether the graph uses the data file."""
+    consts = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    total = sum(t._values.nbytes if isinstance(t._values, StreamedWeight) else t.values.nbytes for t in consts)
+    if total <= inline_mb * (1 << 20):
+        _materialize(graph)
+        return False
+    for t in consts:
+        if not isinstance(t._values, StreamedWeight) and t.values.nbytes > 1024:
+            t.values = StreamedWeight(ArrayTensor(np.ascontiguousarray(t.values)))
+    weights = streamed_weights(graph)
+    with tqdm(total=data.new_bytes(weights), unit="B", unit_scale=True, desc=f"writing {graph.name} weights",
+              disable=None, leave=False) as bar:
+        data.add(weights, progress=lambda w: bar.update(w.nbytes))
+    return True
 
 
-def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: bool, fp16: bool):
-    graph = gs.import_onnx(model)
+def _rewrite(kind: str, graph: gs.Graph, blocks, layers, towers, strict: bool, fp16: bool):
     linears = fuse_phm_linear(graph)
     ffns = fuse_phm_ffn(graph)
     share_tied_weights(graph)
@@ -140,10 +159,14 @@ def _rewrite(kind: str, model: onnx.ModelProto, blocks, layers, towers, strict: 
     if strict and bad:
         raise ExportError(f"--strict: {len(bad)} MLP(s) of the {kind} graph not rewritten: "
                           + "; ".join(f"{s.block} ({s.status}: {s.detail})" for s in bad))
+    graph.name = kind
+    return graph, report
+
+
+def _to_onnx(graph: gs.Graph) -> onnx.ModelProto:
     out = gs.export_onnx(graph)
     out.producer_name, out.producer_version = "phm-edge", mf.versions()["phm-edge"] or ""
-    out.graph.name = kind
-    return out, report
+    return out
 
 
 def _tolerances(config: ExportConfig, outputs: list, graph: Path, feeds: list, float_np) -> dict:
@@ -199,11 +222,9 @@ def _int8_stage(model, model_dir: Path, config: ExportConfig, stage):
 def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: dict) -> str:
     """report.md of the decoder graph (int8.py; a VLM's also scores its answers to image prompts), or
     of the encoder graph."""
-    size = sum((tmp / f).stat().st_size for g in graphs.values() for f in (g["trt_file"], g["external_data"]) if f)
+    files = {f for g in graphs.values() for f in (g["trt_file"], g["external_data"]) if f}
+    size = sum((tmp / f).stat().st_size for f in files)
     name = "PHM" if doc else "dense"
-    if int8.config.fp16:  # the traced model was cast to fp16 and back: the FP32 rows need the real weights
-        int8.model = _merge_lora(load(model_dir), model_dir)
-        int8.model.set_attn_implementation("eager")
     return int8.report(tmp, graphs, counts["params_after"], size, name).name
 
 
@@ -226,7 +247,7 @@ class _Job:
 
     model_dir: Path
     config: ExportConfig
-    model: torch.nn.Module
+    source: ModelSource              # the model (weights streamed from the files, or in memory)
     doc: dict | None                 # phm_config.json (None: a plain HF model dir)
     blocks: list[dict]               # the MLP blocks the architecture table finds
     counts: dict                     # parameter counts (param_counts)
@@ -234,6 +255,11 @@ class _Job:
     plan: MemoryPlan
     int8: object | None              # the Int8Stage with --int8
     stage: Callable[[str], None]
+    data: DataFile | None = None     # the export's one external-data file, once a graph needs it
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.source.model
 
     @property
     def layers(self) -> list[dict]:
@@ -261,16 +287,22 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
     """Load the model and plan the export before anything is written: (job, graph specs, their fp32
     twins for the reference outputs). An architecture without an export path, a model that does not
     fit the target or bad calibration data fail here."""
-    stage(f"loading {model_dir}")
     doc = read_phm_config(model_dir) if model_dir.is_dir() else None
-    model = _merge_lora(load(model_dir), model_dir)
+    if config.int8 or (model_dir / "adapter_config.json").is_file():
+        # calibration and the report run the model; a LoRA adapter is merged into its base weights
+        stage(f"loading {model_dir} (whole: {'--int8' if config.int8 else 'LoRA adapter to merge'})")
+        source = ModelSource.in_memory(_merge_lora(load(model_dir), model_dir))
+    else:
+        stage(f"reading the structure of {model_dir} (weights stay in its files)")
+        source = ModelSource.from_files(model_dir)
+    model = source.model
     # Eager attention: its softmax runs in fp32 and casts back (what --fp16 must keep), and it is the
     # MatMul-Softmax-MatMul pattern TensorRT fuses; the TorchScript exporter's SDPA symbolic leaves
     # fp16 attention outputs in fp32, which breaks fp16 graphs (GPT-2, BERT).
     model.set_attn_implementation("eager")
     specs = graph_specs(model)  # an architecture without an export path fails here, before the plan
     ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
-    job = _Job(model_dir, config, model, doc, [asdict(b) for b in find_mlp_blocks(model)],
+    job = _Job(model_dir, config, source, doc, [asdict(b) for b in find_mlp_blocks(model)],
                param_counts(model, 16 if config.fp16 else 32),
                getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence,
                memory_plan_for(model, config), None, stage)
@@ -279,26 +311,28 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
     return job, specs, ref_specs
 
 
-def _trace(job: _Job, spec, tmp: Path) -> onnx.ModelProto:
+def _trace(job: _Job, spec, tmp: Path) -> gs.Graph:
+    """The graph traced on placeholders (no weight in memory), its weights bound as streamed constants."""
     job.stage(f"exporting {spec.kind} graph")
     trace_dir = tmp / f".trace-{spec.kind}"
     trace_dir.mkdir()
     spec.sample = tuple(t.to(job.dtype) if t.is_floating_point() else t for t in spec.sample)
-    export_graph(spec, trace_dir / "graph.onnx")
+    with job.source.tracing(job.dtype):
+        export_graph(spec, trace_dir / "graph.onnx", weights=False)
     traced = onnx.load(str(trace_dir / "graph.onnx"))
     shutil.rmtree(trace_dir)
-    return traced
+    return bind_weights(traced, spec, job.source)
 
 
-def _write_graphs(job: _Job, name: str, rewritten: onnx.ModelProto,
+def _write_graphs(job: _Job, name: str, graph: gs.Graph,
                   tmp: Path) -> tuple[Path | None, str, onnx.ModelProto]:
     """The three graphs of one kind (portable, ONNX Runtime, TensorRT) over one copy of the weights:
     (external data file or None, the ONNX Runtime file's name, the TensorRT model)."""
-    data = None
-    if _initializer_bytes(rewritten) > job.config.external_data_mb * (1 << 20):
-        data = tmp / f"{name}.onnx.data"
-        # before the twins are copied from it: all reference the one copy at the same offsets
-        _externalize(rewritten, data)
+    if job.data is None:
+        job.data = DataFile(tmp / DATA_FILE)
+    # before the twins are made from it: all reference the one copy at the same offsets
+    data = job.data.path if _store_weights(graph, job.data, job.config.external_data_mb) else None
+    rewritten = _to_onnx(graph)
     ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
     _save_onnx(ort_model, tmp / f"{name}.onnx")
     _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
@@ -315,10 +349,9 @@ def _write_graphs(job: _Job, name: str, rewritten: onnx.ModelProto,
 def _references(job: _Job, ref_spec, name: str, tmp: Path) -> tuple[list, list]:
     """PyTorch's outputs (fp32, the source model) on seeded inputs, written for polygraphy."""
     job.stage(f"reference outputs for {name} (PyTorch)")
-    job.model.float()
-    feeds = reference_feeds(ref_spec, job.model)
-    outputs = run_torch(ref_spec, feeds)
-    job.model.to(job.dtype)
+    with job.source.streaming() as model:
+        feeds = reference_feeds(ref_spec, model)
+        outputs = run_torch(ref_spec, feeds)
     atomic_write_text(tmp / f"{name}.inputs.json", inputs_json(feeds, job.float_np))
     atomic_write_text(tmp / f"{name}.ref.json", run_results_json(outputs))
     return feeds, outputs
@@ -334,7 +367,8 @@ def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
     int8_summary = None
     if job.int8 is not None:
         job.stage(f"INT8: calibrating and quantizing the {name} graph")
-        rewritten, int8_summary = job.int8.quantize(spec, rewritten)
+        quantized, int8_summary = job.int8.quantize(spec, _to_onnx(_materialize(rewritten)))
+        rewritten = gs.import_onnx(quantized)
     data, ort_file, trt_model = _write_graphs(job, name, rewritten, tmp)
     feeds, outputs = _references(job, ref_spec, name, tmp)
     inputs, outs = mf.graph_io(trt_model)
@@ -359,7 +393,9 @@ def _write_support_files(job: _Job, graphs: dict, tmp: Path) -> dict:
     hf = tmp / "hf"
     hf.mkdir()
     for f in sorted(job.model_dir.iterdir()):
-        if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != "adapter_config.json":
+        # hidden files are other tools' temporaries and locks (a writer interrupted mid-save), not the model's
+        if (f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != "adapter_config.json"
+                and not f.name.startswith(".")):
             shutil.copy2(f, hf / f.name)
     cmds = mf.commands(graphs, job.config)
     atomic_write_text(tmp / "commands.sh", mf.commands_sh(cmds, job.config))
@@ -411,14 +447,11 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
     job, specs, ref_specs = _load_job(model_dir, config, stage)
     graphs, reports = {}, []
     with atomic_dir(out_dir, overwrite=config.overwrite) as tmp:
-        if config.fp16:
-            job.model.to(job.dtype)
         for spec, ref_spec in zip(specs, ref_specs):
             graphs[spec.kind], report = _export_kind(job, spec, ref_spec, tmp)
             reports += report
         report_file = None
         if job.int8 is not None:
-            job.model.float()
             report_file = _int8_report(job.int8, tmp, graphs, model_dir, job.doc, job.counts)
         cmds = _write_support_files(job, graphs, tmp)
         engines = _engines(job, graphs, tmp, trt_reason)

@@ -14,6 +14,7 @@ than the trace (including past = 0, sequence = 1 and left padding) against torch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -206,12 +207,28 @@ def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -
     return specs
 
 
-def export_graph(spec: GraphSpec, path: Path) -> None:
-    """Trace `spec.module` to ONNX at `path` (opset 17, TorchScript exporter, constants folded)."""
+@contextlib.contextmanager
+def _shapes_only():
+    """The exporter's ONNX shape inference without the parameters' values. Given them, it computes
+    the value of every node they feed (each linear's transposed weight): the whole model in memory
+    again. Shapes come from the graph inputs' types, so nothing else changes; without weights there
+    is no constant folding that would use those values."""
+    infer = torch._C._jit_pass_onnx_graph_shape_type_inference
+    torch._C._jit_pass_onnx_graph_shape_type_inference = lambda graph, params, opset: infer(graph, {}, opset)
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_onnx_graph_shape_type_inference = infer
+
+
+def export_graph(spec: GraphSpec, path: Path, weights: bool = True) -> None:
+    """Trace `spec.module` to ONNX at `path` (opset 17, TorchScript exporter). With weights, constants
+    are folded; without (the exporter's way, bind.py), every parameter and buffer stays a graph input
+    named by its attribute path and nothing is folded, so no weight is computed or serialised."""
     spec.module.eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), (contextlib.nullcontext() if weights else _shapes_only()):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(spec.module, spec.sample, str(path), dynamo=False, opset_version=OPSET,
                           input_names=spec.inputs, output_names=spec.outputs, dynamic_axes=spec.axes,
-                          do_constant_folding=True)
+                          do_constant_folding=weights, export_params=weights)
     log.debug("traced %s graph to %s", spec.kind, path)

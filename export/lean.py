@@ -30,20 +30,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .skeleton import weightless
+from .skeleton import shape_data, weightless
 
 log = logging.getLogger(__name__)
 
 __all__ = ["lean_graph"]
 
 _INT = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
-_KEEP_BYTES = 1 << 16  # integer initializers up to this size keep their data for the value propagation
-
-
-def _keep(init: onnx.TensorProto) -> bool:
-    """Small integer initializers keep their data (the inference reads their values); weights do not."""
-    return (init.data_type in _INT and init.ByteSize() <= _KEEP_BYTES
-            and init.data_location != TensorProto.EXTERNAL)  # (its data is not in memory)
 
 
 def _infer(model: onnx.ModelProto):
@@ -53,7 +46,7 @@ def _infer(model: onnx.ModelProto):
 
     sym = SymbolicShapeInference(2**31 - 1, False, False, 0)
     try:
-        sym._preprocess(weightless(model, _keep))
+        sym._preprocess(weightless(model, shape_data))
         done = False
         while sym.run_:
             done = sym._infer_impl()

@@ -41,7 +41,7 @@ from onnx import helper, numpy_helper
 from phm.trainer.hypercomplex import mixing_matrix
 from phm.trt_plugins import spec
 
-from .skeleton import weightless
+from .skeleton import shape_data, weightless
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class _Lowering:
 def _rank_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph for rank inference: no weight data, and each PHM node as an Identity of its x (a PHM
     op keeps x's rank; ONNX's inference through the generic functions loses it after the first one)."""
-    return weightless(model, nodes=[helper.make_node("Identity", [n.input[spec.X]], [n.output[0]])
+    return weightless(model, keep=shape_data, nodes=[helper.make_node("Identity", [n.input[spec.X]], [n.output[0]])
                                     if n.domain == spec.DOMAIN else n for n in model.graph.node])
 
 

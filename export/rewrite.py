@@ -23,21 +23,48 @@ import onnx_graphsurgeon as gs
 
 from phm.trt_plugins import spec
 
+from .weights import StreamedWeight
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PHMUnit", "const_value", "fuse_phm_ffn", "fuse_phm_linear", "phm_units", "share_tied_weights"]
 
 
-def const_value(t: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant tensor (initializer or Constant-node output), else None."""
+def const_value(t: gs.Tensor) -> np.ndarray | StreamedWeight | None:
+    """The value of a constant tensor (initializer or Constant-node output), else None. A streamed
+    weight comes back as its lazy view (shape, dtype, transforms; never its data)."""
     if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
+        return t._values if isinstance(t._values, StreamedWeight) else np.asarray(t.values)
     if len(t.inputs) == 1 and t.inputs[0].op == "Identity":  # the exporter dedups equal weights so
         return const_value(t.inputs[0].inputs[0])             # (Identity of the first copy)
     if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and "value" in t.inputs[0].attrs:
         value = t.inputs[0].attrs["value"]
         return np.asarray(value.values if isinstance(value, gs.Constant) else value)
     return None
+
+
+def _contiguous(v):
+    return v if isinstance(v, StreamedWeight) else np.ascontiguousarray(v)
+
+
+def _contiguous_cores(w_t, m: int, num_bases: int, k: int):
+    """A_cat (m, B, k) from the traced A_catᵀ (B·k, m): a lazy view for a streamed weight."""
+    if isinstance(w_t, StreamedWeight):
+        back = w_t.transposed()
+        if back is None:
+            raise ValueError(f"cannot express the PHM cores of a {w_t} as a view")
+        return back.reshaped((m, num_bases, k))
+    return np.ascontiguousarray(w_t.T.reshape(m, num_bases, k))
+
+
+def _transposes(table: gs.Constant, w: gs.Constant) -> bool:
+    """Is `w` the transpose of `table`? Streamed weights by their source, never by loading them."""
+    if isinstance(table._values, StreamedWeight) or isinstance(w._values, StreamedWeight):
+        if not (isinstance(table._values, StreamedWeight) and isinstance(w._values, StreamedWeight)):
+            return False
+        t = table._values.transposed()
+        return t is not None and t.ident == w._values.ident
+    return np.array_equal(table.values.T, w.values)
 
 
 def _producer(t: gs.Tensor, op: str) -> gs.Node | None:
@@ -105,14 +132,14 @@ def fuse_phm_linear(graph: gs.Graph) -> int:
         count += 1
         name = f"phm_linear_{idx}"
         bases = _bases_from_mixing(mix.astype(np.float64), n)
-        cores = np.ascontiguousarray(w_t.T.reshape(m, num_bases, k))  # A_cat (m, B·k) → (m, B, k)
+        cores = _contiguous_cores(w_t, m, num_bases, k)
         attrs = _node_attrs(spec.PHM_LINEAR, n=n, num_bases=num_bases, bases=spec.bases_to_field(bases),
                             has_bias=int(bias is not None), activation="none")
         inputs = [None] * len(spec.PHM_LINEAR.inputs)
         inputs[spec.X] = r1.inputs[0]
         inputs[spec.CORES] = gs.Constant(f"{name}.cores", cores)
         inputs[spec.SCALES] = _placeholder(f"{name}.scales", np.float32)
-        inputs[spec.BIAS] = (gs.Constant(f"{name}.bias", np.ascontiguousarray(bias)) if bias is not None
+        inputs[spec.BIAS] = (gs.Constant(f"{name}.bias", _contiguous(bias)) if bias is not None
                              else _placeholder(f"{name}.bias", dtype))
         producer = out.inputs[0]
         producer.outputs.clear()
@@ -287,7 +314,7 @@ def fuse_phm_ffn(graph: gs.Graph) -> int:
         if any(p.attrs[a] != down.attrs[a] for p in projs for a in shared):
             log.info("fuse_phm_ffn: %s not fused: projections differ in n/B/bases/format", down.name)
             continue
-        dtype = down.inputs[spec.CORES].values.dtype
+        dtype = down.inputs[spec.CORES].dtype
         has_bias = int(any(p.attrs["has_bias"] for p in projs))
         name = f"phm_ffn_{count}"
         inputs = [None] * len(spec.PHM_FFN.inputs)
@@ -296,7 +323,7 @@ def fuse_phm_ffn(graph: gs.Graph) -> int:
                                   ("down", spec.DOWN_CORES, down)):
             cores, scales, bias = _projection(node, dtype)
             if node is not None and has_bias and not node.attrs["has_bias"]:
-                bias = gs.Constant("", np.zeros((cores.values.shape[0] * node.attrs["n"],), dtype=dtype))
+                bias = gs.Constant("", np.zeros((cores.shape[0] * node.attrs["n"],), dtype=dtype))
             for off, (t, what) in enumerate(((cores, "cores"), (scales, "scales"), (bias, "bias"))):
                 if isinstance(t, gs.Constant):
                     t.name = f"{name}.{role}.{what}"
@@ -334,7 +361,7 @@ def phm_units(graph: gs.Graph) -> list[PHMUnit]:
             continue
         n, b = node.attrs["n"], node.attrs["num_bases"]
         if node.op == spec.PHM_LINEAR.op_type:
-            m, _, k = node.inputs[spec.CORES].values.shape
+            m, _, k = node.inputs[spec.CORES].shape
             projs = [("?", n * k, n * m, b)]
             units.append(PHMUnit(node.op, node.name, projs, node.attrs["activation"], None))
             continue
@@ -343,7 +370,7 @@ def phm_units(graph: gs.Graph) -> list[PHMUnit]:
         for role, idx in roles:
             if role == "gate" and node.attrs["mlp_type"] == "plain":
                 continue
-            m, _, k = node.inputs[idx].values.shape
+            m, _, k = node.inputs[idx].shape
             projs.append((role, n * k, n * m, b))
         units.append(PHMUnit(node.op, node.name, projs, node.attrs["activation"], node.attrs["mlp_type"]))
     return units
@@ -354,14 +381,14 @@ def share_tied_weights(graph: gs.Graph) -> int:
     of the embedding matrix (a MatMul constant equal to the Gather table's transpose). Feed that
     MatMul from Transpose(table) instead, so the weights are stored once (TensorRT folds it)."""
     tables = [n.inputs[0] for n in graph.nodes if n.op == "Gather" and isinstance(n.inputs[0], gs.Constant)
-              and n.inputs[0].values.ndim == 2]
+              and len(n.inputs[0].shape) == 2]
     count = 0
     for node in [n for n in graph.nodes if n.op == "MatMul"]:
         w = node.inputs[1]
-        if not isinstance(w, gs.Constant) or w.values.ndim != 2:
+        if not isinstance(w, gs.Constant) or len(w.shape) != 2:
             continue
         for table in tables:
-            if table.values.shape == w.values.shape[::-1] and np.array_equal(table.values.T, w.values):
+            if tuple(table.shape) == tuple(w.shape)[::-1] and _transposes(table, w):
                 shared = gs.Variable(f"{table.name}.transposed", dtype=table.dtype)
                 graph.nodes.append(gs.Node("Transpose", name=f"{table.name}/transpose", attrs={"perm": [1, 0]},
                                            inputs=[table], outputs=[shared]))

@@ -1,4 +1,4 @@
-"""`weightless(model)`: an ONNX model's graph without its weight data, for the shape and rank
+"""`weightless(model)`: an ONNX model's graph without its weight data (`shape_data` kept), for the shape and rank
 inference of lean.py (symbolic shapes) and lower.py (ranks): neither needs the weights' values, and
 copying hundreds of MB of initializers per inference would cost more than the inference."""
 
@@ -7,9 +7,18 @@ from __future__ import annotations
 from typing import Callable
 
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
-__all__ = ["weightless"]
+__all__ = ["shape_data", "weightless"]
+
+SHAPE_DATA_BYTES = 1 << 16
+
+
+def shape_data(init: onnx.TensorProto) -> bool:
+    """Small integer initializers (axes, Reshape targets, indices): shape inference reads their values,
+    so a weightless graph keeps them; weights it does not."""
+    return (init.data_type in (TensorProto.INT64, TensorProto.INT32) and init.ByteSize() <= SHAPE_DATA_BYTES
+            and init.data_location != TensorProto.EXTERNAL)  # (its data is not in memory)
 
 
 def weightless(model: onnx.ModelProto, keep: Callable[[onnx.TensorProto], bool] = lambda init: False,

@@ -31,11 +31,18 @@ from .arch import find_mlp_blocks
 from .hypercomplex import PHMLinear
 from .inject import CONFIG_FORMAT_VERSION, PHMConfig, PHMResidualLinear, PHMTarget
 
-__all__ = ["PHM_CONFIG_NAME", "load", "read_model_config", "read_phm_config", "save_phm_checkpoint"]
+__all__ = ["PHM_CONFIG_NAME", "WEIGHTS_NAME", "empty_model", "load", "phm_config_doc", "read_model_config",
+           "read_phm_config", "save_phm_checkpoint"]
 
 PHM_CONFIG_NAME = "phm_config.json"
 WEIGHTS_NAME = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
+
+
+def phm_config_doc(config: PHMConfig, targets: list[PHMTarget], blocks: list) -> dict:
+    """The content of phm_config.json: the PHM settings, the replaced layers and the MLP blocks."""
+    return {"format_version": CONFIG_FORMAT_VERSION, "phm": config.to_dict(),
+            "layers": [asdict(t) for t in targets], "blocks": [asdict(b) for b in blocks]}
 
 
 def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTarget], out_dir: str | Path,
@@ -50,11 +57,12 @@ def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTa
     out_dir = Path(out_dir)
     if any(isinstance(m, PHMResidualLinear) for m in model.modules()):
         raise ValueError("model still holds dense+PHM wrappers: call drop_dense(model) before saving")
-    blocks = [asdict(b) for b in find_mlp_blocks(model, config.towers)]
+    blocks = find_mlp_blocks(model, config.towers)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if source_dir is not None:
             for f in Path(source_dir).iterdir():
-                if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and not f.name.endswith(".index.json"):
+                if (f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and not f.name.endswith(".index.json")
+                        and not f.name.startswith(".")):  # hidden: temporaries and locks, not the model's
                     shutil.copy2(f, tmp / f.name)
         model.config.architectures = [type(model).__name__]  # what load() instantiates
         model.config.save_pretrained(tmp)
@@ -62,9 +70,8 @@ def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTa
                 and model.can_generate():
             model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        doc = {"format_version": CONFIG_FORMAT_VERSION, "phm": config.to_dict(),
-               "layers": [asdict(t) for t in targets], "blocks": blocks}
-        (tmp / PHM_CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        (tmp / PHM_CONFIG_NAME).write_text(json.dumps(phm_config_doc(config, targets, blocks), indent=2,
+                                                      sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         for name in keep:
@@ -141,12 +148,8 @@ def _model_class(model_dir: Path):
     return cls, config
 
 
-def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Rebuild the model of a checkpoint dir (PHM or plain HF) in eval mode.
-
-    Raises ValueError with one clear line for a missing/corrupt dir or weights file.
-    """
-    model_dir = Path(model_dir)
+def _checked_dir(model_dir: Path) -> tuple[type, object, dict | None]:
+    """(model class, config, phm_config.json or None) of a checkpoint dir, or ValueError in one line."""
     if not model_dir.is_dir():
         raise ValueError(f"model dir {model_dir} does not exist")
     if not (model_dir / "config.json").is_file():
@@ -154,22 +157,19 @@ def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module
     read_model_config(model_dir)
     cls, config = _model_class(model_dir)
     doc = read_phm_config(model_dir)
-    if doc is None:
-        if not any(model_dir.glob("*.safetensors")):
-            pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-            raise ValueError(f"{model_dir} has no .safetensors weights"
-                             + (f" (found {', '.join(pickles)}: pickle weights are never loaded; re-save the "
-                                "model with safetensors)" if pickles else ""))
-        try:
-            model = cls.from_pretrained(model_dir, local_files_only=True, dtype=dtype, use_safetensors=True)
-        except (OSError, ValueError, SafetensorError, RuntimeError) as e:
-            raise ValueError(f"cannot load weights of {model_dir}: {str(e).splitlines()[0]}") from None
-        return model.eval()
-    weights = model_dir / WEIGHTS_NAME
-    if not weights.is_file():
+    if doc is None and not any(model_dir.glob("*.safetensors")):
+        pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise ValueError(f"{model_dir} has no .safetensors weights"
+                         + (f" (found {', '.join(pickles)}: pickle weights are never loaded; re-save the "
+                            "model with safetensors)" if pickles else ""))
+    if doc is not None and not (model_dir / WEIGHTS_NAME).is_file():
         raise ValueError(f"{model_dir} has no {WEIGHTS_NAME}")
+    return cls, config, doc
+
+
+def _swap_phm_layers(model: nn.Module, doc: dict) -> None:
+    """Put the PHMLinear of every layer phm_config.json names in place of its dense linear."""
     phm_cfg = PHMConfig.from_dict(doc["phm"])
-    model = cls(config)
     known = {f.name for f in fields(PHMTarget)}
     for t in (PHMTarget(**{k: v for k, v in layer.items() if k in known}) for layer in doc["layers"]):
         try:
@@ -180,6 +180,40 @@ def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module
         setattr(model.get_submodule(parent), child,
                 PHMLinear(t.in_features, t.out_features, n=phm_cfg.n, num_bases=t.num_bases, bias=t.bias,
                           bases=phm_cfg.bases))
+
+
+def empty_model(model_dir: str | Path) -> nn.Module:
+    """The model of a checkpoint dir (PHM or plain HF) with its structure and no weights: parameters
+    on the meta device (buffers computed as usual), tied weights tied, eval mode. What an exporter
+    that streams the weights from the safetensors files traces; nothing of the weights is read."""
+    from accelerate import init_empty_weights
+
+    model_dir = Path(model_dir)
+    cls, config, doc = _checked_dir(model_dir)
+    with init_empty_weights(include_buffers=False):
+        model = cls(config)
+        if doc is not None:
+            _swap_phm_layers(model, doc)
+    model.tie_weights()
+    return model.eval()
+
+
+def load(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Rebuild the model of a checkpoint dir (PHM or plain HF) in eval mode.
+
+    Raises ValueError with one clear line for a missing/corrupt dir or weights file.
+    """
+    model_dir = Path(model_dir)
+    cls, config, doc = _checked_dir(model_dir)
+    if doc is None:
+        try:
+            model = cls.from_pretrained(model_dir, local_files_only=True, dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError, SafetensorError, RuntimeError) as e:
+            raise ValueError(f"cannot load weights of {model_dir}: {str(e).splitlines()[0]}") from None
+        return model.eval()
+    weights = model_dir / WEIGHTS_NAME
+    model = cls(config)
+    _swap_phm_layers(model, doc)
     try:
         load_model(model, str(weights), strict=True)
     except (SafetensorError, RuntimeError, OSError) as e:

@@ -168,12 +168,12 @@ def test_partial_and_mixed_b_configs_stay_phmlinear(tmp_path):
 def test_external_data_is_shared_by_both_files(store, tmp_path):
     ckpt = store.checkpoint("qwen2", True)
     art = export_model(ckpt, ExportConfig(external_data_mb=0), tmp_path / "ext")
-    assert (art / "decoder.onnx.data").is_file()
+    assert (art / "model.onnx.data").is_file()
     for name in ("decoder.onnx", "decoder.trt.onnx"):
         shallow = onnx.load(str(art / name), load_external_data=False)
         external = [i for i in shallow.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
         assert len(external) > 10 and {e.value for i in external for e in i.external_data if e.key == "location"} \
-            == {"decoder.onnx.data"}
+            == {"model.onnx.data"}
     trt = onnx.load(str(art / "decoder.trt.onnx"))  # loads its initializers from the shared data file
     assert not trt.functions and len(trt.graph.initializer) > 0
     ids = np.array([[5, 6, 7]], np.int64)
@@ -194,5 +194,16 @@ def test_tied_embedding_is_stored_once(store):
     model = onnx.load(str(art / "decoder.trt.onnx"))
     tables = [i for i in model.graph.initializer if sorted(i.dims) == [32, 256]]
     assert len(tables) == 1
-    stored = sum(numpy_helper.to_array(i).size for i in model.graph.initializer)
+    # weights only: the folded shape constants and rotary frequencies (≤ 8 values each) are not parameters
+    stored = sum(size for i in model.graph.initializer if (size := numpy_helper.to_array(i).size) > 8)
     assert stored <= manifest(art)["params"]["params_after"]
+
+
+def test_hidden_files_of_the_model_dir_are_not_copied(store, tmp_path):
+    """A temporary another tool left in the model dir (an interrupted save's `.tmpXXXX`) is not the
+    model's: hf/ gets the config and tokenizer files, not it."""
+    model = tmp_path / "model"
+    shutil.copytree(store.checkpoint("llama", True), model)
+    (model / ".tmpk2x9").write_bytes(b"\0" * 4096)
+    art = export_model(model, ExportConfig(), tmp_path / "art")
+    assert (art / "hf" / "config.json").is_file() and not (art / "hf" / ".tmpk2x9").exists()

@@ -1,4 +1,4 @@
-"""External data is written once: a graph whose initializers go to `<kind>.onnx.data` has one copy of
+"""External data is written once: a graph whose initializers go to `model.onnx.data` has one copy of
 each tensor there, which its ONNX Runtime file and its TensorRT twin both reference at the same offsets;
 ONNX Runtime still loads and runs it, and the runtime checks every file's size against the manifest."""
 
@@ -7,18 +7,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 
-
-def _external(path) -> dict:
-    """{initializer name: (offset, length)} of a graph's external tensors (the file itself is not loaded)."""
-    model = onnx.load(str(path), load_external_data=False)
-    out = {}
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            meta = {e.key: e.value for e in t.external_data}
-            out[t.name] = (int(meta.get("offset", 0)), int(meta["length"]))
-    return out
+from onnxkit import external_spans
 
 
 def test_external_data_holds_each_tensor_once_shared_by_both_graphs(inputs, tmp_path):
@@ -26,12 +16,12 @@ def test_external_data_holds_each_tensor_once_shared_by_both_graphs(inputs, tmp_
 
     art = export_model(inputs.phm, ExportConfig(external_data_mb=0), tmp_path / "art")
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["graphs"]["decoder"]["external_data"] == "decoder.onnx.data"
-    ort, trt = _external(art / "decoder.onnx"), _external(art / "decoder.trt.onnx")
+    assert manifest["graphs"]["decoder"]["external_data"] == "model.onnx.data"
+    ort, trt = external_spans(art / "decoder.onnx"), external_spans(art / "decoder.trt.onnx")
     assert ort and ort == trt  # the same tensors at the same offsets
     spans = sorted(ort.values())
     assert all(a_off + a_len <= b_off for (a_off, a_len), (b_off, _) in zip(spans, spans[1:]))  # no overlap
-    size = (art / "decoder.onnx.data").stat().st_size
+    size = (art / "model.onnx.data").stat().st_size
     tensors = sum(length for _, length in spans)
     assert size == spans[-1][0] + spans[-1][1]  # nothing after the last tensor: no second copy
     assert size < 1.1 * tensors, (size, tensors)  # (alignment padding only)
