@@ -11,7 +11,7 @@ student quantize at least as stably as the dense model it came from?
    hashed from its recipe (reused only by a run asking for the same recipe; a new DistillConfig
    field changes every hash, so `--student DIR` takes an existing checkpoint as it is);
 3. both exported with `phm-export --int8` (same calibrator, same shipped calibration prompts), and
-   again with weight-only INT8 everywhere (`int8_activations=False`, row "int8-wo": isolates the
+   again with weight-only INT8 everywhere (`Int8Config(activations=False)`, row "int8-wo": isolates the
    weights, which is what the claim is about); each export writes its own report (FP32 / FP16 PyTorch, INT8 ONNX Runtime on the held-out split of
    chatterbot, which neither the calibration nor the training saw);
 4. one side-by-side table (printed, JSON in benchmarks/results/, docs/int8.md) and a combined plot.
@@ -36,7 +36,7 @@ import click
 import torch
 from rich.console import Console
 
-from phm.export import ExportConfig, export_model
+from phm.export import ExportConfig, Int8Config, export_model
 from phm.export.config import CALIB_METHODS
 from phm.export.report import Metrics, ReportRow, write_report
 from phm.trainer import DistillConfig, PHMConfig, train
@@ -105,7 +105,7 @@ def _table(res: dict) -> str:
 @click.option("--student", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="use this PHM checkpoint as the student instead of training one (its recipe is the user's word)")
 @click.option("--tokens", default=2048, show_default=True, type=click.IntRange(16), help="held-out tokens")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=ExportConfig.calib_method,
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=Int8Config.calib_method,
               show_default=True)
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
@@ -131,8 +131,8 @@ def main(work, steps, local_epochs, local_batches, schedule, student, tokens, ca
             tag = "int8" if acts else "int8-wo"
             art = work / f"{name.lower()}-{tag}"
             console.print(f"exporting {name} with --int8 ({calib_method}, activations quantized: {acts}) → {art}")
-            export_model(model_dir, ExportConfig(int8=True, calib_method=calib_method, report_tokens=tokens,
-                                                 int8_activations=acts, overwrite=True), art)
+            export_model(model_dir, ExportConfig(int8=Int8Config(calib_method=calib_method, report_tokens=tokens,
+                                                                        activations=acts), overwrite=True), art)
             rows = _rows(art)
             res[name] += rows if acts else rows[-1:]
             walls[f"{name} {tag}"] = time.time() - t

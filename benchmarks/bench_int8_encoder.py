@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from phm.export import ExportConfig, export_model
+from phm.export import ExportConfig, Int8Config, export_model
 from phm.trainer import DistillConfig, PHMConfig, train
 from phm.trainer.data import chatterbot_texts, split_holdout
 from phm.trainer.models import minilm_dir
@@ -70,7 +70,7 @@ def main(work, steps, local_epochs, tokens, threads, json_path):
         for activations in (True, False):
             tag = "int8" if activations else "int8-wo"
             t = time.time()
-            art = export_model(model_dir, ExportConfig(int8=True, int8_activations=activations, report_tokens=tokens,
+            art = export_model(model_dir, ExportConfig(int8=Int8Config(activations=activations, report_tokens=tokens),
                                                        overwrite=True), work / f"{name.lower()}-{tag}")
             wall[f"export {name} {tag}"] = round(time.time() - t, 1)
             rows += [{"model": name, **r} for r in json.loads((art / "report.json").read_text())

@@ -235,8 +235,7 @@ def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Pat
     Before any work: `out_dir` must lie apart from every input (it is replaced as a whole with
     overwrite=True) and no other process may be writing it (held for the whole export)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    check_apart(out_dir, {"model dir": model_dir, "calibration data": config.calib_data,
-                          "report data": config.report_data})
+    check_apart(out_dir, {"model dir": model_dir, **config.inputs})
     with output_lock(out_dir):
         return _export_model(model_dir, config, out_dir, on_stage)
 

@@ -9,7 +9,7 @@ import click
 
 from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 
-from .config import CALIB_METHODS, TARGETS, ExportConfig
+from .config import CALIB_METHODS, TARGETS, ExportConfig, Int8Config
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig
 @click.option("--int8", is_flag=True, help="INT8: Q/DQ attention matmuls + INT8 PHM cores; writes report.md")
 @click.option("--calib-data", type=click.Path(), default=None,
               help="calibration data for --int8: folder, .jsonl or .txt [default: the shipped prompts]")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=ExportConfig.calib_method, show_default=True,
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=Int8Config.calib_method, show_default=True,
               help="activation calibrator for --int8")
 @click.option("--report-data", type=click.Path(), default=None,
               help="with --int8 on a VLM: image+prompt pairs (folder or .jsonl) whose greedy answers the report "
@@ -57,10 +57,16 @@ def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
     try:
-        config = ExportConfig(fp16=fp16, int8=int8, calib_data=calib_data, calib_method=calib_method,
-                              report_data=report_data,
-                              int8_lm_head=int8_lm_head, int8_activations=not int8_weights_only,
-                              int8_rotate=not no_rotation, strict=strict, target=target,
+        int8_flags = {"--calib-data": calib_data is not None, "--report-data": report_data is not None,
+                      "--int8-lm-head": int8_lm_head, "--int8-weights-only": int8_weights_only,
+                      "--no-int8-rotation": no_rotation}
+        unused = [flag for flag, given in int8_flags.items() if given and not int8]
+        if unused:
+            raise ValueError(f"{unused[0]} is only used with --int8")
+        quant = Int8Config(calib_data=calib_data, calib_method=calib_method, report_data=report_data,
+                           lm_head=int8_lm_head, activations=not int8_weights_only,
+                           rotate=not no_rotation) if int8 else None
+        config = ExportConfig(fp16=fp16, int8=quant, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),
                               require_engine=require_engine, overwrite=overwrite)

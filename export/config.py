@@ -10,9 +10,9 @@ from pathlib import Path
 
 from .memory_plan import DEVICES
 
-__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig"]
+__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig", "Int8Config"]
 
-EXPORT_CONFIG_VERSION = 1
+EXPORT_CONFIG_VERSION = 2  # 2: the INT8 settings are one nested object ("int8")
 
 # GPU architecture per target, from the memory planner's device table (one source): the Jetson Orin
 # modules (JetPack 6: TensorRT 10.3, sm_87) and a desktop GPU (sm_90).
@@ -22,23 +22,46 @@ TARGETS = {name: device.sm for name, device in DEVICES.items()}
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
+@dataclass(frozen=True)
+class Int8Config:
+    """The settings of an INT8 export (`ExportConfig.int8`; export_config.json's "int8" object)."""
+
+    calib_data: str | None = None    # calibration data (folder/JSONL/TXT); None: the shipped set
+    calib_method: str = "mse"        # activation amax: mse (output-error clip) | minmax | percentile (99.99)
+                                     # | entropy (KL); mse: measured best on SmolLM2 (docs/int8.md)
+    lm_head: bool = False            # also W8A8 the LM head (off: logits are the most sensitive matmul)
+    rotate: bool = True              # rotate W8A8 inputs (x·Q in the graph, Qᵀ·W in the weight; rotate.py)
+    smooth: bool | None = None       # SmoothQuant of W8A8 inputs, α searched per tensor; None: only where the
+                                     # inputs are not rotated (after rotation it cost accuracy: docs/int8.md)
+    activations: bool = True         # False: weight-only INT8 everywhere (--int8-weights-only; no activation Q/DQ)
+    report_tokens: int = 512         # held-out tokens of the accuracy report (report.md)
+    report_data: str | None = None   # VLM report: image+prompt pairs for the answer agreement
+                                     # (folder/JSONL); None: the calibration data's images
+
+    def __post_init__(self):
+        for name in ("lm_head", "rotate", "activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"int8.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.smooth is not None and not isinstance(self.smooth, bool):
+            raise ValueError(f"int8.smooth must be a bool or None, got {self.smooth!r}")
+        if self.calib_method not in CALIB_METHODS:
+            raise ValueError(f"int8.calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        if not isinstance(self.report_tokens, int) or self.report_tokens < 1:
+            raise ValueError(f"int8.report_tokens must be a positive integer, got {self.report_tokens!r}")
+
+    @property
+    def smoothing(self) -> bool:
+        """Whether W8A8 inputs get the SmoothQuant α search (`smooth`, resolved)."""
+        return (not self.rotate) if self.smooth is None else self.smooth
+
+
 @dataclass
 class ExportConfig:
     """Options of one export. Validated on construction (ValueError naming the field)."""
 
     fp16: bool = False               # write an fp16 graph (norm/softmax statistics stay fp32)
-    int8: bool = False               # explicit Q/DQ (attention) + INT8 weight-only PHM cores (quantize.py)
-    calib_data: str | None = None    # calibration data for --int8 (folder/JSONL/TXT); None: the shipped set
-    calib_method: str = "mse"        # activation amax: mse (output-error clip) | minmax | percentile (99.99)
-                                     # | entropy (KL); mse: measured best on SmolLM2 (docs/int8.md)
-    int8_lm_head: bool = False       # also W8A8 the LM head (off: logits are the most sensitive matmul)
-    int8_rotate: bool = True         # rotate W8A8 inputs (x·Q in the graph, Qᵀ·W in the weight; rotate.py)
-    int8_smooth: bool | None = None  # SmoothQuant of W8A8 inputs, α searched per tensor; None: only where the
-                                     # inputs are not rotated (after rotation it cost accuracy: docs/int8.md)
-    int8_activations: bool = True    # False: weight-only INT8 everywhere (--int8-weights-only; no activation Q/DQ)
-    report_tokens: int = 512         # held-out tokens of the INT8 accuracy report (report.md)
-    report_data: str | None = None   # VLM INT8 report: image+prompt pairs for the answer agreement
-                                     # (folder/JSONL); None: the calibration data's images
+    int8: Int8Config | None = None   # explicit Q/DQ (attention) + INT8 weight-only PHM cores (quantize.py);
+                                     # True means Int8Config(), False None
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "agx-orin"         # orin-nano | orin-nx | agx-orin (sm_87, TensorRT 10.3) | desktop (sm_90)
     device_gib: float | None = None  # the target's memory when not its table value (e.g. Orin Nano 4GB)
@@ -47,27 +70,21 @@ class ExportConfig:
     max_sequence: int = 2048         # past + new tokens (the KV cache the memory plan sizes); clipped to
                                      # the model's position limit
     opt_sequence: int = 128          # profile "opt" prompt length
-    external_data_mb: int = 1024     # initializers go to <file>.onnx.data above this size (protobuf: 2 GiB)
+    external_data_mb: int = 1024     # weights go to model.onnx.data above this size (protobuf: 2 GiB)
     overwrite: bool = False          # replace an existing non-empty output dir
 
     def __post_init__(self):
+        if self.int8 is True:
+            self.int8 = Int8Config()
+        elif self.int8 is False:
+            self.int8 = None
+        elif isinstance(self.int8, dict):
+            self.int8 = Int8Config(**self.int8)
+        elif self.int8 is not None and not isinstance(self.int8, Int8Config):
+            raise ValueError(f"int8 must be an Int8Config, a bool or None, got {self.int8!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        for name in ("calib_data", "int8_lm_head", "report_data"):
-            if not self.int8 and getattr(self, name) not in (None, False):
-                raise ValueError(f"{name} is only used with int8")
-        for name in ("int8_rotate", "int8_activations"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.int8_smooth is not None and not isinstance(self.int8_smooth, bool):
-            raise ValueError(f"int8_smooth must be a bool or None, got {self.int8_smooth!r}")
-        if not self.int8 and not self.int8_activations:
-            raise ValueError("int8_activations=False (--int8-weights-only) is only used with int8")
-        if not self.int8 and not self.int8_rotate:
-            raise ValueError("int8_rotate=False (--no-int8-rotation) is only used with int8")
-        if self.calib_method not in CALIB_METHODS:
-            raise ValueError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
-        for name in ("max_batch", "max_sequence", "opt_sequence", "report_tokens"):
+        for name in ("max_batch", "max_sequence", "opt_sequence"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -82,14 +99,15 @@ class ExportConfig:
             raise ValueError(f"external_data_mb must be a non-negative integer, got {self.external_data_mb!r}")
 
     @property
+    def inputs(self) -> dict:
+        """The files the export reads besides the model dir ({what: path or None})."""
+        return {"calibration data": self.int8.calib_data if self.int8 else None,
+                "report data": self.int8.report_data if self.int8 else None}
+
+    @property
     def precision(self) -> str:
         """Weight precision: "int8" (with fp32 or fp16 activations, see `activations`), "fp16", "fp32"."""
         return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
-
-    @property
-    def smooth(self) -> bool:
-        """Whether W8A8 inputs get the SmoothQuant α search (int8_smooth, resolved)."""
-        return (not self.int8_rotate) if self.int8_smooth is None else self.int8_smooth
 
     @property
     def activations(self) -> str:
@@ -101,7 +119,7 @@ class ExportConfig:
         return TARGETS[self.target]
 
     def to_dict(self) -> dict:
-        return {"format_version": EXPORT_CONFIG_VERSION, **asdict(self)}
+        return {"format_version": EXPORT_CONFIG_VERSION, **asdict(self)}  # (asdict nests the Int8Config)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -109,6 +127,8 @@ class ExportConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "ExportConfig":
         data = json.loads(Path(path).read_text())
-        if data.pop("format_version", None) != EXPORT_CONFIG_VERSION:
-            raise ValueError(f"{path}: unsupported export config format_version")
+        version = data.pop("format_version", None)
+        if version != EXPORT_CONFIG_VERSION:
+            raise ValueError(f"{path}: export config format_version {version!r} is not supported "
+                             f"(expected {EXPORT_CONFIG_VERSION})")
         return cls(**data)

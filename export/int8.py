@@ -17,7 +17,7 @@ logit cosine, top-1 agreement and perplexity of the real next tokens (a VLM deco
 embeddings). A VLM's report adds the answer agreement on image+prompt pairs (`--report-data`, else
 the calibration data's images; vlm_answers.py). An encoder's report compares token hidden states and
 mean-pooled sentence embeddings on held-out sentences instead (report.encoder_metrics).
-With `int8_activations=False` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
+With `Int8Config(activations=False)` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Int8Stage:
 
     def __init__(self, model, model_dir: Path, config, on_stage: Callable[[str], None]):
         self.model, self.model_dir, self.config, self.stage = model, model_dir, config, on_stage
-        self.samples = load_calibration_data(config.calib_data)  # ValueError on empty/invalid data
+        self.samples = load_calibration_data(config.int8.calib_data)  # ValueError on empty/invalid data
         self.processor = None  # the VLM's image processor, loaded once by _answer_samples when answers are asked
         self.answer_samples = self._answer_samples()
         self.tokenizer = _tokenizer(model_dir)
@@ -125,7 +125,7 @@ class Int8Stage:
         from phm.runtime.vlm import image_processor
 
         vlm = self.model.config.model_type in VLM_TYPES
-        if self.config.report_data is None:
+        if self.config.int8.report_data is None:
             samples = [s for s in self.samples if s.image is not None] if vlm else []
             try:
                 if samples:
@@ -137,10 +137,10 @@ class Int8Stage:
         if not vlm:
             raise ValueError(f"--report-data holds image+prompt pairs for VLM exports; "
                              f"{self.model.config.model_type} has no vision tower")
-        samples = [s for s in read_samples(self.config.report_data, captions_required=False, what="report data")
+        samples = [s for s in read_samples(self.config.int8.report_data, captions_required=False, what="report data")
                    if s.image is not None]
         if not samples:
-            raise ValueError(f"report data {self.config.report_data} holds no image")
+            raise ValueError(f"report data {self.config.int8.report_data} holds no image")
         self.processor = image_processor(self.model_dir)  # asked for explicitly: missing is an error before any work
         return samples
 
@@ -170,8 +170,8 @@ class Int8Stage:
     def quantize(self, spec: GraphSpec, rewritten: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         """The INT8 graph of one rewritten float graph (quantize.py), calibrated on the prompts."""
         graph = gs.import_onnx(rewritten)
-        plan = plan_int8(graph, lm_head=self.config.int8_lm_head)
-        if spec.kind in ("vision", "embed") or not self.config.int8_activations:  # weights only (module doc)
+        plan = plan_int8(graph, lm_head=self.config.int8.lm_head)
+        if spec.kind in ("vision", "embed") or not self.config.int8.activations:  # weights only (module doc)
             for lin in plan.linears:
                 if lin.mode == "w8a8":
                     lin.mode = "weight_only"
@@ -189,24 +189,24 @@ class Int8Stage:
 
             acts = collect_activations(attach_functions(rewritten), names, feeds, types, progress=tick)
             self.stage(f"choosing {spec.kind} activation scales ({self._recipe()})")
-        scales = choose_scales(plan, acts, self.config.calib_method, smooth=self.config.smooth,
-                               rotate_inputs=self.config.int8_rotate)
+        scales = choose_scales(plan, acts, self.config.int8.calib_method, smooth=self.config.int8.smoothing,
+                               rotate_inputs=self.config.int8.rotate)
         summary = quantize_graph(graph, plan, scales, types)
         out = gs.export_onnx(graph)
         out.producer_name, out.producer_version = rewritten.producer_name, rewritten.producer_version
         out.graph.name = rewritten.graph.name
-        summary["calib_method"] = self.config.calib_method
+        summary["calib_method"] = self.config.int8.calib_method
         summary["calib_prompts"] = len(self.ids) if names else 0
         return out, summary
 
     def _recipe(self) -> str:
         """How the W8A8 inputs were calibrated, in words (stage messages and the report's note)."""
-        if not self.config.int8_activations:
+        if not self.config.int8.activations:
             return "weights only (no activation quantization)"
-        parts = [f"calibrator {self.config.calib_method}"]
-        if self.config.int8_rotate:
+        parts = [f"calibrator {self.config.int8.calib_method}"]
+        if self.config.int8.rotate:
             parts.append("inputs rotated")
-        if self.config.smooth:
+        if self.config.int8.smoothing:
             parts.append("SmoothQuant α searched")
         return ", ".join(parts)
 
@@ -222,7 +222,7 @@ class Int8Stage:
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out text")
         decoder = graphs["decoder"]
         first_input = decoder["io"]["inputs"][0]["name"]
-        windows = heldout_windows(self.tokenizer, self.vocab, self.config.report_tokens)
+        windows = heldout_windows(self.tokenizer, self.vocab, self.config.int8.report_tokens)
         ref, half, labels = [], [], []
         model16 = copy.deepcopy(self.model).half()
         with torch.no_grad():
@@ -258,7 +258,7 @@ class Int8Stage:
 
     def _rows(self, name: str, fp32_fp16_int8: list, params: int, int8_bytes: int) -> list[ReportRow]:
         """The three report rows of one model from its FP32, FP16 and INT8 metrics (in that order)."""
-        labels = ("fp32", "fp16", "int8" if self.config.int8_activations else "int8-wo")
+        labels = ("fp32", "fp16", "int8" if self.config.int8.activations else "int8-wo")
         sizes = (params * 4, params * 2, int8_bytes)
         return [ReportRow(name, p, m, size) for p, m, size in zip(labels, fp32_fp16_int8, sizes)]
 
@@ -269,7 +269,7 @@ class Int8Stage:
         import onnxruntime as ort
 
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out sentences")
-        sentences = heldout_sentences(self.tokenizer, self.vocab, self.config.report_tokens)
+        sentences = heldout_sentences(self.tokenizer, self.vocab, self.config.int8.report_tokens)
         total = sum(ids.shape[1] for ids in sentences)
         sess = ort.InferenceSession(str(art_dir / encoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
         model16 = copy.deepcopy(self.model).half()
@@ -316,7 +316,7 @@ class Int8Stage:
         decode = ((lambda t: self.tokenizer.decode(t, skip_special_tokens=True).strip().replace("|", "\\|"))
                   if self.tokenizer is not None else str)
         lines = [f"Answer agreement: greedy answers (≤ {ANSWER_TOKENS} tokens) to {n} image+prompt pairs "
-                 f"({'--report-data' if self.config.report_data else 'the calibration images'}) equal to FP32's "
+                 f"({'--report-data' if self.config.int8.report_data else 'the calibration images'}) equal to FP32's "
                  "token for token; FP32/FP16 run the PyTorch model, INT8 the exported vision, embed and decoder "
                  "graphs in ONNX Runtime (as phm-run runs them).", "",
                  "| # | FP32 answer | INT8 answer | same |", "|---:|---|---|---|"]

@@ -464,7 +464,7 @@ def int8_reports(work: Path, rows: list[dict]) -> dict:
     (chat-formatted image questions): the reports' FP32 / FP16 / INT8 rows, answer agreement included."""
     import transformers
 
-    from phm.export import ExportConfig, export_model
+    from phm.export import ExportConfig, Int8Config, export_model
 
     processor = transformers.AutoProcessor.from_pretrained(work / "dense")
     data = work / "int8_report_data.jsonl"
@@ -475,7 +475,7 @@ def int8_reports(work: Path, rows: list[dict]) -> dict:
     out = {"n": len(rows)}
     for kind in ("dense", "phm"):
         t0 = time.perf_counter()
-        art = export_model(work / kind, ExportConfig(int8=True, report_data=str(data), overwrite=True),
+        art = export_model(work / kind, ExportConfig(int8=Int8Config(report_data=str(data)), overwrite=True),
                            work / f"{kind}-int8")
         out[kind] = {"minutes": round((time.perf_counter() - t0) / 60, 2),
                      "rows": json.loads((art / "report.json").read_text())}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 import pytest
 from click.testing import CliRunner
 
-from phm.export import ExportConfig
+from phm.export import ExportConfig, Int8Config
 from phm.export.cli import main
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -77,21 +78,41 @@ def test_existing_output_dir_is_not_overwritten(store, tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="target"):
         ExportConfig(target="jetson-nano")
-    with pytest.raises(ValueError, match="calib_data"):
+    with pytest.raises(ValueError, match="int8.calib_method"):
+        ExportConfig(int8=Int8Config(calib_method="kl"))
+    with pytest.raises(TypeError):  # the INT8 settings live in Int8Config only
         ExportConfig(calib_data="x.jsonl")
-    with pytest.raises(ValueError, match="calib_method"):
-        ExportConfig(int8=True, calib_method="kl")
     assert ExportConfig(fp16=True).precision == "fp16"
     both = ExportConfig(fp16=True, int8=True)
     assert (both.precision, both.activations) == ("int8", "fp16")
     # SmoothQuant's default follows the rotation (on only for unrotated inputs); explicit values win
-    assert (both.int8_rotate, both.smooth) == (True, False)
-    assert ExportConfig(int8=True, int8_rotate=False).smooth is True
-    assert ExportConfig(int8=True, int8_smooth=True).smooth is True
-    with pytest.raises(ValueError, match="int8_smooth must be a bool"):
-        ExportConfig(int8=True, int8_smooth="yes")
-    with pytest.raises(ValueError, match="only used with int8"):
-        ExportConfig(int8_rotate=False)
+    assert (both.int8.rotate, both.int8.smoothing) == (True, False)
+    assert Int8Config(rotate=False).smoothing is True
+    assert Int8Config(smooth=True).smoothing is True
+    with pytest.raises(ValueError, match="int8.smooth must be a bool"):
+        Int8Config(smooth="yes")
+    assert ExportConfig(int8=False).int8 is None
+
+
+def test_export_config_json_round_trip(tmp_path):
+    """export_config.json (format 2) nests the INT8 settings and reads back equal; format 1 is refused."""
+    config = ExportConfig(fp16=True, int8=Int8Config(lm_head=True, calib_method="minmax"), target="orin-nx")
+    path = tmp_path / "export_config.json"
+    path.write_text(config.to_json())
+    doc = json.loads(path.read_text())
+    assert doc["format_version"] == 2 and doc["int8"]["lm_head"] is True and "int8_lm_head" not in doc
+    assert ExportConfig.from_json(path) == config
+    path.write_text(json.dumps({**doc, "format_version": 1}))
+    with pytest.raises(ValueError, match="format_version 1 is not supported"):
+        ExportConfig.from_json(path)
+
+
+@pytest.mark.parametrize("flag", [["--calib-data", "x.jsonl"], ["--report-data", "x.jsonl"], ["--int8-lm-head"],
+                                  ["--int8-weights-only"], ["--no-int8-rotation"]])
+def test_int8_flags_need_int8(store, tmp_path, flag):
+    result, lines = _run([store.checkpoint("llama", True), *flag, "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, f"{flag[0]} is only used with --int8")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from ortloop import session as float_session
 
+from phm.export import Int8Config
 from phm.export.cli import main
 from phm.export.quantize import ort_options
 from phm.trt_plugins import spec
@@ -185,17 +186,17 @@ def test_rotation_by_default_and_off_switch(store, tmp_path):
     model = onnx.load(str(off / "decoder.trt.onnx"))
     assert _rotated_quantizers(model) == 0
     assert not any(i.name.startswith("rotation_") for i in model.graph.initializer)
-    assert json.loads((off / "export_config.json").read_text())["int8_rotate"] is False
+    assert json.loads((off / "export_config.json").read_text())["int8"]["rotate"] is False
 
 
 def test_no_rotation_flag_needs_int8(store):
     result = CliRunner().invoke(main, [str(store.checkpoint("llama", True)), "--no-int8-rotation"])
-    assert result.exit_code != 0 and "only used with int8" in result.output
+    assert result.exit_code != 0 and "--no-int8-rotation is only used with --int8" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
 def test_weights_only_has_no_activation_qdq(store, tmp_path):
-    art = tmp_path / "wo"  # through the CLI flag: --int8 --int8-weights-only = ExportConfig(int8_activations=False)
+    art = tmp_path / "wo"  # through the CLI flag: --int8 --int8-weights-only = Int8Config(activations=False)
     result = CliRunner().invoke(main, [str(store.checkpoint("llama", True)), "--int8", "--int8-weights-only",
                                        "--out", str(art)])
     assert result.exit_code == 0, result.output
@@ -208,7 +209,7 @@ def test_weights_only_has_no_activation_qdq(store, tmp_path):
 
 def test_int8_lm_head_option(store):
     """--int8-lm-head: the (tied) LM head becomes W8A8 too, reading an INT8 copy of the table."""
-    art = store.artifacts("llama", True, int8=True, int8_lm_head=True, report_tokens=64)
+    art = store.artifacts("llama", True, int8=Int8Config(lm_head=True, report_tokens=64))
     model = onnx.load(str(art / "decoder.trt.onnx"))
     lm_head = [n for n in _w8a8_matmuls(model) if "lm_head" in n.name]
     assert len(lm_head) == 1 and len(_w8a8_matmuls(model)) == 9
@@ -225,7 +226,7 @@ def test_encoder_int8_report(store):
     from phm.export.report import encoder_metrics
     from phm.trainer import load
 
-    art = store.artifacts("bert", True, int8=True, report_tokens=64)
+    art = store.artifacts("bert", True, int8=Int8Config(report_tokens=64))
     assert json.loads((art / "manifest.json").read_text())["report"] == "report.md"
     rows = {r["precision"]: r["metrics"] for r in json.loads((art / "report.json").read_text())}
     assert rows["fp32"]["embedding_cosine"] == pytest.approx(1.0) and rows["fp32"]["top1_agreement"] is None

@@ -18,7 +18,7 @@ from PIL import Image
 
 from phm.export.api import export_model
 from phm.export.cli import main as phm_export
-from phm.export.config import ExportConfig
+from phm.export.config import ExportConfig, Int8Config
 from phm.export.vlm_answers import ANSWER_TOKENS, answer_agreement
 from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.ort_backend import OrtBackend
@@ -74,7 +74,7 @@ def vlm_int8(request, tmp_path_factory):
     ckpt = make_phm_checkpoint(arch, root / "ckpt")
     _ship_processor_and_tokenizer(arch, ckpt)
     data = _report_data(root, arch)
-    art = export_model(ckpt, ExportConfig(int8=True, report_data=str(data), report_tokens=64), root / "art")
+    art = export_model(ckpt, ExportConfig(int8=Int8Config(report_data=str(data), report_tokens=64)), root / "art")
     return arch, ckpt, data, art
 
 
@@ -122,15 +122,13 @@ def test_calibration_images_without_processor_skip_the_answers(store, tmp_path):
     go on, the answers are left out with a warning (they were not asked for explicitly)."""
     data = _report_data(tmp_path, "qwen2_vl")
     art = export_model(store.checkpoint("qwen2_vl", True),
-                       ExportConfig(int8=True, calib_data=str(data), report_tokens=64), tmp_path / "art")
+                       ExportConfig(int8=Int8Config(calib_data=str(data), report_tokens=64)), tmp_path / "art")
     rows = json.loads((art / "report.json").read_text())
     assert [r["metrics"]["answer_agreement"] for r in rows] == [None, None, None]
     assert "Answer agreement: not measured" in (art / "report.md").read_text()
 
 
 def test_report_data_errors(store, tmp_path):
-    with pytest.raises(ValueError, match="report_data is only used with int8"):
-        ExportConfig(report_data="x.jsonl")
     text_only = tmp_path / "prompts.txt"
     text_only.write_text("w5 w6\n")
     images = _report_data(tmp_path, "llava_dinov2")
@@ -153,7 +151,7 @@ def test_fp16_int8_vlm_report(tmp_path):
     ckpt = make_phm_checkpoint("llava_dinov2", tmp_path / "ckpt")
     _ship_processor_and_tokenizer("llava_dinov2", ckpt)
     data = _report_data(tmp_path, "llava_dinov2")
-    art = export_model(ckpt, ExportConfig(fp16=True, int8=True, report_data=str(data), report_tokens=64),
+    art = export_model(ckpt, ExportConfig(fp16=True, int8=Int8Config(report_data=str(data), report_tokens=64)),
                        tmp_path / "art")
     rows = {r["precision"]: r["metrics"] for r in json.loads((art / "report.json").read_text())}
     assert rows["fp32"]["answer_agreement"] == 1.0 and rows["int8"]["answer_agreement"] is not None
