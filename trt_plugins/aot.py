@@ -42,6 +42,11 @@ DTYPE_IDS = {"fp32": 0, "fp16": 1}                        # = phm_dtype
 WFMT_IDS = {"float": 0, "int8": 1, "int4": 2}             # = phm_wfmt, phm_linear.WFMT_*
 CONFIG_IDS = {"gemv": 0, "decode": 1, "prefill": 2, "prefill_mixw": 3}   # = PHM_CFG_*
 SUPPORTED_ARCHS = (80, 86, 87, 89, 90)
+# Triton releases whose compiled-kernel calling convention the C launcher (csrc/phm_runtime.c) was
+# checked against: the kernel's own arguments, then two trailing scratch pointers (global, profile).
+# Another release may add, drop or reorder launcher parameters; pyproject's `kernels` extra pins the same.
+TRITON_CHECKED = ("3.9",)
+SCRATCH_PARAMS = 2
 # Integer arguments promised to be multiples of 16 in the aligned variant (phm_runtime.c checks).
 ALIGNED_INTS = {"M", "K", "stride_xt", "stride_yt", "stride_ht"}
 
@@ -108,6 +113,31 @@ def _signature(kernel, spec: KernelSpec) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
+def check_triton(version: str | None = None) -> str:
+    """The installed Triton's version when the C launcher's ABI was checked against it; ValueError in
+    one line otherwise (before any kernel is compiled)."""
+    if version is None:
+        try:
+            import triton
+        except ImportError:
+            raise ValueError('Triton is not installed: pip install "phm-edge[kernels]"') from None
+        version = triton.__version__
+    if ".".join(version.split(".")[:2]) not in TRITON_CHECKED:
+        raise ValueError(f"Triton {version}: the PHM kernel launcher was checked against Triton "
+                         f"{', '.join(v + '.x' for v in TRITON_CHECKED)} only (its kernels' trailing scratch "
+                         f"parameters); install one: pip install 'triton=={TRITON_CHECKED[-1]}.*'")
+    return version
+
+
+def check_launch_abi(symbol: str, ptx_params: int, signature: dict) -> None:
+    """A compiled kernel takes exactly its runtime arguments plus the scratch pointers the C launcher
+    passes; anything else would launch with shifted arguments."""
+    runtime_args = sum(1 for t in signature.values() if t != "constexpr")
+    if ptx_params != runtime_args + SCRATCH_PARAMS:
+        raise RuntimeError(f"{symbol}: the compiled kernel takes {ptx_params} parameters, the C launcher passes "
+                           f"{runtime_args} arguments + {SCRATCH_PARAMS} scratch pointers (Triton ABI changed?)")
+
+
 def _worker_init() -> None:
     os.environ.pop("TRITON_INTERPRET", None)   # compile real kernels even from an interpreter run
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -137,6 +167,7 @@ def _compile_one(spec: KernelSpec) -> dict:
         raise RuntimeError(f"{spec.symbol}: kernels needing global scratch cannot be AOT-launched")
     ptx = compiled.asm["ptx"]
     entry = re.search(r"\.entry\s+(\w+)\s*\((.*?)\)", ptx, re.S)
+    check_launch_abi(spec.symbol, entry.group(2).count(".param"), signature)
     return {
         "symbol": spec.symbol, "entry": entry.group(1), "num_params": entry.group(2).count(".param"),
         "cubin": compiled.asm["cubin"], "shared": int(md.shared),

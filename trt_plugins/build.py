@@ -115,6 +115,7 @@ def build_plugins(cfg: BuildConfig) -> BuildResult:
 
 
 def _build_plugins(cfg: BuildConfig) -> BuildResult:
+    aot.check_triton()
     specs = aot.all_specs(cfg.archs)
     gen = cfg.out_dir / "generated"
     if aot.cached_results(specs, gen):

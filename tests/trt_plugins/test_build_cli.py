@@ -40,3 +40,30 @@ def test_aot_cache_requires_same_sources_and_specs(tmp_path):
     manifest["fingerprint"] = "stale"
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert not aot.cached_results(specs, tmp_path)
+
+
+def test_triton_outside_the_checked_range_is_refused_before_any_work(tmp_path, monkeypatch):
+    """The C launcher passes Triton 3.9's trailing scratch pointers: another release is one line, and
+    nothing is compiled or written."""
+    import pytest
+    import triton
+
+    assert aot.check_triton() == triton.__version__  # the installed (CI-pinned) release is a checked one
+    for version in ("3.8.0", "3.10.0", "4.0.0"):
+        with pytest.raises(ValueError, match=f"Triton {version}: .*checked against Triton 3.9.x only"):
+            aot.check_triton(version)
+    monkeypatch.setattr(triton, "__version__", "3.10.0")
+    res = CliRunner().invoke(main, ["--arch", "sm_87", "--out", str(tmp_path / "out")])
+    assert res.exit_code != 0 and "Triton 3.10.0" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "generated").exists()
+
+
+def test_kernel_parameters_must_match_the_launcher():
+    import pytest
+
+    signature = {"x_ptr": "*fp16", "y_ptr": "*fp16", "M": "i32", "N": "constexpr", "BLOCK_M": "constexpr"}
+    aot.check_launch_abi("k", 3 + aot.SCRATCH_PARAMS, signature)  # 3 runtime args + the scratch pointers
+    for wrong in (3, 3 + aot.SCRATCH_PARAMS + 1):
+        with pytest.raises(RuntimeError, match="k: the compiled kernel takes"):
+            aot.check_launch_abi("k", wrong, signature)
