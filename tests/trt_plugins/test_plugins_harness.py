@@ -15,12 +15,16 @@ from phm.trt_plugins.build import PLUGINS_DIR, find_tensorrt_include, tensorrt_v
 from phm.trt_plugins.kernels import configs
 
 HERE = Path(__file__).resolve().parent
-TRT_INCLUDE = find_tensorrt_include(None)
+# $TENSORRT_ROOT or a system install, else the public TensorRT 10.3 headers that the development
+# machines and CI keep beside the checkout (never copied into the repo)
+TRT_INCLUDE = find_tensorrt_include(None) or find_tensorrt_include(
+    HERE.parents[2] / "shared" / "third_party" / "tensorrt-10.3")
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 
 pytestmark = pytest.mark.skipif(
     TRT_INCLUDE is None or shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda.h").exists(),
-    reason="needs TensorRT headers (set TENSORRT_ROOT), g++ and cuda.h")
+    reason="needs TensorRT headers (TENSORRT_ROOT, a system install or ../shared/third_party/tensorrt-10.3), "
+           "g++ and cuda.h")
 
 
 @pytest.fixture(scope="module")
