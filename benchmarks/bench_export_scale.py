@@ -45,6 +45,17 @@ SHAPES = {
     "qwen2.5-vl-7b-text": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                                num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
 }
+# The whole VLM (phm-gen only): Qwen2.5-VL-3B's text decoder and vision tower (PHM on the language MLPs)
+VLM_SHAPES = {
+    "qwen2.5-vl-3b": dict(
+        text_config=dict(SHAPES["qwen2.5-vl-3b-text"], max_position_embeddings=32768,
+                         rope_scaling={"rope_type": "default", "type": "mrope", "mrope_section": [16, 24, 24]}),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=True),
+}
 PROMPT = "The capital of France is"
 MARKERS = ("<!-- bench_export_scale:start -->", "<!-- bench_export_scale:end -->")
 
@@ -126,11 +137,17 @@ def generated_phm_checkpoint(shape: str, out: Path) -> Path:
 
     if (out / PHM_CONFIG_NAME).is_file():
         return out
-    cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1, eos_token_id=2,
-                                   pad_token_id=0, architectures=["Qwen2ForCausalLM"])
+    if shape in VLM_SHAPES:
+        cls = transformers.Qwen2_5_VLForConditionalGeneration
+        cfg = transformers.Qwen2_5_VLConfig(**VLM_SHAPES[shape], bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                            architectures=[cls.__name__])
+    else:
+        cls = transformers.Qwen2ForCausalLM
+        cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1,
+                                       eos_token_id=2, pad_token_id=0, architectures=[cls.__name__])
     config = PHMConfig(num_bases=2)
     with init_empty_weights():
-        dense = transformers.Qwen2ForCausalLM(cfg)
+        dense = cls(cfg)
     doc = phm_config_doc(config, phm_targets(dense, config), find_mlp_blocks(dense, config.towers))
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -141,8 +158,8 @@ def generated_phm_checkpoint(shape: str, out: Path) -> Path:
     save_char_tokenizer(tmp)
     (tmp / WEIGHTS_NAME).touch()  # the dir must name its weights file; empty_model reads none of it
     shapes = {n: tuple(t.shape) for n, t in empty_model(tmp).state_dict().items()}
-    if cfg.tie_word_embeddings:
-        shapes.pop("lm_head.weight")
+    if getattr(cfg.get_text_config(), "tie_word_embeddings", False) or cfg.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, dims in shapes.items():
         size = 4 * int(torch.Size(dims).numel())
@@ -265,7 +282,8 @@ def write_docs(path: Path, block: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="qwen2-0.6b", help=f"comma-separated: {', '.join(SHAPES)}")
+    ap.add_argument("--shapes", default="qwen2-0.6b",
+                    help=f"comma-separated: {', '.join(SHAPES)}; with --variants phm-gen also {', '.join(VLM_SHAPES)}")
     ap.add_argument("--variants", default="dense,phm",
                     help="comma-separated: dense, phm (projection of the dense weights), phm-gen (PHM weights "
                          "generated directly: shapes whose dense fp32 copy does not fit in memory)")

@@ -123,13 +123,12 @@ def _materialize(graph: gs.Graph) -> gs.Graph:
     return graph
 
 
-def _store_weights(graph: gs.Graph, data: DataFile, inline_mb: int) -> bool:
-    """Put the graph's weights where they will live: inline when all of them fit in `inline_mb`,
-    else every initializer over 1 KiB in the shared data file (streamed weights block by block,
-    in-memory ones as they are). Returns whether the graph uses the data file."""
+def _store_weights(graph: gs.Graph, data: DataFile, external: bool) -> bool:
+    """Put the graph's weights where they will live: inline, or every initializer over 1 KiB in the
+    export's shared data file (streamed weights block by block, in-memory ones as they are). Returns
+    whether the graph uses the data file."""
     consts = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
-    total = sum(t._values.nbytes if isinstance(t._values, StreamedWeight) else t.values.nbytes for t in consts)
-    if total <= inline_mb * (1 << 20):
+    if not external:
         _materialize(graph)
         return False
     for t in consts:
@@ -333,7 +332,10 @@ def _write_graphs(job: _Job, name: str, graph: gs.Graph,
     if job.data is None:
         job.data = DataFile(tmp / DATA_FILE)
     # before the twins are made from it: all reference the one copy at the same offsets
-    data = job.data.path if _store_weights(graph, job.data, job.config.external_data_mb) else None
+    # one decision for the whole export, from the model's weight bytes: every graph inline (small
+    # models) or every graph on the one data file, so a weight two graphs read is stored once
+    external = job.counts["weight_bytes_after"] > job.config.external_data_mb * (1 << 20)
+    data = job.data.path if _store_weights(graph, job.data, external) else None
     rewritten = _to_onnx(graph)
     ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
     _save_onnx(ort_model, tmp / f"{name}.onnx")

@@ -9,8 +9,8 @@ folding the TorchScript exporter would have done, without loading a weight:
     shape arithmetic, the PHM mixing matrices from their bases, rotary tables;
   - Transpose / Reshape / Identity / Cast of a streamed weight folded by bookkeeping
     (StreamedWeight.transposed/reshaped/cast), so a linear's MatMul reads Wᵀ as one constant, as
-    in a trace with weights. A weight another node also reads (a tied embedding) keeps its
-    Transpose: it is stored once.
+    in a trace with weights. A weight another node also reads, or a tied one (an LM head that
+    is the embedding table, which a VLM's embed graph reads too), keeps its Transpose: one copy.
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ def _module_tensors(spec) -> dict:
     return named
 
 
-def _constant(name: str, var: gs.Variable, tensor, source) -> gs.Constant:
+def _constant(name: str, var: gs.Variable, tensor, source, tied: bool) -> gs.Constant:
     dtype = np.dtype(var.dtype) if var.dtype is not None else None
     if source is None or int(np.prod(tensor.shape)) * tensor.element_size() <= INLINE_BYTES:
         value = source.load() if source is not None else tensor.detach().numpy()
         return gs.Constant(name, np.ascontiguousarray(np.asarray(value).astype(dtype or value.dtype)))
-    return gs.Constant(name, StreamedWeight(source, dtype))
+    weight = StreamedWeight(source, dtype)
+    weight.tied = tied
+    return gs.Constant(name, weight)
 
 
 def _replace(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
@@ -77,7 +79,8 @@ def _fold_streamed(graph: gs.Graph) -> int:
             view = w.cast(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
         elif node.op == "Reshape" and isinstance(node.inputs[1], gs.Constant):
             view = w.reshaped(np.asarray(node.inputs[1].values))
-        elif node.op == "Transpose" and list(node.attrs.get("perm", [1, 0])) == [1, 0] and len(src.outputs) == 1:
+        elif (node.op == "Transpose" and list(node.attrs.get("perm", [1, 0])) == [1, 0] and len(src.outputs) == 1
+              and not getattr(w, "tied", False)):  # a tied table stays one copy (another graph reads it)
             view = w.transposed()
         if view is None:
             continue
@@ -112,7 +115,7 @@ def bind_weights(traced: onnx.ModelProto, spec, source) -> gs.Graph:
         if var.name not in tensors:
             raise ValueError(f"traced graph input {var.name} is neither a graph input nor a model tensor")
         tensor = tensors[var.name]
-        const = _constant(var.name, var, tensor, source.source_of(tensor))
+        const = _constant(var.name, var, tensor, source.source_of(tensor), source.is_tied(tensor))
         _replace(graph, var, const)
         graph.inputs.remove(var)
     graph.cleanup()

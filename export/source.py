@@ -138,6 +138,11 @@ class ModelSource:
                 return self.sources.get(i)
         return None
 
+    def is_tied(self, tensor: torch.Tensor) -> bool:
+        """Does the model hold this tensor in more than one place (a tied embedding and LM head)?"""
+        i = self._id_of(tensor)
+        return i is not None and len(self.slots[i]) > 1
+
     def _set(self, i: int, tensor: torch.Tensor) -> None:
         for module, attr, is_param in self.slots[i]:
             if is_param:

@@ -145,6 +145,7 @@ class StreamedWeight(LazyValues):
         self.transpose = transpose
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.location, self.offset = PENDING, 0
+        self.tied = False  # the model holds the source in several places (bind.py keeps its Transpose)
 
     @property
     def ndim(self) -> int:
@@ -173,10 +174,14 @@ class StreamedWeight(LazyValues):
             shape = tuple(int(np.prod(self.shape)) // known if d == -1 else d for d in shape)
         if int(np.prod(shape)) != int(np.prod(self.shape)):
             raise ValueError(f"cannot reshape {self.shape} to {shape}")
-        return StreamedWeight(self.source, self.dtype, shape, self.transpose)
+        return self._derived(StreamedWeight(self.source, self.dtype, shape, self.transpose))
 
     def cast(self, dtype) -> "StreamedWeight":
-        return StreamedWeight(self.source, dtype, self.shape, self.transpose)
+        return self._derived(StreamedWeight(self.source, dtype, self.shape, self.transpose))
+
+    def _derived(self, view: "StreamedWeight") -> "StreamedWeight":
+        view.tied = self.tied
+        return view
 
     def load(self) -> np.ndarray:
         """The values in memory (small graphs, quantization): what DataFile.add writes."""

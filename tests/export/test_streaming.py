@@ -150,3 +150,25 @@ def test_phm_checkpoint_streams_its_cores(wide, tmp_path):
     half = external_spans(art16 / "decoder.trt.onnx")
     assert {n: length for n, (_, length) in half.items() if n in cores} == \
         {n: length // 2 for n, (_, length) in cores.items()}
+
+
+def test_vlm_tied_table_is_stored_once_across_graphs(tmp_path):
+    """A VLM whose LM head is its embedding table: the embed graph gathers from it, the decoder
+    multiplies by its transpose; both graphs point at the same bytes of the one data file."""
+    import transformers
+
+    from tinymodels import save_char_tokenizer, tiny_config
+
+    cfg = tiny_config("qwen2_5_vl")
+    cfg.tie_word_embeddings = True
+    model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model.tie_weights()
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path / "vl")
+    save_char_tokenizer(tmp_path / "vl")
+    art = export_model(tmp_path / "vl", ExportConfig(external_data_mb=0), tmp_path / "art")
+    embed, decoder = external_spans(art / "embed.onnx"), external_spans(art / "decoder.trt.onnx")
+    (table,) = embed.values()  # the embed graph holds the table and nothing else
+    assert table in decoder.values() and table[1] == 256 * 32 * 4
+    spans = set(embed.values()) | set(decoder.values()) | set(external_spans(art / "vision.onnx").values())
+    assert (art / "model.onnx.data").stat().st_size < 1.1 * sum(length for _, length in spans)
