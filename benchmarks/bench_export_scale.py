@@ -60,6 +60,32 @@ PROMPT = "The capital of France is"
 MARKERS = ("<!-- bench_export_scale:start -->", "<!-- bench_export_scale:end -->")
 
 
+def _qwen2_config(shape: str):
+    import transformers
+
+    return transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1, eos_token_id=2,
+                                    pad_token_id=0, architectures=["Qwen2ForCausalLM"])
+
+
+def _generated(name: str, dims: tuple, gen):
+    """One generated weight: norms 1, biases 0, everything else N(0, 0.02)."""
+    import torch
+
+    if name.endswith("norm.weight"):
+        return torch.ones(dims)
+    return torch.zeros(dims) if name.endswith(".bias") else torch.randn(dims, generator=gen) * 0.02
+
+
+def _partial_dir(out: Path) -> Path:
+    """An empty `<out>.partial` beside `out` (an interrupted run's shards and temporaries removed),
+    renamed to `out` once complete."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def dense_checkpoint(shape: str, out: Path) -> Path:
     """A dense HF checkpoint of the shape with generated weights (N(0, 0.02), norms 1), written shard by
     shard (≤ 1 GB each) so that generating a 3B model needs no more memory than one shard."""
@@ -72,17 +98,13 @@ def dense_checkpoint(shape: str, out: Path) -> Path:
 
     if (out / "config.json").is_file():
         return out
-    cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1, eos_token_id=2,
-                                   pad_token_id=0, architectures=["Qwen2ForCausalLM"])
+    cfg = _qwen2_config(shape)
     with init_empty_weights():
         names = {n: tuple(p.shape) for n, p in transformers.Qwen2ForCausalLM(cfg).state_dict().items()}
     if cfg.tie_word_embeddings:
         names.pop("lm_head.weight")
     gen = torch.Generator().manual_seed(0)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():  # an interrupted run's shards and temporaries
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = _partial_dir(out)
     shards, shard, size, index = [], {}, 0, {}
 
     def flush():
@@ -95,8 +117,7 @@ def dense_checkpoint(shape: str, out: Path) -> Path:
             shard, size = {}, 0
 
     for name, dims in names.items():
-        t = torch.ones(dims) if name.endswith("norm.weight") else (
-            torch.zeros(dims) if name.endswith(".bias") else torch.randn(dims, generator=gen) * 0.02)
+        t = _generated(name, dims, gen)
         if size + t.numel() * 4 > 1 << 30:
             flush()
         shard[name], size = t, size + t.numel() * 4
@@ -142,23 +163,18 @@ def generated_phm_checkpoint(shape: str, out: Path) -> Path:
         cfg = transformers.Qwen2_5_VLConfig(**VLM_SHAPES[shape], bos_token_id=1, eos_token_id=2, pad_token_id=0,
                                             architectures=[cls.__name__])
     else:
-        cls = transformers.Qwen2ForCausalLM
-        cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=1,
-                                       eos_token_id=2, pad_token_id=0, architectures=[cls.__name__])
+        cls, cfg = transformers.Qwen2ForCausalLM, _qwen2_config(shape)
     config = PHMConfig(num_bases=2)
     with init_empty_weights():
         dense = cls(cfg)
     doc = phm_config_doc(config, phm_targets(dense, config), find_mlp_blocks(dense, config.towers))
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = _partial_dir(out)
     cfg.save_pretrained(tmp)
     (tmp / PHM_CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     save_char_tokenizer(tmp)
     (tmp / WEIGHTS_NAME).touch()  # the dir must name its weights file; empty_model reads none of it
     shapes = {n: tuple(t.shape) for n, t in empty_model(tmp).state_dict().items()}
-    if getattr(cfg.get_text_config(), "tie_word_embeddings", False) or cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, dims in shapes.items():
@@ -171,9 +187,7 @@ def generated_phm_checkpoint(shape: str, out: Path) -> Path:
     with open(tmp / WEIGHTS_NAME, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for name, dims in shapes.items():
-            t = torch.ones(dims) if name.endswith("norm.weight") else (
-                torch.zeros(dims) if name.endswith(".bias") else torch.randn(dims, generator=gen) * 0.02)
-            f.write(t.numpy().tobytes())
+            f.write(_generated(name, dims, gen).numpy().tobytes())
     tmp.rename(out)
     return out
 

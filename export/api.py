@@ -127,11 +127,10 @@ def _store_weights(graph: gs.Graph, data: DataFile, external: bool) -> bool:
     """Put the graph's weights where they will live: inline, or every initializer over 1 KiB in the
     export's shared data file (streamed weights block by block, in-memory ones as they are). Returns
     whether the graph uses the data file."""
-    consts = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
     if not external:
         _materialize(graph)
         return False
-    for t in consts:
+    for t in [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]:
         if not isinstance(t._values, StreamedWeight) and t.values.nbytes > 1024:
             t.values = StreamedWeight(ArrayTensor(np.ascontiguousarray(t.values)))
     weights = streamed_weights(graph)
@@ -221,7 +220,7 @@ def _int8_stage(model, model_dir: Path, config: ExportConfig, stage):
         raise ExportError(f"--int8: {e}") from None
 
 
-def _int8_report(int8, tmp: Path, graphs: dict, model_dir: Path, doc, counts: dict) -> str:
+def _int8_report(int8, tmp: Path, graphs: dict, doc, counts: dict) -> str:
     """report.md of the decoder graph (int8.py; a VLM's also scores its answers to image prompts), or
     of the encoder graph."""
     files = {f for g in graphs.values() for f in (g["trt_file"], g["external_data"]) if f}
@@ -331,9 +330,9 @@ def _write_graphs(job: _Job, name: str, graph: gs.Graph,
     (external data file or None, the ONNX Runtime file's name, the TensorRT model)."""
     if job.data is None:
         job.data = DataFile(tmp / DATA_FILE)
-    # before the twins are made from it: all reference the one copy at the same offsets
-    # one decision for the whole export, from the model's weight bytes: every graph inline (small
-    # models) or every graph on the one data file, so a weight two graphs read is stored once
+    # One decision for the whole export, from the model's weight bytes: every graph inline (small
+    # models) or every graph on the one data file, written before the twins are made from the graph,
+    # so all of them (and every other graph reading a weight) reference one copy at the same offsets.
     external = job.counts["weight_bytes_after"] > job.config.external_data_mb * (1 << 20)
     data = job.data.path if _store_weights(graph, job.data, external) else None
     rewritten = _to_onnx(graph)
@@ -456,7 +455,7 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
             reports += report
         report_file = None
         if job.int8 is not None:
-            report_file = _int8_report(job.int8, tmp, graphs, model_dir, job.doc, job.counts)
+            report_file = _int8_report(job.int8, tmp, graphs, job.doc, job.counts)
         cmds = _write_support_files(job, graphs, tmp)
         engines = _engines(job, graphs, tmp, trt_reason)
         manifest = build_manifest(job, tmp, graphs, reports, cmds, engines, report_file, trt_reason)

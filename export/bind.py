@@ -50,9 +50,7 @@ def _constant(name: str, var: gs.Variable, tensor, source, tied: bool) -> gs.Con
     if source is None or int(np.prod(tensor.shape)) * tensor.element_size() <= INLINE_BYTES:
         value = source.load() if source is not None else tensor.detach().numpy()
         return gs.Constant(name, np.ascontiguousarray(np.asarray(value).astype(dtype or value.dtype)))
-    weight = StreamedWeight(source, dtype)
-    weight.tied = tied
-    return gs.Constant(name, weight)
+    return gs.Constant(name, StreamedWeight(source, dtype, tied=tied))
 
 
 def _replace(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
@@ -80,7 +78,7 @@ def _fold_streamed(graph: gs.Graph) -> int:
         elif node.op == "Reshape" and isinstance(node.inputs[1], gs.Constant):
             view = w.reshaped(np.asarray(node.inputs[1].values))
         elif (node.op == "Transpose" and list(node.attrs.get("perm", [1, 0])) == [1, 0] and len(src.outputs) == 1
-              and not getattr(w, "tied", False)):  # a tied table stays one copy (another graph reads it)
+              and not w.tied):  # a tied table stays one copy (another graph reads it)
             view = w.transposed()
         if view is None:
             continue

@@ -89,7 +89,6 @@ class ModelSource:
         self.current = {i: slot[0][0]._parameters[slot[0][1]] if slot[0][2] else slot[0][0]._buffers[slot[0][1]]
                         for i, slot in self.slots.items()}
         self.original = dict(self.current)  # id → the tensor object the model was built with
-        self.dtype = None
         self._released: dict[int, tuple] = {}  # id → (memory, tag) of each placeholder
 
     # --- building ---------------------------------------------------------------------------
@@ -133,10 +132,8 @@ class ModelSource:
 
     def source_of(self, tensor: torch.Tensor):
         """The source of one of the model's tensors as it holds it now (None: computed, not stored)."""
-        for i, t in self.current.items():
-            if t is tensor:
-                return self.sources.get(i)
-        return None
+        i = self._id_of(tensor)
+        return None if i is None else self.sources.get(i)
 
     def is_tied(self, tensor: torch.Tensor) -> bool:
         """Does the model hold this tensor in more than one place (a tied embedding and LM head)?"""
@@ -159,8 +156,8 @@ class ModelSource:
             return orig.to(dtype) if orig.is_floating_point() else orig
         shape = tuple(src.shape)
         if int(np.prod(shape)) * 4 <= SMALL_BYTES:
-            return torch.from_numpy(np.array(src.load(), copy=True)).to(dtype) if src.dtype.kind == "f" else \
-                torch.from_numpy(np.array(src.load(), copy=True))
+            value = torch.from_numpy(np.array(src.load(), copy=True))
+            return value.to(dtype) if value.is_floating_point() else value
         t, buf = _untouched(shape, dtype, tag)
         self._released[i] = (buf, _tagged(tag, dtype))
         return t
@@ -171,7 +168,6 @@ class ModelSource:
         for tag, i in enumerate(self.slots):
             if self.original[i].is_floating_point():
                 self._set(i, self._placeholder(i, dtype, tag))
-        self.dtype = dtype
 
     def restore(self) -> None:
         """In-memory models: their real fp32 tensors back (for the INT8 stage and the report)."""
@@ -186,8 +182,9 @@ class ModelSource:
     def tracing(self, dtype: torch.dtype):
         """Placeholders at `dtype` for the trace; afterwards fp32 (in memory: the real tensors)."""
         self.place(dtype)
+        released = self._ids_released
         handles = [m.register_forward_hook(self._release) for m in self.model.modules()
-                   if any(id(p) in self._ids_released for p in m._parameters.values())]
+                   if any(id(p) in released for p in m._parameters.values())]
         try:
             yield self.model
         finally:
@@ -220,9 +217,9 @@ class ModelSource:
             return
         self.place(torch.float32)
         undo = []
-        for module in self.model.modules():
+        for module in self.model.modules():  # the placeholders: every large tensor the files hold
             large = [(attr, i) for attr, p in module._parameters.items() if p is not None
-                     for i in [self._id_of(p)] if i in self.sources and int(np.prod(p.shape)) * 4 > SMALL_BYTES]
+                     for i in [self._id_of(p)] if i in self._released]
             if large:
                 undo.append(self._stream_module(module, large))
         try:

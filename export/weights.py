@@ -138,14 +138,15 @@ class StreamedWeight(LazyValues):
     matrix, laid out in `shape` and cast to `dtype`. Transforms return new views; nothing is read
     until `load()` or `DataFile.add`."""
 
-    def __init__(self, source, dtype=None, shape: tuple | None = None, transpose: tuple | None = None):
+    def __init__(self, source, dtype=None, shape: tuple | None = None, transpose: tuple | None = None,
+                 tied: bool = False):
         self.source = source
         self.shape = tuple(source.shape if shape is None else shape)
         self.dtype = np.dtype(source.dtype if dtype is None else dtype)
         self.transpose = transpose
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.location, self.offset = PENDING, 0
-        self.tied = False  # the model holds the source in several places (bind.py keeps its Transpose)
+        self.tied = tied  # the model holds the source in several places (bind.py keeps its Transpose)
 
     @property
     def ndim(self) -> int:
@@ -161,10 +162,10 @@ class StreamedWeight(LazyValues):
         if len(self.shape) != 2:
             return None
         if self.transpose is None:
-            return StreamedWeight(self.source, self.dtype, self.shape[::-1], transpose=self.shape)
+            return StreamedWeight(self.source, self.dtype, self.shape[::-1], transpose=self.shape, tied=self.tied)
         a, b = self.transpose
         if self.shape == (b, a):  # transposing back: the source's own order
-            return StreamedWeight(self.source, self.dtype, (a, b))
+            return StreamedWeight(self.source, self.dtype, (a, b), tied=self.tied)
         return None
 
     def reshaped(self, shape) -> "StreamedWeight":
@@ -174,14 +175,10 @@ class StreamedWeight(LazyValues):
             shape = tuple(int(np.prod(self.shape)) // known if d == -1 else d for d in shape)
         if int(np.prod(shape)) != int(np.prod(self.shape)):
             raise ValueError(f"cannot reshape {self.shape} to {shape}")
-        return self._derived(StreamedWeight(self.source, self.dtype, shape, self.transpose))
+        return StreamedWeight(self.source, self.dtype, shape, self.transpose, self.tied)
 
     def cast(self, dtype) -> "StreamedWeight":
-        return self._derived(StreamedWeight(self.source, dtype, self.shape, self.transpose))
-
-    def _derived(self, view: "StreamedWeight") -> "StreamedWeight":
-        view.tied = self.tied
-        return view
+        return StreamedWeight(self.source, dtype, self.shape, self.transpose, self.tied)
 
     def load(self) -> np.ndarray:
         """The values in memory (small graphs, quantization): what DataFile.add writes."""
