@@ -9,7 +9,12 @@ generated directly) the script builds the checkpoint once (generated weights, sa
   - the `polygraphy run … --onnxrt` line of its commands.sh (ONNX Runtime vs the PyTorch reference
     outputs, per-output tolerances): passed or not, and its peak RSS;
   - `phm-run ART --prompt … --max-new-tokens N --json`: startup (command start to first prefill)
-    and peak RSS, and its greedy tokens against transformers' `generate` on the checkpoint (fp32).
+    and peak RSS, and its greedy tokens against transformers' `generate` on the checkpoint (fp32);
+  - VLM shapes: the polygraphy line of every graph (vision, embed, decoder), and `phm-run ART --image
+    IMG` on three photos of different sizes: the image tokens of each prompt against the grid
+    transformers' own Qwen2-VL image processor gives the photo, prefill time and peak RSS. The
+    checkpoint ships Qwen2.5-VL's image processor config (56² … 12,845,056 pixels); the export
+    bounds it with --max-pixels (default 28²·1280, what a Jetson deployment would pass).
 Results go to --json (benchmarks/results/export_scale.json) and, with --docs, the tables of every
 benchmarks/results/export_scale*.json into docs/export.md between its bench_export_scale markers.
 
@@ -57,6 +62,11 @@ VLM_SHAPES = {
         tie_word_embeddings=True),
 }
 PROMPT = "The capital of France is"
+# Qwen2.5-VL's preprocessor_config.json values (patch 14, merge 2, 56² … 12,845,056 pixels)
+VLM_PROCESSOR = dict(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56, max_pixels=12845056)
+PHOTOS = {"astronaut": (None, None),           # 512 × 512
+          "chelsea": (None, None),             # 451 × 300 (w × h)
+          "astronaut-portrait": (150, 330)}    # 180 × 512: a column crop of the astronaut
 MARKERS = ("<!-- bench_export_scale:start -->", "<!-- bench_export_scale:end -->")
 
 
@@ -192,6 +202,55 @@ def generated_phm_checkpoint(shape: str, out: Path) -> Path:
     return out
 
 
+def ship_image_processor(ckpt: Path) -> None:
+    """What the real model dir ships and the generated one lacks: Qwen2.5-VL's image processor config."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    if not (ckpt / "preprocessor_config.json").is_file():
+        Qwen2VLImageProcessorPil(**VLM_PROCESSOR).save_pretrained(ckpt)
+
+
+def photo_files(work: Path) -> dict[str, Path]:
+    """The three test photos (scikit-image's bundled ones) as PNG files under `work`."""
+    import skimage.data
+    from PIL import Image
+
+    out = {}
+    for name, (left, right) in PHOTOS.items():
+        path = work / "photos" / f"{name}.png"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(getattr(skimage.data, name.split("-")[0])()[:, left:right]).save(path)
+        out[name] = path
+    return out
+
+
+def image_rows(art: Path, work: Path, max_pixels: int, console) -> list[dict]:
+    """phm-run with each photo: its image tokens against the HF processor's grid for it, timings, RSS."""
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+
+    hf = Qwen2VLImageProcessorPil(**{**VLM_PROCESSOR, "max_pixels": max_pixels})
+    image_token = json.loads((art / "hf" / "config.json").read_text())["image_token_id"]
+    rows = []
+    for name, path in photo_files(work).items():
+        console.log(f"phm-run --image {path.name}")
+        with Image.open(path) as img:
+            size = img.size
+            grid = [int(v) for v in hf(images=[img.convert("RGB")], return_tensors="np")["image_grid_thw"][0]]
+        proc, wall, rss = measured([BIN / "phm-run", art, "--image", path, "--prompt", "Describe the image.",
+                                    "--max-new-tokens", 2, "--json"])
+        row = {"photo": name, "size": list(size), "hf_grid": grid, "hf_image_tokens": grid[1] * grid[2] // 4}
+        if proc.returncode != 0:
+            rows.append({**row, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
+            continue
+        out = json.loads(proc.stdout)
+        rows.append({**row, "image_tokens": out["prompt_ids"].count(image_token), "prompt_tokens": len(out["prompt_ids"]),
+                     "startup_s": round(out["startup_ms"] / 1e3, 2), "prefill_s": round(out["prefill_ms"] / 1e3, 1),
+                     "wall_s": round(wall, 1), "peak_rss_gb": round(rss, 2)})
+    return rows
+
+
 def measured(argv: list, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
     """(the process, wall s, its peak RSS in GB): run through a fresh wrapper whose only child it is."""
     wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
@@ -232,11 +291,15 @@ def run_one(shape: str, variant: str, args, console) -> dict:
     else:
         dense = dense_checkpoint(shape, work / "dense")
         ckpt = dense if variant == "dense" else phm_checkpoint(dense, work / "phm-b2")
+    vlm = shape in VLM_SHAPES
+    if vlm:
+        ship_image_processor(ckpt)
     art = work / f"art-{variant}{'-fp16' if args.fp16 else ''}"
     if art.exists():
         shutil.rmtree(art)
     console.log(f"{shape} {variant}: exporting")
-    proc, export_s, export_rss = measured([BIN / "phm-export", ckpt, "--out", art, *(["--fp16"] if args.fp16 else [])])
+    proc, export_s, export_rss = measured([BIN / "phm-export", ckpt, "--out", art, *(["--fp16"] if args.fp16 else []),
+                                           *(["--max-pixels", args.max_pixels] if vlm else [])])
     row = {"shape": shape, "variant": variant, "precision": "fp16" if args.fp16 else "fp32",
            "weight_bytes": weight_bytes(ckpt, args.fp16), "export_ok": proc.returncode == 0,
            "export_s": round(export_s, 1), "export_peak_rss_gb": round(export_rss, 2)}
@@ -248,11 +311,17 @@ def run_one(shape: str, variant: str, args, console) -> dict:
     row["export_rss_over_weights"] = round(export_rss * 2**30 / row["weight_bytes"], 2)
     if args.export_only:
         return row
-    console.log(f"{shape} {variant}: polygraphy (commands.sh: ONNX Runtime vs PyTorch, decoder)")
-    check = shlex.split(json.loads((art / "manifest.json").read_text())["commands"]["decoder"]["polygraphy_onnxrt"])
-    proc, check_s, check_rss = measured([BIN / check[0], *check[1:]], cwd=art)
-    row.update(polygraphy_passed=proc.returncode == 0 and "PASSED" in proc.stdout + proc.stderr,
-               polygraphy_s=round(check_s, 1), polygraphy_peak_rss_gb=round(check_rss, 2))
+    commands = json.loads((art / "manifest.json").read_text())["commands"]
+    passed, check_rss = {}, 0.0
+    for kind in commands if vlm else ["decoder"]:
+        console.log(f"{shape} {variant}: polygraphy (commands.sh: ONNX Runtime vs PyTorch, {kind})")
+        check = shlex.split(commands[kind]["polygraphy_onnxrt"])
+        proc, check_s, rss = measured([BIN / check[0], *check[1:]], cwd=art)
+        passed[kind], check_rss = proc.returncode == 0 and "PASSED" in proc.stdout + proc.stderr, max(check_rss, rss)
+    row.update(polygraphy_passed=all(passed.values()), polygraphy_graphs=passed,
+               polygraphy_peak_rss_gb=round(check_rss, 2))
+    if vlm:
+        row["images"] = image_rows(art, work, args.max_pixels, console)
     console.log(f"{shape} {variant}: phm-run")
     proc, run_s, run_rss = measured([BIN / "phm-run", art, "--prompt", PROMPT, "--max-new-tokens", args.new_tokens,
                                      "--json"])
@@ -285,6 +354,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def image_table(rows: list[dict]) -> str:
+    """phm-run --image on the VLM shapes: one line per photo."""
+    lines = ["| shape | photo (w × h) | HF processor grid | image tokens: HF / phm-run | prefill | phm-run peak RSS |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        for im in r.get("images", []):
+            got = im.get("image_tokens", f"failed: {im.get('error')}")
+            lines.append(f"| {r['shape']} | {im['photo']} ({im['size'][0]} × {im['size'][1]}) | "
+                         f"{'×'.join(map(str, im['hf_grid']))} | {im['hf_image_tokens']} / {got} | "
+                         f"{im.get('prefill_s', 'n/a')} s | {im.get('peak_rss_gb', 'n/a')} GB |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def write_docs(path: Path, block: str) -> None:
     from phm.common.fsutil import atomic_write_text
 
@@ -306,6 +388,8 @@ def main() -> None:
                          "Runtime's CPU provider would widen to fp32 beyond this machine's memory)")
     ap.add_argument("--fp16", action="store_true", help="export --fp16 (greedy is then not compared)")
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--max-pixels", type=int, default=28 * 28 * 1280,
+                    help="VLM shapes: phm-export --max-pixels (the image range and the vision profile's maximum)")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints and artifacts [default: $PHM_CACHE/export_scale]")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "export_scale.json")
     ap.add_argument("--docs", type=Path, default=None, help="rewrite this doc's bench_export_scale block")
@@ -327,11 +411,15 @@ def main() -> None:
                   "command": " ".join(sys.argv), "rows": rows}
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
         console.print(table(rows))
+        if image_table(rows):
+            console.print(image_table(rows))
     if args.docs:  # every results file of this script, each with the command and machine that made it
         blocks = []
         for path in sorted(args.json.parent.glob("export_scale*.json")):
             res = json.loads(path.read_text())
-            blocks.append(f"{table(res['rows'])}\n\n`{res['command']}` ({res['date']}, {res['machine']})")
+            images = image_table(res["rows"])
+            blocks.append(f"{table(res['rows'])}\n\n{images + chr(10) * 2 if images else ''}"
+                          f"`{res['command']}` ({res['date']}, {res['machine']})")
         write_docs(args.docs, "\n\n".join(blocks))
 
 

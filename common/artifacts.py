@@ -14,11 +14,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from .schema import SchemaError, check, opt
+from .schema import SchemaError, check, opt, positive
 
 __all__ = ["MANIFEST_VERSION", "ArtifactError", "file_entry", "read_manifest", "sha256", "verify_files"]
 
-MANIFEST_VERSION = 2  # 2: graphs[kind].ort_file, the graph ONNX Runtime runs as it is
+MANIFEST_VERSION = 3  # 2: graphs[kind].ort_file, the graph ONNX Runtime runs as it is;
+                      # 3: Qwen vision graphs take any image grid (min_pixels/max_pixels, no grid_thw)
 
 
 class ArtifactError(RuntimeError):
@@ -27,7 +28,9 @@ class ArtifactError(RuntimeError):
 
 _IO = [{"name": str, "dtype": str, "shape": list}]
 _GRAPH = {"file": str, "ort_file": str, "trt_file": opt(str), "io": {"inputs": _IO, "outputs": _IO},
-          "external_data": opt(str), "profile": opt(dict), "plugins": opt([dict])}
+          "external_data": opt(str), "profile": opt(dict), "plugins": opt([dict]),
+          "min_pixels": opt(positive()), "max_pixels": opt(positive()), "image_size": opt(positive()),
+          "image_tokens": opt(positive())}
 MANIFEST_SCHEMA = {
     "format_version": int,
     "graphs": {str: _GRAPH},

@@ -48,6 +48,7 @@ from .config import ExportConfig
 from .graphs import export_graph, graph_specs, text_config
 from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
 from .ort_graph import ORT_SUFFIX, ort_graph
+from .pixels import patch_range, pixel_range
 from .precision import tensor_types, upcast_softmax
 from .reference import attach_functions, strip_functions
 from .refs import feed_arrays, inputs_json, reference_feeds, run_results_json, run_torch
@@ -302,6 +303,14 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
     model.set_attn_implementation("eager")
     specs = graph_specs(model)  # an architecture without an export path fails here, before the plan
     ref_specs = graph_specs(model) if config.fp16 else specs  # fp32 twin for the reference outputs
+    qwen_vision = [spec for spec in specs if spec.kind == "vision" and spec.axes]  # any grid in a pixel range
+    if not qwen_vision and (config.min_pixels or config.max_pixels):
+        raise ExportError("--min-pixels/--max-pixels apply to Qwen2(.5)-VL models only")
+    for spec in qwen_vision:
+        try:
+            spec.meta.update(_image_range(model, model_dir, config))
+        except ValueError as e:
+            raise ExportError(str(e)) from None
     job = _Job(model_dir, config, source, doc, [asdict(b) for b in find_mlp_blocks(model)],
                param_counts(model, 16 if config.fp16 else 32),
                getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence,
@@ -309,6 +318,20 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
     if config.int8:
         job.int8 = _int8_stage(model, model_dir, config, stage)
     return job, specs, ref_specs
+
+
+def _image_range(model, model_dir: Path, config: ExportConfig) -> dict:
+    """The Qwen vision graph's manifest fields: the pixel range images are resized into and the patch
+    counts of the engine's profile. Warns where the largest image's attention scores get large (the
+    graph masks a patches² score matrix per head)."""
+    vcfg = model.config.vision_config
+    low, high = pixel_range(model_dir, config.min_pixels, config.max_pixels)
+    patches = patch_range(low, high, vcfg.patch_size, vcfg.spatial_merge_size)
+    score_gib = vcfg.num_heads * patches[2] ** 2 * 4 / 2 ** 30
+    if score_gib > 4:
+        log.warning("images up to %d pixels (%d patches) need %.0f GiB of attention scores per vision block: "
+                    "pass --max-pixels to bound them", high, patches[2], score_gib)
+    return {"min_pixels": low, "max_pixels": high, "patches": list(patches)}
 
 
 def _trace(job: _Job, spec, tmp: Path) -> gs.Graph:
@@ -378,14 +401,14 @@ def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
     entry = {"file": f"{name}.onnx", "ort_file": ort_file, "trt_file": f"{name}.trt.onnx",
              "external_data": data.name if data else None, "inputs": f"{name}.inputs.json",
              "ref": f"{name}.ref.json", "io": {"inputs": inputs, "outputs": outs}, **spec.meta,
-             "profile": mf.profile_shapes(name, inputs, config, job.max_positions),
+             "profile": mf.profile_shapes(name, inputs, config, job.max_positions, spec.meta.get("patches")),
              "phm_nodes": {op: sum(1 for n in trt_model.graph.node if n.op_type == op)
                            for op in ("PHMLinear", "PHMFFN")},
              "plugins": mf.plugin_requirements(trt_model),
              "tolerances": _tolerances(config, outputs, tmp / ort_file, feeds, job.float_np),
              **({"int8": int8_summary} if int8_summary is not None else {})}
-    if name == "vision":  # a runtime lays out the prompt's image tokens by this count, which the ONNX
-        # graph leaves symbolic (LLaVA's features are a Concat over images)
+    if name == "vision" and not spec.axes:  # LLaVA: a runtime lays out the prompt's image tokens by this
+        # count, which the ONNX graph leaves symbolic (its features are a Concat over images)
         entry["image_tokens"] = int(outputs[0][spec.outputs[0]].shape[0])
     return entry, report
 

@@ -39,13 +39,20 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig, Int8Config
               help="tokens of KV cache (past + new) to plan and profile for; clipped to the model's positions")
 @click.option("--device-gib", type=FiniteFloatRange(0, min_open=True), default=None,
               help="the target's memory if not the largest variant (e.g. 4 for an Orin Nano 4GB)")
+@click.option("--min-pixels", type=click.IntRange(1), default=None,
+              help="Qwen VLMs: fewest pixels an image is resized to (and the vision engine's profile "
+                   "minimum) [default: the model's image processor's]")
+@click.option("--max-pixels", type=click.IntRange(1), default=None,
+              help="Qwen VLMs: most pixels an image is resized to (the vision engine's profile maximum; "
+                   "attention memory grows with its square) [default: the model's image processor's]")
 @click.option("--require-engine", is_flag=True, help="fail (non-zero) where TensorRT cannot build engines")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty output dir")
 @click.option("--verify", is_flag=True, help="instead of exporting: check that the artifacts dir MODEL_DIR (e.g. a "
               "copy) holds every file of its manifest.json with its size and sha256")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
 def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
-         no_rotation, strict, target, context, device_gib, require_engine, overwrite, verify, verbose):
+         no_rotation, strict, target, context, device_gib, min_pixels, max_pixels, require_engine, overwrite,
+         verify, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
     if verify:
         _verify(model_dir, out_dir)
@@ -69,6 +76,7 @@ def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, 
         config = ExportConfig(fp16=fp16, int8=quant, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),
+                              min_pixels=min_pixels, max_pixels=max_pixels,
                               require_engine=require_engine, overwrite=overwrite)
         from .api import export_model
 

@@ -71,6 +71,8 @@ class ExportConfig:
                                      # the model's position limit
     opt_sequence: int = 128          # profile "opt" prompt length
     external_data_mb: int = 1024     # weights go to model.onnx.data above this size (protobuf: 2 GiB)
+    min_pixels: int | None = None    # Qwen VLMs: the image pixel range the runtime resizes into and the
+    max_pixels: int | None = None    # vision engine's profile covers; None: the model's image processor's
     overwrite: bool = False          # replace an existing non-empty output dir
 
     def __post_init__(self):
@@ -95,6 +97,12 @@ class ExportConfig:
                                             or not math.isfinite(self.device_gib) or self.device_gib <= reserve):
             raise ValueError(f"device_gib must exceed the {reserve:g} GiB the OS of {self.target} keeps, "
                              f"got {self.device_gib!r}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
         if not isinstance(self.external_data_mb, int) or self.external_data_mb < 0:
             raise ValueError(f"external_data_mb must be a non-negative integer, got {self.external_data_mb!r}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,15 +97,46 @@ class EmbedGraph(nn.Module):
 
 
 class VisionGraph(nn.Module):
-    """pixel_values (patches, patch_dim) → merged image features, for one fixed image grid."""
+    """Qwen2(.5)-VL vision tower + merger for any image grid:
+    (pixel_values, vision_position_ids, image_segments[, window_segments]) → image_features.
 
-    def __init__(self, model: nn.Module, grid_thw: torch.Tensor):
+    transformers' tower derives rotary positions, window order and per-segment attention chunks
+    from grid_thw with Python loops (traced, they would freeze one grid). Here the host computes
+    the positions and segment ids (phm.runtime.vlm.vision_feeds) and every attention is the
+    block's own projections with a segment mask, in the processor's patch order. Masking instead
+    of HF's window reordering gives the same result: rotary positions travel with their patches,
+    norms and MLPs are per patch, and a merge block's patches are consecutive in both orders.
+    """
+
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.register_buffer("grid_thw", grid_thw, persistent=False)
+        visual = model.model.visual
+        self.full_blocks = set(getattr(visual, "fullatt_block_indexes", None) or range(len(visual.blocks)))
+        self.windowed = model.config.model_type == "qwen2_5_vl"
+        self._rotary = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision
 
-    def forward(self, pixel_values):
-        return image_features(self.model, pixel_values, self.grid_thw)
+    def forward(self, pixel_values, position_ids, image_segments, window_segments=None):
+        visual = self.model.model.visual
+        x = visual.patch_embed(pixel_values)
+        cos, sin = visual.rotary_pos_emb(x, position_ids)
+        full = image_segments.unsqueeze(0) == image_segments.unsqueeze(1)
+        window = window_segments.unsqueeze(0) == window_segments.unsqueeze(1) if self.windowed else full
+        for i, block in enumerate(visual.blocks):
+            x = self._block(block, x, cos, sin, full if i in self.full_blocks else window)
+        return visual.merger(x)
+
+    def _block(self, block, x, cos, sin, allowed):
+        attn = block.attn
+        n = x.shape[0]
+        q, k, v = attn.qkv(block.norm1(x)).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = self._rotary(q, k, cos, sin)
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))               # (heads, patches, head_dim)
+        scores = torch.matmul(q, k.transpose(1, 2)) * attn.scaling
+        scores = scores.masked_fill(~allowed, float("-inf"))            # every row keeps its own patch
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        x = x + attn.proj(torch.matmul(probs, v).transpose(0, 1).reshape(n, -1))
+        return x + block.mlp(block.norm2(x))
 
 
 class LlavaVisionGraph(nn.Module):
@@ -120,12 +152,6 @@ class LlavaVisionGraph(nn.Module):
         out = self.model.model.get_image_features(pixel_values, vision_feature_layer=cfg.vision_feature_layer,
                                                   vision_feature_select_strategy=cfg.vision_feature_select_strategy)
         return torch.cat(list(out.pooler_output), dim=0)
-
-
-def image_features(model: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """(image_tokens, hidden) features of a Qwen2(.5)-VL vision tower, merger included."""
-    out = model.model.visual(pixel_values, grid_thw=grid_thw)
-    return out.pooler_output if hasattr(out, "pooler_output") else out
 
 
 class EncoderGraph(nn.Module):
@@ -155,12 +181,25 @@ class GraphSpec:
 
 
 def vision_grid(model: nn.Module) -> torch.Tensor:
-    """The fixed image grid (t, h, w) in patches the vision graph is specialised to (4×4 merged
-    tokens' worth on the tiny models: 8×8 patches)."""
+    """The image grid (t, h, w) in patches of the Qwen vision graph's trace and reference inputs:
+    2 × 3 windows of Qwen2.5-VL (4 × 6 merged tokens' worth on towers without windows), so the
+    reference checks window and full attention on a non-square grid."""
     vcfg = model.config.vision_config
-    merge = vcfg.spatial_merge_size
-    side = 4 * merge
-    return torch.tensor([[1, side, side]], dtype=torch.int64)
+    side = (vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl"
+            else 2 * vcfg.spatial_merge_size)
+    return torch.tensor([[1, 2 * side, 3 * side]], dtype=torch.int64)
+
+
+def qwen_vision_sample(model: nn.Module, grid: torch.Tensor, gen: torch.Generator) -> tuple:
+    """Seeded inputs of the Qwen vision graph for one grid: random patches + the grid's host feeds."""
+    from phm.runtime.vlm import vision_feeds
+
+    vcfg = model.config.vision_config
+    patch_dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size ** 2
+    window = vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl" else None
+    feeds = vision_feeds(grid.numpy(), vcfg.spatial_merge_size, window)
+    pixels = torch.randn(int(grid.prod()), patch_dim, generator=gen)
+    return (pixels, *(torch.from_numpy(v) for v in feeds.values()))
 
 
 def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -> list[GraphSpec]:
@@ -193,12 +232,9 @@ def graph_specs(model: nn.Module, batch: int = 2, seq: int = 3, past: int = 2) -
         first = torch.randn(batch, seq, cfg.hidden_size, generator=gen)
         pos = pos.unsqueeze(0).expand(3, batch, seq)
         ids = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)
-        grid = vision_grid(model)
-        vcfg = model.config.vision_config
-        patch_dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size ** 2
-        pixels = torch.randn(int(grid.prod()), patch_dim, generator=gen)
-        specs.append(GraphSpec("vision", VisionGraph(model, grid), (pixels,), *io.vision_io(), towers=("vision",),
-                               meta={"grid_thw": grid.tolist()}))
+        graph = VisionGraph(model)
+        specs.append(GraphSpec("vision", graph, qwen_vision_sample(model, vision_grid(model), gen),
+                               *io.qwen_vision_io(graph.windowed), towers=("vision",)))
         specs.append(GraphSpec("embed", EmbedGraph(model), (ids,), *io.embed_io(), towers=()))
     else:
         first = torch.randint(3, cfg.vocab_size, (batch, seq), generator=gen)

@@ -18,8 +18,14 @@ Graph kinds:
              present.{i}.key / .value
                                   float (batch, kv_heads, total_sequence, head_dim)
 ``embed``    input_ids int64 (batch, sequence) → inputs_embeds float (batch, sequence, hidden)   VLMs
-``vision``   pixel_values float (patches, patch_dim) → image_features float (image_tokens, hidden)
-             Qwen2(.5)-VL; specialised to the image grid recorded in manifest.json (grid_thw)
+``vision``   Qwen2(.5)-VL, any image grid (dynamic patches; TensorRT profile over the manifest's
+             [min_pixels, max_pixels]):
+    inputs   pixel_values         float (patches, patch_dim)       the HF processor's patch layout
+             vision_position_ids  int64 (patches, 2)               rotary (h, w) position per patch
+             image_segments       int64 (patches,)                 frame id per patch (full attention)
+             window_segments      int64 (patches,)                 window id per patch (Qwen2.5-VL only)
+    outputs  image_features       float (image_tokens, hidden)     image_tokens = patches / merge²
+             (phm.runtime.vlm.vision_feeds computes the int64 inputs from the image's grid)
              LLaVA: pixel_values float (1, channels, size, size), one image, size = manifest's
              image_size; image_features = projector output, one row per image token
 ``encoder``  input_ids, attention_mask int64 (batch, sequence)
@@ -35,6 +41,9 @@ POSITION_IDS = "position_ids"
 LOGITS = "logits"
 LAST_HIDDEN_STATE = "last_hidden_state"
 PIXEL_VALUES = "pixel_values"
+VISION_POSITION_IDS = "vision_position_ids"
+IMAGE_SEGMENTS = "image_segments"
+WINDOW_SEGMENTS = "window_segments"
 IMAGE_FEATURES = "image_features"
 
 # Symbolic axis names (ONNX dim_param).
@@ -43,6 +52,7 @@ SEQUENCE = "sequence"
 PAST_SEQUENCE = "past_sequence"
 TOTAL_SEQUENCE = "total_sequence"
 PATCHES = "patches"
+IMAGE_TOKENS = "image_tokens"
 
 GRAPH_KINDS = ("decoder", "embed", "vision", "encoder")
 
@@ -78,7 +88,16 @@ def embed_io() -> tuple[list[str], list[str], dict]:
 
 
 def vision_io() -> tuple[list[str], list[str], dict]:
-    return [PIXEL_VALUES], [IMAGE_FEATURES], {}  # static: specialised to one image grid
+    """LLaVA: one fixed-size image (static)."""
+    return [PIXEL_VALUES], [IMAGE_FEATURES], {}
+
+
+def qwen_vision_io(windowed: bool) -> tuple[list[str], list[str], dict]:
+    """Qwen2(.5)-VL: any grid; `windowed` (Qwen2.5-VL) adds the window segments."""
+    inputs = [PIXEL_VALUES, VISION_POSITION_IDS, IMAGE_SEGMENTS, *([WINDOW_SEGMENTS] if windowed else [])]
+    axes = {name: {0: PATCHES} for name in inputs}
+    axes[IMAGE_FEATURES] = {0: IMAGE_TOKENS}
+    return inputs, [IMAGE_FEATURES], axes
 
 
 def encoder_io() -> tuple[list[str], list[str], dict]:

@@ -65,11 +65,13 @@ def graph_io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
             [_value_info(v) for v in model.graph.output])
 
 
-def profile_shapes(kind: str, inputs: list[dict], config: ExportConfig, max_positions: int) -> dict:
+def profile_shapes(kind: str, inputs: list[dict], config: ExportConfig, max_positions: int,
+                   patches: list | None = None) -> dict:
     """{"min"|"opt"|"max": {input: [dims]}} of one TensorRT optimisation profile.
 
     Decoders are profiled for the decode step (opt: 1 new token on `opt_sequence` cached ones),
-    the step that dominates generation on an edge GPU; prefill runs inside the same profile.
+    the step that dominates generation on an edge GPU; prefill runs inside the same profile. A Qwen
+    vision graph's `patches` (min, opt, max) come from its pixel range (pixels.patch_range).
     """
     max_seq = min(config.max_sequence, max_positions)
     opt_seq = min(config.opt_sequence, max_seq - 1) if max_seq > 1 else 1
@@ -77,7 +79,8 @@ def profile_shapes(kind: str, inputs: list[dict], config: ExportConfig, max_posi
     axes = {io.BATCH: (1, 1, config.max_batch),
             io.SEQUENCE: (1, 1 if decode else opt_seq, max_seq),
             io.PAST_SEQUENCE: (0, opt_seq, max_seq - 1),
-            io.TOTAL_SEQUENCE: (1, opt_seq + 1 if decode else opt_seq, max_seq)}
+            io.TOTAL_SEQUENCE: (1, opt_seq + 1 if decode else opt_seq, max_seq),
+            **({io.PATCHES: tuple(patches)} if patches else {})}
     out = {"min": {}, "opt": {}, "max": {}}
     for inp in inputs:
         for i, key in enumerate(("min", "opt", "max")):

@@ -37,9 +37,10 @@ def reference_feeds(spec: GraphSpec, model) -> list[dict[str, torch.Tensor]]:
         return [{io.INPUT_IDS: ids, io.ATTENTION_MASK: mask}]
     if spec.kind == "embed":
         return [{io.INPUT_IDS: _ids(model, 1, PROMPT)}]
-    if spec.kind == "vision":
+    if spec.kind == "vision":  # Qwen: the trace's grid (positions, segments), other pixels
         gen = torch.Generator().manual_seed(2)
-        return [{io.PIXEL_VALUES: torch.randn(spec.sample[0].shape, generator=gen)}]
+        feed = dict(zip(spec.inputs, spec.sample))
+        return [{**feed, io.PIXEL_VALUES: torch.randn(spec.sample[0].shape, generator=gen)}]
     # decoder: prefill, then one decode step on its present KV
     embeds = spec.inputs[0] == io.INPUTS_EMBEDS
     mrope = spec.sample[2].dim() == 3  # position_ids sample: (3, batch, seq) for M-RoPE VLMs

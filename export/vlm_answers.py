@@ -34,21 +34,21 @@ __all__ = ["ANSWER_TOKENS", "answer_agreement", "greedy_answers"]
 ANSWER_TOKENS = 16
 
 
-def _prompt_ids(spec: VisionSpec, text: str, tokenizer, vocab: int) -> list[int]:
+def _prompt_ids(spec: VisionSpec, text: str, tokenizer, vocab: int, grid) -> list[int]:
     if tokenizer is not None:
         ids = list(tokenizer(text)["input_ids"])
     else:
         special = {spec.image_token_id, spec.vision_start_token_id, spec.vision_end_token_id}
         ids = [i for i in (b % vocab for b in text.encode("utf-8")) if i not in special]
-    return spec.image_prompt(ids)
+    return spec.image_prompt(ids, grid)
 
 
 def greedy_answers(model, model_dir: Path, art_dir: Path, vision_entry: dict, samples: list, tokenizer,
                    vocab: int, max_new_tokens: int = ANSWER_TOKENS, on_sample=None,
                    processor=None) -> dict[str, list[list[int]]]:
     """{"fp32" | "fp16" | "int8": one greedy answer (token ids, stop token included) per image sample}.
-    `vision_entry`: the vision graph's manifest entry (image size / grid, image tokens); `processor`: the
-    model dir's image processor if the caller already loaded it."""
+    `vision_entry`: the vision graph's manifest entry (LLaVA: image size and tokens; Qwen: pixel
+    range); `processor`: the model dir's image processor if the caller already loaded it."""
     spec = VisionSpec.from_config(json.loads((model_dir / "config.json").read_text()), vision_entry)
     processor = processor or image_processor(model_dir)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=stop_ids(tokenizer, model_dir),
@@ -57,12 +57,10 @@ def greedy_answers(model, model_dir: Path, art_dir: Path, vision_entry: dict, sa
                 "int8": OrtBackend(art_dir / "decoder.onnx", vision=spec)}
     out = {name: [] for name in backends}
     for sample in samples:
-        ids = np.array([_prompt_ids(spec, sample.prompt or sample.text, tokenizer, vocab)], np.int64)
-        pixels = spec.pixel_values(processor, sample.image)
+        images = spec.image_inputs(processor, sample.image)  # Qwen: pixel_values + image_grid_thw
+        ids = np.array([_prompt_ids(spec, sample.prompt or sample.text, tokenizer, vocab,
+                                    images.get("image_grid_thw"))], np.int64)
         for name, backend in backends.items():
-            images = {"pixel_values": pixels}
-            if spec.mrope and name != "int8":  # HF's Qwen2-VL forward also takes the patch grid
-                images["image_grid_thw"] = np.array([spec.grid_thw], np.int64)
             out[name].append(generate(backend, ids, cfg, images=images).tokens[0].tolist())
         if on_sample is not None:
             on_sample()

@@ -171,8 +171,8 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
         ids = tok.encode(prompt_text, add_special_tokens=not chat)
         images = None
         if image is not None:
-            images = {"pixel_values": vision.pixel_values(image_processor(artifacts / "hf"), picture)}
-            ids = vision.image_prompt(ids)
+            images = vision.image_inputs(image_processor(artifacts / "hf"), picture)
+            ids = vision.image_prompt(ids, images.get("image_grid_thw"))
         if not ids:
             raise click.ClickException("the prompt is empty after tokenization")
         max_new_tokens = _fit_context(len(ids), max_new_tokens, exported_context(manifest))

@@ -158,14 +158,16 @@ class OrtBackend:
         if images:
             if (mask == 0).any():
                 raise BackendError("image prompts take unpadded rows (attention_mask all ones)")
+            feeds = spec.vision_feeds(images)
             pixel_input = self.vision_session.get_inputs()[0]  # float16 in an --fp16 export
-            pixels = np.asarray(images["pixel_values"], dtype=_ORT_DTYPES[pixel_input.type])
-            features = self.vision_session.run(None, {pixel_input.name: pixels})[0]
+            feeds[pixel_input.name] = feeds[pixel_input.name].astype(_ORT_DTYPES[pixel_input.type])
+            features = self.vision_session.run(None, feeds)[0]
             try:
                 embeds = merge_image_features(embeds, ids, features, spec.image_token_id)
             except ValueError as e:
                 raise BackendError(f"prompt and image do not fit: {e}") from None
-            grid = spec.grid_thw
+            if spec.mrope:
+                grid = tuple(int(v) for v in np.asarray(images["image_grid_thw"]).reshape(-1)[:3])
         elif self.cache is None and (ids == spec.image_token_id).any():
             raise BackendError("the prompt has image tokens but no image was given")
         if not spec.mrope:

@@ -2,21 +2,24 @@
 
 Qwen2-VL / Qwen2.5-VL:
 
-    spec     = VisionSpec.from_artifacts(artifacts_dir)           # token ids, merge size, fixed grid
-    pixels   = spec.pixel_values(image_processor(hf_dir), image)  # preprocess_image: (patches, patch_dim)
-    ids      = spec.image_prompt(text_ids)                        # vision_start, image tokens…, vision_end, text
-    features = vision.onnx(pixel_values)                          # (image_tokens, hidden), fixed grid
-    embeds   = embed.onnx(input_ids)                              # (1, seq, hidden)
+    spec     = VisionSpec.from_artifacts(artifacts_dir)            # token ids, merge size, pixel range
+    images   = spec.image_inputs(image_processor(hf_dir), image)   # pixel_values + image_grid_thw
+    ids      = spec.image_prompt(text_ids, images["image_grid_thw"])  # vision_start, image tokens…, vision_end
+    features = vision.onnx(**spec.vision_feeds(images))            # (image_tokens, hidden), any grid
+    embeds   = embed.onnx(input_ids)                               # (1, seq, hidden)
     embeds   = merge_image_features(embeds, input_ids, features, image_token_id)
     pos, nxt = mrope_position_ids(input_ids, grid_thw, image_token_id, spatial_merge_size)
-    decoder.onnx(inputs_embeds=embeds, position_ids=pos, …)       # prefill
+    decoder.onnx(inputs_embeds=embeds, position_ids=pos, …)        # prefill
     decode step k (k = 0, 1, …): position_ids = full((3, 1, 1), nxt + k)
 
-The prompt holds one image token per merged patch (grid t·h·w / merge²) per image, as the HF
-processor writes them; positions follow HF `get_rope_index` for images (tested against it).
-The vision graph is traced for one image grid (manifest.json `grid_thw`), so every image is
-resized to exactly that grid's pixel size before the HF image processor (from the artifacts'
-hf/ dir) normalises it and cuts it into patches.
+Images keep their own size: the HF image processor (from the artifacts' hf/ dir) resizes each to
+the nearest grid of whole merged patches within the manifest's [min_pixels, max_pixels] (its
+`smart_resize`), and the prompt holds one image token per merged patch (grid t·h·w / merge²), as
+the HF processor writes them. What the vision tower computes from the grid with Python loops
+(rotary (h, w) positions, which patches attend to each other: one image frame in full-attention
+blocks, one window in Qwen2.5-VL's window blocks) is computed here (`vision_feeds`, a numpy port
+of transformers' vision_utils) and fed to the graph, which masks its attention by these segment
+ids. Positions follow HF `get_rope_index` for images (tested against it).
 
 LLaVA (LlavaForConditionalGeneration, e.g. a DINOv2 tower + Llama): the same three graphs, but
 vision.onnx takes one (1, 3, S, S) image (S = manifest `image_size`; preprocess_square_image), the
@@ -34,8 +37,12 @@ import numpy as np
 
 from .backend import position_ids_from_mask, read_manifest
 
-__all__ = ["VisionSpec", "check_image_file", "image_processor", "load_image", "merge_image_features",
-           "mrope_position_ids", "mrope_step_positions", "preprocess_image", "preprocess_square_image"]
+__all__ = ["VisionSpec", "attention_segments", "check_image_file", "image_processor", "load_image",
+           "merge_image_features", "mrope_position_ids", "mrope_step_positions", "preprocess_image",
+           "preprocess_square_image", "vision_feeds", "vision_position_ids"]
+
+# The Qwen vision graph's inputs besides pixel_values (phm.export.io_names, the I/O contract)
+VISION_POSITION_IDS, IMAGE_SEGMENTS, WINDOW_SEGMENTS = "vision_position_ids", "image_segments", "window_segments"
 
 
 def check_image_file(path: str | Path) -> Path:
@@ -72,7 +79,10 @@ class VisionSpec:
     vision_start_token_id: int | None = None  # Qwen only
     vision_end_token_id: int | None = None    # Qwen only
     spatial_merge_size: int = 1
-    grid_thw: tuple | None = None  # Qwen: (t, h, w) in patches, the one grid vision.onnx was traced for
+    patch_size: int | None = None     # Qwen: pixels per patch side; None for LLaVA
+    window_patches: int | None = None  # Qwen2.5-VL: window side in patches (window_size / patch); Qwen2-VL None
+    min_pixels: int | None = None     # Qwen: the pixel range images are resized into (manifest.json)
+    max_pixels: int | None = None
     image_size: int | None = None  # LLaVA: the square side in pixels vision.onnx was traced for
     features: int | None = None    # LLaVA: rows of vision.onnx's output = image tokens per image
     bos_token_id: int | None = None  # LLaVA: the image goes after a leading BOS
@@ -80,17 +90,19 @@ class VisionSpec:
     @property
     def mrope(self) -> bool:
         """Qwen2(.5)-VL: (3, batch, seq) M-RoPE positions; LLaVA: plain (batch, seq) positions."""
-        return self.grid_thw is not None
+        return self.patch_size is not None
 
-    @property
-    def image_tokens(self) -> int:
+    def image_tokens(self, grid_thw=None) -> int:
+        """Image tokens of one image: Qwen, its grid (t, h, w) in patches / merge²; LLaVA, fixed."""
         if not self.mrope:
             return self.features
-        t, h, w = self.grid_thw
+        if grid_thw is None:
+            raise ValueError("a Qwen image prompt needs the image's grid (image_grid_thw)")
+        t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(-1)[:3])
         return t * h * w // self.spatial_merge_size ** 2
 
-    def image_prompt(self, text_ids: list[int]) -> list[int]:
-        """The prompt ids with the image's tokens in place.
+    def image_prompt(self, text_ids: list[int], grid_thw=None) -> list[int]:
+        """The prompt ids with the image's tokens in place (`grid_thw`: the image's grid, Qwen only).
 
         An image token the text already holds (the placeholder a chat template puts inside the user
         turn: Qwen's `<|image_pad|>` between its vision start/end tokens, LLaVA's `<image>`) is
@@ -98,7 +110,7 @@ class VisionSpec:
         the image first: Qwen as `<|vision_start|>` image `<|vision_end|>` text, LLaVA after a
         leading BOS, which must stay first.
         """
-        tokens = [self.image_token_id] * self.image_tokens
+        tokens = [self.image_token_id] * self.image_tokens(grid_thw)
         text_ids = list(text_ids)
         n = text_ids.count(self.image_token_id)
         if n > 1:
@@ -111,11 +123,19 @@ class VisionSpec:
         head = 1 if self.bos_token_id is not None and text_ids[:1] == [self.bos_token_id] else 0
         return text_ids[:head] + tokens + text_ids[head:]
 
-    def pixel_values(self, processor, image) -> np.ndarray:
-        """The vision graph's pixel_values input for one image (path, PIL image or HWC uint8 array)."""
+    def image_inputs(self, processor, image) -> dict:
+        """One image (path, PIL image or HWC uint8 array) as the processor's outputs: pixel_values and,
+        for Qwen, image_grid_thw (1, 3), at the image's own size within [min_pixels, max_pixels]."""
         if self.mrope:
-            return preprocess_image(processor, image, self.grid_thw)
-        return preprocess_square_image(processor, image, self.image_size)
+            return preprocess_image(processor, image, self.min_pixels, self.max_pixels)
+        return {"pixel_values": preprocess_square_image(processor, image, self.image_size)}
+
+    def vision_feeds(self, images: dict) -> dict:
+        """vision.onnx's feeds for `image_inputs`' output (pixel_values float32; the caller casts)."""
+        feeds = {"pixel_values": np.asarray(images["pixel_values"], np.float32)}
+        if self.mrope:
+            feeds.update(vision_feeds(images["image_grid_thw"], self.spatial_merge_size, self.window_patches))
+        return feeds
 
     @classmethod
     def from_artifacts(cls, artifacts: Path, manifest: dict | None = None) -> "VisionSpec | None":
@@ -132,9 +152,15 @@ class VisionSpec:
         exporter also calls this before the manifest exists, for its INT8 report)."""
         if cfg.get("model_type") == "llava":
             return cls._llava(cfg, vision)
-        grid = tuple(int(v) for v in np.asarray(vision["grid_thw"]).reshape(-1, 3)[0])
+        if "min_pixels" not in vision:
+            raise ValueError("manifest.json's vision graph takes one fixed image grid (an older export): "
+                             "re-export the model")
+        vcfg = cfg["vision_config"]
+        window = vcfg.get("window_size") if cfg.get("model_type") == "qwen2_5_vl" else None
         return cls(int(cfg["image_token_id"]), int(cfg["vision_start_token_id"]), int(cfg["vision_end_token_id"]),
-                   int(cfg["vision_config"]["spatial_merge_size"]), grid)
+                   int(vcfg["spatial_merge_size"]), patch_size=int(vcfg["patch_size"]),
+                   window_patches=None if window is None else int(window) // int(vcfg["patch_size"]),
+                   min_pixels=int(vision["min_pixels"]), max_pixels=int(vision["max_pixels"]))
 
     @classmethod
     def _llava(cls, cfg: dict, vision: dict) -> "VisionSpec":
@@ -184,18 +210,79 @@ def _rgb(image, size: tuple):
     return image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
 
 
-def preprocess_image(processor, image, grid_thw: tuple) -> np.ndarray:
-    """An image (path, PIL image or HWC uint8 array) → pixel_values (patches, patch_dim) float32 for
-    the vision graph's fixed grid: resized (bicubic) to grid × patch_size pixels, then the
-    processor's own normalisation and patch layout (resizing left off so the grid stays)."""
-    t, h, w = grid_thw
-    patch = int(processor.patch_size)
-    image = _rgb(image, (w * patch, h * patch))
-    out = processor(images=[image], do_resize=False, return_tensors="np")
-    got = tuple(int(v) for v in np.asarray(out["image_grid_thw"]).reshape(-1))
-    if got != (t, h, w):
-        raise ValueError(f"the image processor gave grid {got}, the vision graph was exported for {(t, h, w)}")
-    return np.asarray(out["pixel_values"], dtype=np.float32)
+def preprocess_image(processor, image, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
+    """An image (path, PIL image or HWC uint8 array) → {"pixel_values": (patches, patch_dim) float32,
+    "image_grid_thw": (1, 3) int64}: the Qwen processor's own resize (the nearest grid of whole merged
+    patches, its pixel count within [min_pixels, max_pixels]; None: the processor's range),
+    normalisation and patch layout."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    size = dict(processor.size)
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    try:
+        out = processor(images=[image.convert("RGB")], size=size, return_tensors="np")
+    except ValueError as e:  # e.g. an aspect ratio over 200 (smart_resize refuses it)
+        raise ValueError(f"the image processor refused the image: {str(e).splitlines()[0]}") from None
+    grid = np.asarray(out["image_grid_thw"], np.int64).reshape(1, 3)
+    return {"pixel_values": np.asarray(out["pixel_values"], dtype=np.float32), "image_grid_thw": grid}
+
+
+def vision_position_ids(grid_thw, spatial_merge_size: int) -> np.ndarray:
+    """(patches, 2) rotary (h, w) positions of each patch, in the processor's patch order (merge
+    blocks first): transformers' get_vision_position_ids."""
+    out = []
+    m = spatial_merge_size
+    for t, h, w in np.asarray(grid_thw, np.int64).reshape(-1, 3):
+        hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        blocks = (h // m, m, w // m, m)
+        pos = np.stack([hh.reshape(blocks).transpose(0, 2, 1, 3).reshape(-1),
+                        ww.reshape(blocks).transpose(0, 2, 1, 3).reshape(-1)], axis=-1)
+        out.append(np.tile(pos, (int(t), 1)))
+    return np.concatenate(out).astype(np.int64)
+
+
+def attention_segments(grid_thw, spatial_merge_size: int, window_patches: int | None = None) -> np.ndarray:
+    """(patches,) int64 segment id per patch, in the processor's patch order: patches attend to the
+    patches of their own segment. Without `window_patches`: one segment per image frame (the vision
+    towers' cu_seqlens); with it: one per window of window_patches² patches (Qwen2.5-VL's window
+    blocks: transformers' get_vision_window_index, whose windows are cut over the merged-token grid,
+    edge windows smaller)."""
+    out, base = [], 0
+    m = spatial_merge_size
+    for t, h, w in np.asarray(grid_thw, np.int64).reshape(-1, 3):
+        t, rows, cols = int(t), int(h) // m, int(w) // m   # the merged-token grid
+        if window_patches is None:
+            seg = np.repeat(np.arange(t), rows * cols * m * m)
+            count = t
+        else:
+            side = window_patches // m                      # window side in merged tokens
+            across = -(-cols // side)
+            i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+            win = (i // side) * across + (j // side)        # window of each merged token, row-major
+            per_frame = -(-rows // side) * across
+            seg = (np.arange(t)[:, None] * per_frame + win.reshape(1, -1)).reshape(-1)
+            seg = np.repeat(seg, m * m)                     # the merge block's patches are consecutive
+            count = t * per_frame
+        out.append(seg + base)
+        base += count
+    return np.concatenate(out).astype(np.int64)
+
+
+def vision_feeds(grid_thw, spatial_merge_size: int, window_patches: int | None = None) -> dict:
+    """The Qwen vision graph's grid-derived inputs: rotary positions, frame segments and (Qwen2.5-VL)
+    window segments."""
+    feeds = {VISION_POSITION_IDS: vision_position_ids(grid_thw, spatial_merge_size),
+             IMAGE_SEGMENTS: attention_segments(grid_thw, spatial_merge_size)}
+    if window_patches is not None:
+        feeds[WINDOW_SEGMENTS] = attention_segments(grid_thw, spatial_merge_size, window_patches)
+    return feeds
 
 
 def preprocess_square_image(processor, image, size: int) -> np.ndarray:

@@ -92,6 +92,10 @@ def test_config_validation():
     with pytest.raises(ValueError, match="int8.smooth must be a bool"):
         Int8Config(smooth="yes")
     assert ExportConfig(int8=False).int8 is None
+    with pytest.raises(ValueError, match="min_pixels 5000 exceeds max_pixels 100"):
+        ExportConfig(min_pixels=5000, max_pixels=100)
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        ExportConfig(max_pixels=0)
 
 
 def test_export_config_json_round_trip(tmp_path):
@@ -112,6 +116,18 @@ def test_export_config_json_round_trip(tmp_path):
 def test_int8_flags_need_int8(store, tmp_path, flag):
     result, lines = _run([store.checkpoint("llama", True), *flag, "--out", tmp_path / "out"])
     _assert_one_line_error(result, lines, f"{flag[0]} is only used with --int8")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch,args,needle", [
+    ("llama", ["--max-pixels", "4096"], "apply to Qwen2(.5)-VL models only"),
+    ("qwen2_vl", ["--min-pixels", "5000", "--max-pixels", "100"], "min_pixels 5000 exceeds max_pixels 100"),
+    # above the processor's default maximum (28²·1280) without raising it
+    ("qwen2_vl", ["--min-pixels", "2000000"], "min_pixels 2000000 exceeds max_pixels 1003520"),
+])
+def test_pixel_range_errors_are_one_line(store, tmp_path, arch, args, needle):
+    result, lines = _run([store.checkpoint(arch, True), *args, "--out", tmp_path / "out"])
+    _assert_one_line_error(result, lines, needle)
     assert not (tmp_path / "out").exists()
 
 

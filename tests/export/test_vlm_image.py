@@ -1,4 +1,5 @@
-"""VLM with an image: vision.onnx → merged into embed.onnx output → decoder.onnx, greedy == torch."""
+"""VLM with an image: vision.onnx → merged into embed.onnx output → decoder.onnx, greedy == torch,
+at image grids other than the trace's (the vision graph takes any grid)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from ortloop import eos_ids, greedy, manifest, session
 
 from phm.export import io_names as io
-from phm.runtime.vlm import merge_image_features, mrope_position_ids
+from phm.runtime.vlm import merge_image_features, mrope_position_ids, vision_feeds
 from phm.trainer import load
 
 
@@ -19,14 +20,27 @@ def _prompt(model, grid):
                          + [cfg.vision_end_token_id, 7, 8, 9]])
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
-def test_image_prompt_greedy_equals_torch(store, arch):
+def _vision_feeds(model, grid, pixels):
+    vcfg = model.config.vision_config
+    window = vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl" else None
+    return {io.PIXEL_VALUES: pixels, **vision_feeds(grid, vcfg.spatial_merge_size, window)}
+
+
+def _pixels(model, grid, seed=0):
+    vcfg = model.config.vision_config
+    dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size ** 2
+    return np.random.default_rng(seed).standard_normal((int(np.prod(grid)), dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("arch,grid", [("qwen2_vl", (1, 6, 10)), ("qwen2_5_vl", (1, 10, 6)),
+                                       ("qwen2_5_vl", (1, 4, 4))])
+def test_image_prompt_greedy_equals_torch(store, arch, grid):
     art = store.artifacts(arch, True)
     model = load(store.checkpoint(arch, True))
     cfg = model.config
-    grid = np.array(manifest(art)["graphs"]["vision"]["grid_thw"])
+    grid = np.array([grid])
     ids = _prompt(model, grid)
-    pixels = load_pixels(art)
+    pixels = _pixels(model, grid)
 
     mm = (ids == cfg.image_token_id).int()
     pos_hf, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=torch.from_numpy(grid))
@@ -37,7 +51,11 @@ def test_image_prompt_greedy_equals_torch(store, arch):
                               pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.from_numpy(grid),
                               max_new_tokens=16, min_new_tokens=16, do_sample=False)[0, ids.shape[1]:].tolist()
 
-    features = session(art / "vision.onnx").run(None, {io.PIXEL_VALUES: pixels})[0]
+    vision = session(art / "vision.onnx")
+    features = vision.run(None, _vision_feeds(model, grid, pixels))[0]
+    with torch.no_grad():  # the tower as transformers runs it (window order, per-segment attention)
+        out = model.model.visual(torch.from_numpy(pixels), grid_thw=torch.from_numpy(grid))
+    np.testing.assert_allclose(features, getattr(out, "pooler_output", out).numpy(), atol=1e-5, rtol=1e-4)
     embed = session(art / "embed.onnx")
     prompt_len = ids.shape[1]
 
@@ -57,11 +75,21 @@ def test_image_prompt_greedy_equals_torch(store, arch):
                  for i in dec.get_inputs() if i.name.startswith("past_")})
     logits = [dec.run([io.LOGITS], {**feed, io.INPUTS_EMBEDS: merge_image_features(
         embed.run(None, {io.INPUT_IDS: ids.numpy()})[0], ids.numpy(), f, cfg.image_token_id)})[0] for f in
-        (features, session(art / "vision.onnx").run(None, {io.PIXEL_VALUES: -pixels})[0])]
+        (features, vision.run(None, _vision_feeds(model, grid, -pixels))[0])]
     assert np.abs(logits[0] - logits[1]).max() > 1e-3
 
 
-def load_pixels(art):
-    from polygraphy.json import load_json
-
-    return np.asarray(load_json(str(art / "vision.inputs.json"))[0][io.PIXEL_VALUES], np.float32)
+def test_vision_profile_covers_the_pixel_range(store):
+    """The manifest records the image processor's pixel range and the engine profile's patch counts;
+    the graph's inputs are dynamic in patches."""
+    m = manifest(store.artifacts("qwen2_5_vl", True))
+    vision = m["graphs"]["vision"]
+    assert "grid_thw" not in vision and (vision["min_pixels"], vision["max_pixels"]) == (56 * 56, 28 * 28 * 1280)
+    patches = [vision["profile"][k][io.PIXEL_VALUES][0] for k in ("min", "opt", "max")]
+    # patch 4, merge 2: 56²/4² patches; a 240² image (the range's geometric mean, 237², in whole 8-pixel
+    # merged patches); 28²·1280/4²
+    assert patches == [196, 3600, 62720]
+    for name in (io.VISION_POSITION_IDS, io.IMAGE_SEGMENTS, io.WINDOW_SEGMENTS):
+        assert vision["profile"]["max"][name][0] == patches[2]
+    shapes = {i["name"]: i["shape"] for i in vision["io"]["inputs"]}
+    assert shapes[io.PIXEL_VALUES][0] == io.PATCHES and shapes[io.WINDOW_SEGMENTS] == [io.PATCHES]

@@ -47,7 +47,8 @@ def _ship_processor_and_tokenizer(arch: str, ckpt: Path) -> None:
 
         v = cfg.vision_config
         Qwen2VLImageProcessorPil(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                 temporal_patch_size=v.temporal_patch_size).save_pretrained(ckpt)
+                                 temporal_patch_size=v.temporal_patch_size, min_pixels=16 * 16,
+                                 max_pixels=64 * 64).save_pretrained(ckpt)  # ≤ 64 image tokens per photo
         word_tokenizer({cfg.vision_start_token_id: "<|vision_start|>", cfg.vision_end_token_id: "<|vision_end|>",
                         cfg.image_token_id: "<|image_pad|>", cfg.video_token_id: "<|video_pad|>"}, unk=UNK).save_pretrained(ckpt)
 
@@ -100,11 +101,10 @@ def test_vlm_report_rows_and_answers(vlm_int8):
     fp32, int8 = [], []
     for line in data.read_text().splitlines():
         pair = json.loads(line)
-        ids = np.array([spec.image_prompt(tok(pair["prompt"])["input_ids"])])
-        pixels = spec.pixel_values(proc, data.parent / pair["image"])
-        extra = {} if arch == "llava_dinov2" else {"image_grid_thw": np.array([spec.grid_thw])}
-        fp32.append(generate(torch_backend, ids, cfg, images={"pixel_values": pixels, **extra}).tokens[0].tolist())
-        int8.append(generate(ort_backend, ids, cfg, images={"pixel_values": pixels}).tokens[0].tolist())
+        images = spec.image_inputs(proc, data.parent / pair["image"])  # Qwen: + image_grid_thw
+        ids = np.array([spec.image_prompt(tok(pair["prompt"])["input_ids"], images.get("image_grid_thw"))])
+        fp32.append(generate(torch_backend, ids, cfg, images=images).tokens[0].tolist())
+        int8.append(generate(ort_backend, ids, cfg, images=images).tokens[0].tolist())
     assert rows["int8"]["answer_agreement"] == pytest.approx(answer_agreement(fp32, int8))
 
 

@@ -288,6 +288,10 @@ CASES = {
                                                           "--int8-weights-only is only used with --int8"),
     "export-unknown-target": lambda i, d: Case(_export(i.phm, d, "--target", "tx2"),
                                                "Invalid value for '--target': 'tx2' is not one of"),
+    "export-pixel-range-on-a-text-model": lambda i, d: Case(_export(i.phm, d, "--max-pixels", 4096),
+                                                            "apply to Qwen2(.5)-VL models only"),
+    "export-min-pixels-zero": lambda i, d: Case(_export(i.phm, d, "--min-pixels", 0),
+                                                "Invalid value for '--min-pixels'"),
     "export-context-zero": lambda i, d: Case(_export(i.phm, d, "--context", 0), "Invalid value for '--context'"),
     # hand-computed: weights 20,640 params x 4 B, KV 2*2*2*8*256*4 B, activations 256*(2*32+2*64)*4 + 256*4 B
     # + 0.5 GiB workspace, runtime 0.75 GiB: 1.2503 GiB against 1 - 0.5 (desktop OS reserve) GiB
@@ -361,8 +365,8 @@ CASES = {
         _run(_artifacts_with(i, d, lambda a: _set_json(a / "manifest.json", _decoder_io_not_a_list))),
         "field 'graphs.decoder.io.inputs' must be a list, got a string"),
     "run-manifest-newer-format": lambda i, d: Case(
-        _run(_artifacts_with(i, d, lambda a: _edit_json(a / "manifest.json", format_version=3))),
-        "manifest.json: format_version 3 is not supported by this phm-run (reads 2)"),
+        _run(_artifacts_with(i, d, lambda a: _edit_json(a / "manifest.json", format_version=4))),
+        "manifest.json: format_version 4 is not supported by this phm-run (reads 3)"),
     "run-file-truncated-size-checked": lambda i, d: Case(
         _run(_artifacts_with(i, d, lambda a: _truncate(a / "decoder.ref.json"))),
         "art/decoder.ref.json is "),

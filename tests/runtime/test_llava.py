@@ -76,13 +76,13 @@ def test_spec_and_prompt_layout(llava):
     model, art = llava
     spec = VisionSpec.from_artifacts(art)
     tok = model.config.image_token_id
-    assert not spec.mrope and spec.image_tokens == IMAGE_TOKENS and spec.image_size == 28
+    assert not spec.mrope and spec.image_tokens() == IMAGE_TOKENS and spec.image_size == 28
     assert spec.image_prompt([5, 6]) == [tok] * IMAGE_TOKENS + [5, 6]
     assert spec.image_prompt([1, 5]) == [1] + [tok] * IMAGE_TOKENS + [5]  # BOS stays first
     assert spec.image_prompt([5, tok, 6]) == [5] + [tok] * IMAGE_TOKENS + [6]  # <image> expanded in place
     with pytest.raises(ValueError, match="one image takes one"):
         spec.image_prompt([tok, 5, tok])
-    pixels = spec.pixel_values(image_processor(art / "hf"), skimage.data.astronaut())
+    pixels = spec.image_inputs(image_processor(art / "hf"), skimage.data.astronaut())["pixel_values"]
     assert pixels.shape == (1, 3, 28, 28) and pixels.dtype == np.float32
 
 
@@ -94,7 +94,7 @@ def test_image_prompt_greedy_equals_torch(llava):
     proc = image_processor(art / "hf")
     first = []
     for photo in (skimage.data.astronaut(), skimage.data.chelsea()):
-        pixels = spec.pixel_values(proc, photo)
+        pixels = spec.image_inputs(proc, photo)["pixel_values"]
         ours = generate(backend, np.array([ids]), GenerationConfig(max_new_tokens=STEPS),
                         images={"pixel_values": pixels}).tokens[0].tolist()
         ref, ref_logits = _torch_generate(model, ids, pixels)
@@ -112,7 +112,7 @@ def test_phm_run_with_image_equals_torch(llava, tmp_path):
     out = phm_run_image_json(art, "w5 <image> w6 w7", skimage.data.chelsea(), photo, STEPS)
     expected_ids = [5] + [model.config.image_token_id] * IMAGE_TOKENS + [6, 7]
     assert out["prompt_ids"] == expected_ids
-    pixels = VisionSpec.from_artifacts(art).pixel_values(image_processor(art / "hf"), photo)
+    pixels = VisionSpec.from_artifacts(art).image_inputs(image_processor(art / "hf"), photo)["pixel_values"]
     ref, _ = _torch_generate(model, expected_ids, pixels)
     stop = ref.index(2) + 1 if 2 in ref else len(ref)  # phm-run stops at the tokenizer's EOS
     assert out["tokens"] == ref[:stop]

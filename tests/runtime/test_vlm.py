@@ -1,7 +1,8 @@
 """VLM image prompts through the runtime: ORT (vision + embed + decoder) greedy == torch generate.
 
 Tiny random-weight Qwen2-VL / Qwen2.5-VL with PHM MLPs in both towers, shipped with a real HF
-image processor (patch 4, merge 2) and a word-level tokenizer (tinytok.py) whose special tokens
+image processor (patch 4, merge 2, images resized into 16²–64² pixels: up to 64 image tokens) and a
+word-level tokenizer (tinytok.py) whose special tokens
 sit at the config's vision ids, so the artifacts dir is complete the way a real model's is. Test images are
 scikit-image's bundled photos.
 """
@@ -22,11 +23,12 @@ from phm.export.config import ExportConfig
 from phm.runtime.cli import main as phm_run
 from phm.runtime.generate import GenerationConfig, generate
 from phm.runtime.ort_backend import OrtBackend
-from phm.runtime.vlm import VisionSpec, image_processor, preprocess_image
+from phm.runtime.vlm import VisionSpec, image_processor
 from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
 from tinymodels import tiny_model
 
 STEPS = 10
+PIXELS = {"min_pixels": 16 * 16, "max_pixels": 64 * 64}  # the tiny models' processor range
 
 
 def _tokenizer(cfg):
@@ -52,7 +54,7 @@ def vlm(request, tmp_path_factory):
     source = root / "source"  # what a real model dir ships besides its weights
     vcfg = model.config.vision_config
     Qwen2VLImageProcessorPil(patch_size=vcfg.patch_size, merge_size=vcfg.spatial_merge_size,
-                             temporal_patch_size=vcfg.temporal_patch_size).save_pretrained(source)
+                             temporal_patch_size=vcfg.temporal_patch_size, **PIXELS).save_pretrained(source)
     _tokenizer(model.config).save_pretrained(source)
     ckpt = save_phm_checkpoint(model, config, targets, root / "ckpt", source_dir=source)
     art = export_model(ckpt, ExportConfig(), root / "art")
@@ -61,11 +63,12 @@ def vlm(request, tmp_path_factory):
     return model, art
 
 
-def _torch_generate(model, ids, pixels, grid):
+def _torch_generate(model, ids, images):
     ids = torch.tensor([ids])
     mm = (ids == model.config.image_token_id).int()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
-                         pixel_values=torch.from_numpy(pixels), image_grid_thw=torch.tensor([grid]),
+                         pixel_values=torch.from_numpy(images["pixel_values"]),
+                         image_grid_thw=torch.from_numpy(images["image_grid_thw"]),
                          max_new_tokens=STEPS, do_sample=False, pad_token_id=0)
     return out[0, ids.shape[1]:].tolist()
 
@@ -76,24 +79,43 @@ def test_artifacts_carry_the_image_processor(vlm):
     assert image_processor(art / "hf").patch_size == 4
 
 
-def test_image_prompt_greedy_equals_torch(vlm):
+PHOTOS = {"astronaut": lambda: skimage.data.astronaut(),             # 512 × 512: 64 × 64 pixels
+          "chelsea": lambda: skimage.data.chelsea(),                 # 300 × 451: 48 × 72 pixels
+          "portrait": lambda: skimage.data.astronaut()[:, 150:330]}  # 512 × 180: 104 × 32 pixels
+
+
+def _hf_grid(image) -> tuple:
+    """The grid transformers' own Qwen2-VL image processor gives the image in the tiny models' range."""
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+
+    hf = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, **PIXELS)
+    return tuple(int(v) for v in hf(images=[Image.fromarray(image)], return_tensors="np")["image_grid_thw"][0])
+
+
+def test_images_keep_their_size_and_greedy_equals_torch(vlm):
+    """Three photos of different sizes and aspect ratios: each gets the grid and the image-token count
+    the HF processor gives it (no resize to one fixed grid), and greedy equals transformers' generate."""
     model, art = vlm
     backend = OrtBackend.from_artifacts(art, threads=1)
     spec = backend.vision
-    ids = spec.image_prompt([5, 6, 7, 8, 9])
-    assert ids.count(model.config.image_token_id) == spec.image_tokens == 16
     proc = image_processor(art / "hf")
-    results = []
-    for photo in (skimage.data.astronaut(), skimage.data.chelsea()):
-        pixels = preprocess_image(proc, photo, spec.grid_thw)
+    results, grids = [], set()
+    for name, photo in PHOTOS.items():
+        images = spec.image_inputs(proc, photo())
+        grid = tuple(int(v) for v in images["image_grid_thw"][0])
+        assert grid == _hf_grid(photo()), name
+        grids.add(grid)
+        ids = spec.image_prompt([5, 6, 7, 8, 9], images["image_grid_thw"])
+        assert ids.count(model.config.image_token_id) == grid[1] * grid[2] // 4
         ours = generate(backend, np.array([ids]), GenerationConfig(max_new_tokens=STEPS),
-                        images={"pixel_values": pixels}).tokens[0].tolist()
-        assert ours == _torch_generate(model, ids, pixels, spec.grid_thw)
+                        images=images).tokens[0].tolist()
+        assert ours == _torch_generate(model, ids, images), name
         backend.reset()
-        results.append((ours, backend.prefill(np.array([ids]), np.ones((1, len(ids)), np.int64),
-                                              {"pixel_values": pixels})))
-    # the image steers the output: the two photos give different first-step logits
-    assert np.abs(results[0][1] - results[1][1]).max() > 1e-3
+        results.append(backend.prefill(np.array([ids]), np.ones((1, len(ids)), np.int64), images))
+    assert grids == {(1, 16, 16), (1, 12, 18), (1, 26, 8)}
+    # the image steers the output: different photos give different first-step logits
+    assert np.abs(results[0] - results[1]).max() > 1e-3
 
 
 def test_torch_backend_image_prompt_equals_generate(vlm):
@@ -103,11 +125,11 @@ def test_torch_backend_image_prompt_equals_generate(vlm):
 
     model, art = vlm
     spec = VisionSpec.from_artifacts(art)
-    ids = spec.image_prompt([5, 6, 7, 8, 9])
-    pixels = preprocess_image(image_processor(art / "hf"), skimage.data.coffee(), spec.grid_thw)
+    images = spec.image_inputs(image_processor(art / "hf"), skimage.data.coffee())
+    ids = spec.image_prompt([5, 6, 7, 8, 9], images["image_grid_thw"])
     ours = generate(TorchBackend(model), np.array([ids]), GenerationConfig(max_new_tokens=STEPS),
-                    images={"pixel_values": pixels, "image_grid_thw": np.array([spec.grid_thw])}).tokens[0].tolist()
-    assert ours == _torch_generate(model, ids, pixels, spec.grid_thw)
+                    images=images).tokens[0].tolist()
+    assert ours == _torch_generate(model, ids, images)
 
 
 def test_text_prompt_on_vlm_equals_torch(vlm):
@@ -127,10 +149,9 @@ def test_phm_run_with_image_equals_torch(vlm, tmp_path):
     out = phm_run_image_json(art, "w5 w6 w7", skimage.data.astronaut(), photo, STEPS)
     spec = VisionSpec.from_artifacts(art)
     cfg = model.config
-    expected_ids = [cfg.vision_start_token_id] + [cfg.image_token_id] * 16 + [cfg.vision_end_token_id, 5, 6, 7]
+    expected_ids = [cfg.vision_start_token_id] + [cfg.image_token_id] * 64 + [cfg.vision_end_token_id, 5, 6, 7]
     assert out["prompt_ids"] == expected_ids
-    pixels = preprocess_image(image_processor(art / "hf"), photo, spec.grid_thw)
-    ref = _torch_generate(model, expected_ids, pixels, spec.grid_thw)
+    ref = _torch_generate(model, expected_ids, spec.image_inputs(image_processor(art / "hf"), photo))
     stop = ref.index(2) + 1 if 2 in ref else len(ref)  # phm-run stops at the tokenizer's EOS
     assert out["tokens"] == ref[:stop]
     assert out["prefill_ms"] > 0 and out["peak_rss_mb"] > 0
@@ -142,10 +163,11 @@ def test_image_prompt_errors_are_one_line(vlm, tmp_path):
     from phm.runtime.backend import BackendError
 
     with pytest.raises(BackendError, match="image tokens but no image"):
-        backend.prefill(np.array([backend.vision.image_prompt([5])]), np.ones((1, 19), np.int64))
+        backend.prefill(np.array([backend.vision.image_prompt([5], [1, 8, 8])]), np.ones((1, 19), np.int64))
     with pytest.raises(BackendError, match="do not fit"):  # the prompt lacks the image tokens
         backend.reset()
-        backend.prefill(np.array([[5, 6]]), np.ones((1, 2), np.int64), {"pixel_values": np.zeros((64, 96), np.float32)})
+        backend.prefill(np.array([[5, 6]]), np.ones((1, 2), np.int64),
+                        {"pixel_values": np.zeros((64, 96), np.float32), "image_grid_thw": np.array([[1, 8, 8]])})
     bad = tmp_path / "not_an_image.png"
     bad.write_text("hello")
     result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5", "--image", str(bad)])
@@ -172,18 +194,14 @@ def test_chat_image_prompt_equals_the_hf_processors_ids(tmp_path):
     source = tmp_path / "source"
     vcfg = model.config.vision_config
     images = Qwen2VLImageProcessorPil(patch_size=vcfg.patch_size, merge_size=vcfg.spatial_merge_size,
-                                      temporal_patch_size=vcfg.temporal_patch_size, min_pixels=16,
-                                      max_pixels=1 << 20)
+                                      temporal_patch_size=vcfg.temporal_patch_size, **PIXELS)
     images.save_pretrained(source)
     tok = _tokenizer(model.config)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(source)  # (its chat_template.jinja is the template the processor reads too)
     ckpt = save_phm_checkpoint(model, config, targets, tmp_path / "ckpt", source_dir=source)
     art = export_model(ckpt, ExportConfig(), tmp_path / "art")
-    spec = VisionSpec.from_artifacts(art)
-    _, h, w = spec.grid_thw
-    patch = vcfg.patch_size
-    image = skimage.data.astronaut()[: h * patch, : w * patch]  # already the exported grid: no resize
+    image = skimage.data.astronaut()[:40, :60]  # resized by the processor to 40 × 64 pixels
     from PIL import Image
 
     Image.fromarray(image).save(tmp_path / "photo.png")
@@ -196,7 +214,7 @@ def test_chat_image_prompt_equals_the_hf_processors_ids(tmp_path):
     # the template's text, each <|image_pad|> repeated grid.prod() // merge² times, then the tokenizer
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     grid = images(images=[Image.fromarray(image)], return_tensors="np")["image_grid_thw"][0]
-    assert tuple(int(v) for v in grid) == tuple(spec.grid_thw)
+    assert tuple(int(v) for v in grid) == (1, 10, 16)
     pads = int(np.prod(grid)) // vcfg.spatial_merge_size ** 2
     want = tok(text.replace("<|image_pad|>", "<|image_pad|>" * pads), add_special_tokens=False)["input_ids"]
     assert out["prompt_ids"] == want
