@@ -2,12 +2,15 @@
 
     out/generated/   cubins as C + dispatch table + manifest.json     (always)
     out/lib/libphm_kernels.so                                        (always: C launcher ABI)
-    out/lib/libphm_trt_plugins.so, libphm_trt_plugins_dyn.so          (where TensorRT headers exist)
+    out/lib/libphm_trt_plugins.so, libphm_trt_plugins_dyn.so          (where TensorRT headers and
+                                                                      libnvinfer.so.10 exist)
     out/build_info.json                                              what was built and skipped
 
 TensorRT headers are looked up in --tensorrt-root / $TENSORRT_ROOT, then the standard install
-paths (Debian/JetPack: /usr/include/<triple>). Without them the launcher library is still built and
-the skip is reported. See trt_plugins/README.md for JetPack 6 (ptxas / PTX ISA versus the driver).
+paths (Debian/JetPack: /usr/include/<triple>); libnvinfer.so.10, which the plugin libraries link
+(so that every way of loading them resolves the plugin registry), in --tensorrt-lib, the root's
+lib dirs, the `tensorrt_libs` wheel and the system lib dirs. Without them the launcher library is
+still built and the skip is reported. See trt_plugins/README.md for JetPack 6 (ptxas / PTX ISA versus the driver).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from phm.trt_plugins import aot
 log = logging.getLogger(__name__)
 
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
+TRT_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                "/usr/local/tensorrt/lib", "/opt/tensorrt/lib")
 TRT_HEADER_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
                    "/usr/local/tensorrt/include", "/opt/tensorrt/include")
 
@@ -45,6 +50,7 @@ class BuildConfig:
     out_dir: Path
     tensorrt_root: Path | None = None
     jobs: int | None = None
+    tensorrt_lib: Path | None = None  # libnvinfer.so.10 (or its dir) to link the plugin libraries
     cmake: str = "cmake"
 
     def __post_init__(self):
@@ -60,6 +66,7 @@ class BuildResult:
     libraries: list[Path] = field(default_factory=list)
     tensorrt_include: Path | None = None
     tensorrt_version: str | None = None
+    tensorrt_library: Path | None = None
     skipped: list[str] = field(default_factory=list)
 
 
@@ -74,6 +81,40 @@ def find_tensorrt_include(root: Path | None) -> Path | None:
         if (c / "NvInfer.h").is_file() and (c / "NvInferVersion.h").is_file():
             return c
     return None
+
+
+def _wheel_lib_dir() -> Path | None:
+    """site-packages/tensorrt_libs of the TensorRT pip wheel, without importing it."""
+    import importlib.util
+
+    found = importlib.util.find_spec("tensorrt_libs")
+    return Path(found.submodule_search_locations[0]) if found and found.submodule_search_locations else None
+
+
+def find_nvinfer(lib: Path | None, root: Path | None) -> Path | None:
+    """libnvinfer.so.10 (or libnvinfer.so) to link: `lib` (a file or a dir), then the TensorRT root's lib
+    dirs, the tensorrt_libs wheel, the system lib dirs; None where there is none (headers only)."""
+    if lib is not None and Path(lib).is_file():
+        return Path(lib)
+    dirs = [Path(lib)] if lib is not None else []
+    for r in (root, os.environ.get("TENSORRT_ROOT")):
+        if r:
+            dirs += [Path(r) / d for d in ("lib", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu")]
+    dirs += [d for d in [_wheel_lib_dir()] if d] + [Path(d) for d in TRT_LIB_DIRS]
+    for d in dirs:
+        for name in ("libnvinfer.so.10", "libnvinfer.so"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def cmake_configure_args(gen: Path, include: Path | None, nvinfer: Path | None) -> list[str]:
+    """The -D options of the plugin CMake project: generated kernels, TensorRT headers and libnvinfer
+    (both NOTFOUND where absent: the launcher library alone is built then)."""
+    return [f"-DPHM_GENERATED_DIR={gen}", "-DCMAKE_BUILD_TYPE=Release",
+            f"-DTENSORRT_ROOT={include.parent if include else ''}",
+            f"-DTENSORRT_INCLUDE_DIR={include if include else 'TENSORRT_INCLUDE_DIR-NOTFOUND'}",
+            f"-DTENSORRT_NVINFER_LIBRARY={nvinfer if nvinfer else 'TENSORRT_NVINFER_LIBRARY-NOTFOUND'}"]
 
 
 def tensorrt_version(include: Path) -> str:
@@ -131,18 +172,20 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
         raise BuildError(f"{cfg.cmake!r} not found: install CMake ≥ 3.18 (pip install cmake) to build "
                          f"the libraries; the generated sources are in {gen}")
     include = find_tensorrt_include(cfg.tensorrt_root)
+    nvinfer = find_nvinfer(cfg.tensorrt_lib, cfg.tensorrt_root) if include is not None else None
     if include is None:
         result.skipped.append("TensorRT plugin libraries: no NvInfer.h under --tensorrt-root, "
                               "$TENSORRT_ROOT or " + ", ".join(TRT_HEADER_DIRS))
-    else:
-        result.tensorrt_include, result.tensorrt_version = include, tensorrt_version(include)
-    build_dir = cfg.out_dir / "build"
-    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), f"-DPHM_GENERATED_DIR={gen}",
-                 "-DCMAKE_BUILD_TYPE=Release", f"-DTENSORRT_ROOT={include.parent if include else ''}"]
+    elif nvinfer is None:
+        include = None  # the plugin libraries must link libnvinfer: without it, the launcher alone
+        result.skipped.append("TensorRT plugin libraries: TensorRT headers found but no libnvinfer.so.10 to "
+                              "link (--tensorrt-lib, the root's lib/, the tensorrt_libs wheel, "
+                              + ", ".join(TRT_LIB_DIRS) + ")")
     if include is not None:
-        configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
-    else:
-        configure.append("-DTENSORRT_INCLUDE_DIR=TENSORRT_INCLUDE_DIR-NOTFOUND")
+        result.tensorrt_include, result.tensorrt_version = include, tensorrt_version(include)
+        result.tensorrt_library = nvinfer
+    build_dir = cfg.out_dir / "build"
+    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), *cmake_configure_args(gen, include, nvinfer)]
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"] if not (build_dir / "CMakeCache.txt").exists() else []
     _run(configure, "cmake configure")
@@ -172,12 +215,15 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
               default=Path("build/phm_plugins"), show_default=True, help="output directory")
 @click.option("--tensorrt-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="TensorRT headers root (default: $TENSORRT_ROOT, then standard paths)")
+@click.option("--tensorrt-lib", type=click.Path(exists=True, path_type=Path), default=None,
+              help="libnvinfer.so.10 (or its dir) the plugin libraries link (default: the TensorRT root's lib/, "
+                   "the tensorrt_libs wheel, the system lib dirs)")
 @click.option("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: all CPUs)")
-def main(arch: str, out_dir: Path, tensorrt_root: Path | None, jobs: int | None) -> None:
+def main(arch: str, out_dir: Path, tensorrt_root: Path | None, tensorrt_lib: Path | None, jobs: int | None) -> None:
     """AOT-compile the PHM Triton kernels to cubins + C launchers and build the TensorRT plugins."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = BuildConfig(aot.parse_archs(arch), out_dir, tensorrt_root, jobs)
+        cfg = BuildConfig(aot.parse_archs(arch), out_dir, tensorrt_root, jobs, tensorrt_lib=tensorrt_lib)
         res = build_plugins(cfg)
     except (ValueError, BuildError, RuntimeError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -188,6 +234,7 @@ def main(arch: str, out_dir: Path, tensorrt_root: Path | None, jobs: int | None)
     for lib in res.libraries:
         log.info("built %s", lib)
     if res.tensorrt_version:
-        log.info("TensorRT headers %s (%s)", res.tensorrt_version, res.tensorrt_include)
+        log.info("TensorRT headers %s (%s), linked against %s", res.tensorrt_version, res.tensorrt_include,
+                 res.tensorrt_library)
     for s in res.skipped:
         log.warning("skipped: %s", s)

@@ -29,7 +29,9 @@ def load_plugins(trt, plugin_lib: Path) -> None:
     dlopen the static library (REGISTER_TENSORRT_PLUGIN at load, as trtexec --staticPlugins does)."""
     dyn = plugin_lib.with_name(plugin_lib.stem + "_dyn" + plugin_lib.suffix)
     if dyn.is_file():
-        trt.get_plugin_registry().load_library(str(dyn))
+        if not trt.get_plugin_registry().load_library(str(dyn)):  # a refusal is a null handle, not an error
+            raise OSError(f"TensorRT's plugin registry did not load {dyn} (its log says why; the static "
+                          "library may already be loaded: load one of the two)")
     else:
         import ctypes
 

@@ -3,9 +3,13 @@ interpreter everywhere else (CI). TRITON_INTERPRET must be set before triton is 
 the trainer tests never import triton, so setting it for the whole process is harmless."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from standin_kit import ...`
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

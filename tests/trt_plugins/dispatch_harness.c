@@ -25,6 +25,10 @@ static CUresult fake_load(CUlibrary* lib, const void* code, CUjit_option* o, voi
     *lib = (CUlibrary)code;
     return CUDA_SUCCESS;
 }
+static CUresult fake_unload(CUlibrary lib) {
+    (void)lib;
+    return CUDA_SUCCESS;
+}
 static CUresult fake_get(CUkernel* k, CUlibrary lib, const char* name) {
     (void)name;
     *k = (CUkernel)lib;
@@ -50,16 +54,17 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
 }
 
 int main(void) {
-    phm_driver_api api = {fake_err, fake_dev, fake_attr, fake_load, fake_get, fake_setattr, fake_launch,
-                          NULL, NULL, NULL};
+    phm_driver_api api = {fake_err, fake_dev, fake_attr, fake_load, fake_unload, fake_get, fake_setattr,
+                          fake_launch, NULL, NULL, NULL};
     phm_kernels_set_driver_for_testing(&api);
     int family, dtype, wfmt, n, tokens, rows, k, nb, group, aligned;
     static char buf[1 << 16] __attribute__((aligned(256)));
     while (scanf("%d %d %d %d %d %d %d %d %d %d %d", &family, &g_sm, &dtype, &wfmt, &n, &tokens, &rows,
                  &k, &nb, &group, &aligned) == 11) {
         char* p = aligned ? buf : buf + 2; /* misaligned pointers select the generic variant */
-        CUresult rc;
-        if (family == PHM_FAMILY_LINEAR) {
+        CUresult rc = phm_kernels_prepare(); /* the device's arch loaded first, as the plugins do */
+        if (rc != CUDA_SUCCESS) {
+        } else if (family == PHM_FAMILY_LINEAR) {
             phm_linear_args a = {p, p, p, p, (const float*)buf, p, tokens, rows, k, nb, group,
                                  n * k, n * rows, 1, 1, n, (phm_dtype)dtype, (phm_wfmt)wfmt};
             rc = phm_linear_launch(NULL, &a);

@@ -17,16 +17,30 @@ extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 
 namespace
 {
+// What the fake driver saw: synchronous calls made while an enqueue ran (none allowed), unloads,
+// shared-memory opt-ins per device; gDevice is the current context's device, gFailGet a kernel lookup
+// that fails (a half-done load).
+int gInEnqueue = 0, gSyncInEnqueue = 0, gUnloads = 0, gSmemDev70 = 0, gFailGet = 0;
+CUdevice gDevice = 0;
+void sync() { gSyncInEnqueue += gInEnqueue; }
 CUresult fakeErr(CUresult, char const** s) { *s = "fake"; return CUDA_SUCCESS; }
-CUresult fakeDev(CUdevice* d) { *d = 0; return CUDA_SUCCESS; }
+CUresult fakeDev(CUdevice* d) { *d = gDevice; return CUDA_SUCCESS; }
 CUresult fakeAttr(int* v, CUdevice_attribute a, CUdevice) { *v = a == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR ? 9 : 0; return CUDA_SUCCESS; }
 CUresult fakeLoad(CUlibrary* lib, void const* code, CUjit_option*, void**, unsigned, CUlibraryOption*, void**, unsigned)
 {
+    sync();
     *lib = (CUlibrary) code;
     return CUDA_SUCCESS;
 }
-CUresult fakeGet(CUkernel* k, CUlibrary lib, char const*) { *k = (CUkernel) lib; return CUDA_SUCCESS; }
-CUresult fakeSetAttr(CUfunction_attribute, int, CUkernel, CUdevice) { return CUDA_SUCCESS; }
+CUresult fakeUnload(CUlibrary) { sync(); ++gUnloads; return CUDA_SUCCESS; }
+CUresult fakeGet(CUkernel* k, CUlibrary lib, char const*)
+{
+    if (gFailGet)
+        return CUDA_ERROR_NOT_FOUND;
+    *k = (CUkernel) lib;
+    return CUDA_SUCCESS;
+}
+CUresult fakeSetAttr(CUfunction_attribute, int, CUkernel, CUdevice dev) { sync(); gSmemDev70 += dev == 70; return CUDA_SUCCESS; }
 CUresult fakeLaunch(CUfunction f, unsigned gx, unsigned, unsigned, unsigned bx, unsigned, unsigned, unsigned,
     CUstream, void** args, void**)
 {
@@ -47,9 +61,9 @@ CUresult fakeLaunch(CUfunction f, unsigned gx, unsigned, unsigned, unsigned bx, 
 }
 alignas(256) unsigned char gDeviceHeap[1 << 16];
 size_t gHeapUsed = 0;
-CUresult fakeAlloc(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr) (gDeviceHeap + gHeapUsed); gHeapUsed += (n + 255) & ~size_t{255}; return CUDA_SUCCESS; }
-CUresult fakeCopy(CUdeviceptr d, void const* h, size_t n) { std::memcpy((void*) d, h, n); return CUDA_SUCCESS; }
-CUresult fakeFree(CUdeviceptr) { return CUDA_SUCCESS; }
+CUresult fakeAlloc(CUdeviceptr* p, size_t n) { sync(); *p = (CUdeviceptr) (gDeviceHeap + gHeapUsed); gHeapUsed += (n + 255) & ~size_t{255}; return CUDA_SUCCESS; }
+CUresult fakeCopy(CUdeviceptr d, void const* h, size_t n) { sync(); std::memcpy((void*) d, h, n); return CUDA_SUCCESS; }
+CUresult fakeFree(CUdeviceptr) { sync(); return CUDA_SUCCESS; }
 
 char const* typeName(PluginFieldType t)
 {
@@ -105,6 +119,15 @@ std::string dumpFields(PluginFieldCollection const* fc)
     return s;
 }
 
+int enqueue(IPluginV3OneRuntime* rt, PluginTensorDesc const* in, PluginTensorDesc const* out, void const* const* inputs,
+    void* const* outputs, void* workspace)
+{
+    gInEnqueue = 1;
+    int rc = rt->enqueue(in, out, inputs, outputs, workspace, nullptr);
+    gInEnqueue = 0;
+    return rc;
+}
+
 DynamicPluginTensorDesc desc(DataType t, std::vector<int64_t> dims)
 {
     DynamicPluginTensorDesc d{};
@@ -120,8 +143,14 @@ DynamicPluginTensorDesc desc(DataType t, std::vector<int64_t> dims)
 
 int main()
 {
-    phm_driver_api api{fakeErr, fakeDev, fakeAttr, fakeLoad, fakeGet, fakeSetAttr, fakeLaunch, fakeAlloc, fakeCopy, fakeFree};
+    phm_driver_api api{fakeErr, fakeDev, fakeAttr, fakeLoad, fakeUnload, fakeGet, fakeSetAttr, fakeLaunch, fakeAlloc,
+        fakeCopy, fakeFree};
     phm_kernels_set_driver_for_testing(&api);
+    // a kernel lookup that fails after its library loaded: the library is unloaded, the error reported
+    gFailGet = 1;
+    int halfRc = phm_kernels_prepare();
+    std::printf("half_failed rc=%d unloads=%d\n", halfRc, gUnloads);
+    gFailGet = 0;
     int32_t nb = 0;
     auto* const* creators = getCreators(nb);
     std::printf("creators %d\n", nb);
@@ -176,9 +205,14 @@ int main()
     alignas(256) static unsigned char buf[4096];
     void const* inputs[4] = {buf, buf, buf, buf};
     void* outputs[1] = {buf};
-    std::printf("enqueue %d\n", crt->enqueue(in, out, inputs, outputs, nullptr, nullptr));
+    std::printf("enqueue %d\n", enqueue(crt, in, out, inputs, outputs, nullptr));
     in[0].dims.d[0] = 1; in[0].dims.d[1] = 1;   // decode step: T = 1
-    std::printf("enqueue %d\n", crt->enqueue(in, out, inputs, outputs, nullptr, nullptr));
+    std::printf("enqueue %d\n", enqueue(crt, in, out, inputs, outputs, nullptr));
+    // the build-time plugin (never attached, as the builder's timing copies): enqueue refuses until a
+    // shape change prepared it, and then launches without any synchronous call
+    std::printf("unprepared_enqueue %d\n", enqueue(rt, in, out, inputs, outputs, nullptr));
+    std::printf("shape_change %d\n", rt->onShapeChange(in, 4, out, 1));
+    std::printf("prepared_enqueue %d\n", enqueue(rt, in, out, inputs, outputs, nullptr));
 
     // invalid fields -> nullptr
     Fields badF;
@@ -214,7 +248,12 @@ int main()
         fin[i] = fio[i].desc;
     fout[0] = fio[10].desc;
     void const* finputs[10] = {buf, buf, buf, buf, buf, buf, buf, buf, buf, buf};
-    std::printf("enqueue %d\n", qcrt->enqueue(fin, fout, finputs, outputs, buf + 1024, nullptr));
+    std::printf("enqueue %d\n", enqueue(qcrt, fin, fout, finputs, outputs, buf + 1024));
+    std::printf("sync_in_enqueue %d\n", gSyncInEnqueue);
+    // a context on device 70: its prepare raises every big-shared-memory kernel's limit there
+    gDevice = 70;
+    int devRc = phm_kernels_prepare();
+    std::printf("device70 rc=%d smem_optins=%d\n", devRc, gSmemDev70);
     delete p;
     delete p2;
     delete ctxPlugin;

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(
 def harness_output(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("harness")
     specs = aot.all_specs([90], ns=(2,))
-    fake = [{"symbol": s.symbol, "entry": "k", "cubin": b"\x7fELF" + s.symbol.encode(), "shared": 0,
+    # 64 KiB of shared memory: each kernel needs the opt-in above 48 KiB, per device
+    fake = [{"symbol": s.symbol, "entry": "k", "cubin": b"\x7fELF" + s.symbol.encode(), "shared": 65536,
              "threads": s.config.num_warps * 32, "num_params": 17 if s.family == "phm_linear" else 20,
              "ptx_version": "-", "ptx_target": "-"} for s in specs]
     files = aot.write_sources(specs, fake, tmp / "gen")
@@ -95,10 +96,31 @@ def test_enqueue_launches(harness_output):
     assert launches[0] == (f"launch phm_linear_sm90_fp16_int4_n2_{c6.name}_a16 grid={-(-48 // c6.block_m)} "
                            f"threads={c6.num_warps * 32} ints=6,48,32,2,16,64,96,1,1,")
     assert launches[1].startswith(f"launch phm_linear_sm90_fp16_int4_n2_{c1.name}_a16 grid={-(-48 // c1.block_m)} ")
+    assert launches[2] == launches[1]  # the same step on the build-time plugin, prepared by onShapeChange
     # PHMFFN swiglu: gate/up (f=40 not a multiple of 16 → generic variant) then down
     c5 = configs.select(5, 2, 3)
-    assert launches[2] == (f"launch phm_gate_up_sm90_fp32_float_n2_{c5.name}_any grid={-(-40 // c5.block_m)} "
+    assert launches[3] == (f"launch phm_gate_up_sm90_fp32_float_n2_{c5.name}_any grid={-(-40 // c5.block_m)} "
                            f"threads={c5.num_warps * 32} ints=5,40,16,3,1,32,80,1,3,")
-    assert launches[3].startswith(f"launch phm_linear_sm90_fp32_float_n2_{c5.name}_any ")
-    assert launches[3].endswith("ints=5,16,40,3,1,80,32,1,0,")
+    assert launches[4].startswith(f"launch phm_linear_sm90_fp32_float_n2_{c5.name}_any ")
+    assert launches[4].endswith("ints=5,16,40,3,1,80,32,1,0,")
     assert line(out, "enqueue") == ["enqueue 0"] * 3
+
+
+def test_nothing_synchronous_in_enqueue(harness_output):
+    """Kernels are loaded, shared memory raised and bases uploaded when a plugin is attached to a
+    context or sees a shape change, never inside enqueue (CUDA-graph capture, --useCudaGraph): the
+    fake driver counts loads, attribute calls, allocations and copies made during every enqueue."""
+    out, err = harness_output
+    assert line(out, "sync_in_enqueue") == ["sync_in_enqueue 0"]
+    assert line(out, "unprepared_enqueue") == ["unprepared_enqueue -1"]
+    assert "PHMLinear enqueued before attachToContext / onShapeChange prepared it" in err
+    assert line(out, "shape_change") == ["shape_change 0"] and line(out, "prepared_enqueue") == ["prepared_enqueue 0"]
+
+
+def test_kernel_loading_hygiene(harness_output):
+    """A half-done load unloads what it loaded and reports; a device numbered ≥ 64 gets every
+    big-shared-memory kernel's opt-in (one per sm_90 kernel of the table)."""
+    out, _ = harness_output
+    assert line(out, "half_failed") == [f"half_failed rc={500} unloads=1"]  # CUDA_ERROR_NOT_FOUND
+    sm90 = sum(1 for s in aot.all_specs([90], ns=(2,)))
+    assert line(out, "device70") == [f"device70 rc=0 smem_optins={sm90}"]

@@ -95,21 +95,23 @@ int32_t PHMPluginBase::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* 
     nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
     (void) out;
-    if (nbInputs != mOp.nbInputs || nbOutputs != 1)
-    {
-        std::string const msg = std::string(mOp.name) + " expects " + std::to_string(mOp.nbInputs) + " inputs ("
-            + mOp.inputs + ") and 1 output";
-        logError(msg.c_str());
-        return -1;
-    }
-    auto const& x = in[0].desc.dims;
-    std::string const err = shapeError(in, x.nbDims > 0 ? x.d[x.nbDims - 1] : -1);
-    if (!err.empty())
-    {
-        logError(err.c_str());
-        return -1;
-    }
-    return 0;
+    return guarded(mOp.name, int32_t{-1}, [&]() -> int32_t {
+        if (nbInputs != mOp.nbInputs || nbOutputs != 1)
+        {
+            std::string const msg = std::string(mOp.name) + " expects " + std::to_string(mOp.nbInputs)
+                + " inputs (" + mOp.inputs + ") and 1 output";
+            logError(msg.c_str());
+            return -1;
+        }
+        auto const& x = in[0].desc.dims;
+        std::string const err = shapeError(in, x.nbDims > 0 ? x.d[x.nbDims - 1] : -1);
+        if (!err.empty())
+        {
+            logError(err.c_str());
+            return -1;
+        }
+        return 0;
+    });
 }
 
 std::string PHMPluginBase::projectionShapeError(
@@ -148,6 +150,21 @@ std::string PHMPluginBase::projectionShapeError(
     return {};
 }
 
+bool PHMPluginBase::prepare() noexcept
+{
+    if (mPrepared)
+    {
+        return true;
+    }
+    if (phm_kernels_prepare() != CUDA_SUCCESS)
+    {
+        logError(phm_kernels_last_error());
+        return false;
+    }
+    mPrepared = mDeviceBases->ensure(mCfg.bases);
+    return mPrepared;
+}
+
 int32_t PHMPluginBase::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
     nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
@@ -155,7 +172,10 @@ int32_t PHMPluginBase::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32
     (void) nbInputs;
     (void) out;
     (void) nbOutputs;
-    return 0; // every shape-dependent value is read from the descriptors in enqueue
+    // Every shape-dependent value is read from the descriptors in enqueue. TensorRT calls this before
+    // the enqueues of new shapes, in the builder's timing as in a context, outside stream capture:
+    // the plugin objects the builder times are never attached, so they are prepared here.
+    return prepare() ? 0 : -1;
 }
 
 int32_t PHMPluginBase::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
@@ -163,8 +183,13 @@ int32_t PHMPluginBase::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     cudaStream_t stream) noexcept
 {
     (void) outputDesc;
-    if (!deviceBases())
+    if (!mPrepared)
     {
+        guarded(mOp.name, 0, [&] {
+            logError((std::string(mOp.name) + " enqueued before attachToContext / onShapeChange prepared it: "
+                "enqueue loads, allocates and copies nothing").c_str());
+            return 0;
+        });
         return -1;
     }
     if (launch(inputDesc, inputs, outputs[0], workspace, reinterpret_cast<CUstream>(stream)) != CUDA_SUCCESS)
@@ -197,8 +222,8 @@ nvinfer1::IPluginV3* PHMPluginBase::attachToContext(nvinfer1::IPluginResourceCon
     try
     {
         auto* p = static_cast<PHMPluginBase*>(clone());
-        // Upload the bases now, outside any CUDA graph capture of the context's enqueue.
-        if (p != nullptr && !p->deviceBases())
+        // Load the kernels and upload the bases now, outside any CUDA-graph capture of enqueue.
+        if (p != nullptr && !p->prepare())
         {
             delete p;
             return nullptr;
@@ -214,8 +239,10 @@ nvinfer1::IPluginV3* PHMPluginBase::attachToContext(nvinfer1::IPluginResourceCon
 
 nvinfer1::PluginFieldCollection const* PHMPluginBase::getFieldsToSerialize() noexcept
 {
-    mSerializer.set(mCfg, mOp.isFFN);
-    return mSerializer.collection();
+    return guarded(mOp.name, static_cast<nvinfer1::PluginFieldCollection const*>(nullptr), [&] {
+        mSerializer.set(mCfg, mOp.isFFN);
+        return mSerializer.collection();
+    });
 }
 
 } // namespace phm

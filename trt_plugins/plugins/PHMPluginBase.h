@@ -1,7 +1,8 @@
 /*
  * IPluginV3 code shared by PHMLinear and PHMFFN: capability dispatch, names, fields to serialise,
- * per-context device bases, format rules, output shape and type, configure's input count and
- * enqueue's bases upload and error report. Both ops' inputs are x followed by one (cores, scales,
+ * per-context preparation (kernels loaded, bases on the device: at attachToContext and onShapeChange,
+ * never in enqueue), format rules, output shape and type, configure's input count and enqueue's
+ * error report. Both ops' inputs are x followed by one (cores, scales,
  * bias) triple per projection (spec.py), which is what lets one implementation serve both. A
  * subclass keeps its shape checks (shapeError), its launches (launch) and, for PHMFFN, the workspace.
  */
@@ -113,14 +114,17 @@ protected:
         return nullptr;
     }
 
-    //! Bases on the device for this context (uploads on first use); false if the upload failed.
-    bool deviceBases() noexcept { return mDeviceBases->ensure(mCfg.bases); }
+    //! Everything enqueue needs that is synchronous, done once: the kernels of this device's arch
+    //! loaded (phm_kernels_prepare) and the bases uploaded. Outside enqueue only (CUDA-graph capture
+    //! and --useCudaGraph allow no load, allocation or copy there); false (logged) on failure.
+    bool prepare() noexcept;
     float const* deviceBasesPtr() const { return mDeviceBases->get(); }
     bool quantized() const { return mCfg.wfmt() != PHM_WFMT_FLOAT; }
 
     PHMConfig mCfg;
     PHMOpInfo mOp;
     std::unique_ptr<DeviceBases> mDeviceBases;
+    bool mPrepared{false};
     FieldSerializer mSerializer;
 };
 

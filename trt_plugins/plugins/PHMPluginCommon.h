@@ -9,6 +9,7 @@
 #include "phm_kernels.h"
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,27 @@ constexpr char const* kFIELD_MLP_TYPE = "mlp_type";
 
 //! Logs through the logger TensorRT hands to setLoggerFinder, else to stderr.
 void logError(char const* msg) noexcept;
+
+//! Run `fn` for a noexcept entry point: an exception (a bad_alloc while building a message, say) is
+//! reported through the TensorRT logger as "<what>: <reason>" and `failed` is returned instead of
+//! reaching TensorRT (where it would terminate the process).
+template <typename R, typename F>
+R guarded(char const* what, R failed, F&& fn) noexcept
+{
+    try
+    {
+        return fn();
+    }
+    catch (std::exception const& e)
+    {
+        logError((std::string(what) + ": " + e.what()).c_str());
+    }
+    catch (...)
+    {
+        logError(what);
+    }
+    return failed;
+}
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
 //! The fields of one PHM op, parsed and validated; serialised back with the same names and types.
@@ -68,7 +90,7 @@ private:
     nvinfer1::PluginFieldCollection mFC{};
 };
 
-//! Device copy of the bases, made at attachToContext (or lazily before the first launch).
+//! Device copy of the bases, made when the plugin is prepared (attachToContext, onShapeChange).
 class DeviceBases
 {
 public:

@@ -5,11 +5,14 @@
 
 #include <cuda.h>
 
+#include "phm_kernels.h"  /* PHM_API */
+
 typedef struct {
     __typeof__(&cuGetErrorString) getErrorString;
     __typeof__(&cuCtxGetDevice) ctxGetDevice;
     __typeof__(&cuDeviceGetAttribute) deviceGetAttribute;
     __typeof__(&cuLibraryLoadData) libraryLoadData;
+    __typeof__(&cuLibraryUnload) libraryUnload;
     __typeof__(&cuLibraryGetKernel) libraryGetKernel;
     __typeof__(&cuKernelSetAttribute) kernelSetAttribute;
     __typeof__(&cuLaunchKernel) launchKernel;
@@ -22,7 +25,7 @@ typedef struct {
 extern "C" {
 #endif
 /* Tests only: replace the driver (NULL restores dlopen). Not thread-safe against launches. */
-__attribute__((visibility("default"))) void phm_kernels_set_driver_for_testing(const phm_driver_api* api);
+PHM_API void phm_kernels_set_driver_for_testing(const phm_driver_api* api);
 #ifdef __cplusplus
 }
 #endif

@@ -21,7 +21,11 @@
 extern "C" {
 #endif
 
+#ifdef PHM_KERNELS_HIDDEN  /* inside the plugin libraries: not exported, never interposed */
+#define PHM_API
+#else
 #define PHM_API __attribute__((visibility("default")))
+#endif
 
 typedef enum { PHM_DTYPE_FP32 = 0, PHM_DTYPE_FP16 = 1 } phm_dtype;
 typedef enum { PHM_WFMT_FLOAT = 0, PHM_WFMT_INT8 = 1, PHM_WFMT_INT4 = 2 } phm_wfmt;
@@ -58,6 +62,12 @@ typedef struct {
     phm_wfmt weight_format;
 } phm_gate_up_args;
 
+/* Load every kernel of the current device's arch and raise their shared-memory limit on this device.
+ * Synchronous: call it once per context/device before any launch and outside stream capture (the
+ * plugins call it in attachToContext and onShapeChange). Idempotent and thread-safe. */
+PHM_API CUresult phm_kernels_prepare(void);
+/* Launch on `stream` (nothing else: no load, allocation, copy or synchronisation); a kernel that
+ * phm_kernels_prepare() did not load is CUDA_ERROR_NOT_READY. */
 PHM_API CUresult phm_linear_launch(CUstream stream, const phm_linear_args* args);
 PHM_API CUresult phm_gate_up_launch(CUstream stream, const phm_gate_up_args* args);
 

@@ -1,9 +1,11 @@
 /*
- * Host side of the AOT PHM kernels: resolves the driver, loads each embedded cubin once
- * (cuLibraryLoadData: context-independent, so one handle serves every context and device), picks
- * the specialisation for (arch, dtype, weight format, n, T, B, alignment) with the same rule as
+ * Host side of the AOT PHM kernels: resolves the driver, loads the embedded cubins of the current
+ * device's arch (cuLibraryLoadData: context-independent, so one handle serves every context and
+ * device) and raises their shared-memory limit, in phm_kernels_prepare(); picks the specialisation
+ * for (arch, dtype, weight format, n, T, B, alignment) with the same rule as
  * trt_plugins/kernels/configs.py, computes the grid and launches on the caller's stream.
- * No allocation, synchronisation or host<->device copy happens here: safe inside CUDA graphs.
+ * The launchers load nothing, allocate nothing, synchronise nothing and copy nothing: a kernel that
+ * phm_kernels_prepare() did not load is an error, so a launch is safe inside CUDA-graph capture.
  */
 #include "phm_kernels.h"
 #include "phm_driver.h"
@@ -14,11 +16,11 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PHM_STR_(x) #x
 #define PHM_STR(x) PHM_STR_(x)  /* expands cuda.h's versioned-name macros first */
-#define PHM_MAX_DEVICES 64
 
 static _Thread_local char g_error[512];
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -51,6 +53,7 @@ static const phm_driver_api* driver(void) {
             PHM_RESOLVE(ctxGetDevice, cuCtxGetDevice);
             PHM_RESOLVE(deviceGetAttribute, cuDeviceGetAttribute);
             PHM_RESOLVE(libraryLoadData, cuLibraryLoadData);
+            PHM_RESOLVE(libraryUnload, cuLibraryUnload);
             PHM_RESOLVE(libraryGetKernel, cuLibraryGetKernel);
             PHM_RESOLVE(kernelSetAttribute, cuKernelSetAttribute);
             PHM_RESOLVE(launchKernel, cuLaunchKernel);
@@ -59,7 +62,7 @@ static const phm_driver_api* driver(void) {
             PHM_RESOLVE(memFree, cuMemFree);
 #undef PHM_RESOLVE
             if (g_api.getErrorString && g_api.ctxGetDevice && g_api.deviceGetAttribute &&
-                g_api.libraryLoadData && g_api.libraryGetKernel && g_api.kernelSetAttribute &&
+                g_api.libraryLoadData && g_api.libraryUnload && g_api.libraryGetKernel && g_api.kernelSetAttribute &&
                 g_api.launchKernel && g_api.memAlloc && g_api.memcpyHtoD && g_api.memFree)
                 g_api_state = 1;
         }
@@ -68,37 +71,73 @@ static const phm_driver_api* driver(void) {
     return g_api_state == 1 ? &g_api : NULL;
 }
 
-/* Loaded handles, one per table entry (CUkernel is context-independent). */
+/* Loaded handles, one per table entry (CUkernel is context-independent), allocated on first prepare
+ * with the table's size. Written under g_lock by phm_kernels_prepare only; a launch reads its entry. */
 typedef struct {
     CUlibrary library;
     CUkernel kernel;
-    uint64_t smem_set; /* devices on which the >48 KiB dynamic shared memory opt-in is done */
 } loaded_kernel;
-static loaded_kernel g_loaded[4096];
+static loaded_kernel* g_loaded;
 
-static CUresult load(const phm_driver_api* api, int index, CUdevice dev, CUkernel* out) {
-    CUresult rc = CUDA_SUCCESS;
+static CUresult driver_fail(const phm_driver_api* api, CUresult rc, const char* what, const char* symbol) {
+    const char* s = NULL;
+    api->getErrorString(rc, &s);
+    return fail(rc, "%s %s failed: %s", what, symbol, s ? s : "?");
+}
+
+/* Load entry `index` (once) and give it the device's dynamic shared memory; a half-done load (the
+ * library loaded, its kernel not found) unloads what it loaded. Called with g_lock held. */
+static CUresult load(const phm_driver_api* api, int index, CUdevice dev) {
     const phm_kernel_image* img = phm_kernel_table[index].image;
-    pthread_mutex_lock(&g_lock);
     loaded_kernel* lk = &g_loaded[index];
+    CUresult rc;
     if (!lk->kernel) {
-        rc = api->libraryLoadData(&lk->library, img->image, NULL, NULL, 0, NULL, NULL, 0);
-        if (rc == CUDA_SUCCESS) rc = api->libraryGetKernel(&lk->kernel, lk->library, img->entry);
-        if (rc != CUDA_SUCCESS) lk->kernel = NULL;
+        CUlibrary library = NULL;
+        rc = api->libraryLoadData(&library, img->image, NULL, NULL, 0, NULL, NULL, 0);
+        if (rc != CUDA_SUCCESS) return driver_fail(api, rc, "loading", img->symbol);
+        rc = api->libraryGetKernel(&lk->kernel, library, img->entry);
+        if (rc != CUDA_SUCCESS) {
+            lk->kernel = NULL;
+            api->libraryUnload(library);
+            return driver_fail(api, rc, "finding the kernel of", img->symbol);
+        }
+        lk->library = library;
     }
-    if (rc == CUDA_SUCCESS && img->shared > 49152 && dev < PHM_MAX_DEVICES &&
-        !(lk->smem_set & (1ull << dev))) {
-        rc = api->kernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, img->shared,
-                                     lk->kernel, dev);
-        if (rc == CUDA_SUCCESS) lk->smem_set |= 1ull << dev;
+    /* per device (any number of them), idempotent: cheap to repeat on every prepare */
+    if (img->shared > 49152) {
+        rc = api->kernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, img->shared, lk->kernel, dev);
+        if (rc != CUDA_SUCCESS) return driver_fail(api, rc, "raising the shared memory of", img->symbol);
     }
-    *out = lk->kernel;
+    return CUDA_SUCCESS;
+}
+
+/* The driver and the current context's device and arch (sm = major * 10 + minor). */
+static CUresult current_device(const phm_driver_api** api, CUdevice* dev, int* sm) {
+    int major = 0, minor = 0;
+    *api = driver();
+    if (!*api) return fail(CUDA_ERROR_NOT_INITIALIZED, "%s", "libcuda.so.1 could not be loaded");
+    CUresult rc = (*api)->ctxGetDevice(dev);
+    if (rc == CUDA_SUCCESS) rc = (*api)->deviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, *dev);
+    if (rc == CUDA_SUCCESS) rc = (*api)->deviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, *dev);
+    if (rc != CUDA_SUCCESS) return fail(rc, "%s", "no current CUDA context / device query failed");
+    *sm = major * 10 + minor;
+    return CUDA_SUCCESS;
+}
+
+CUresult phm_kernels_prepare(void) {
+    const phm_driver_api* api;
+    CUdevice dev;
+    int sm;
+    CUresult rc = current_device(&api, &dev, &sm);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (!phm_kernels_have_arch(sm))
+        return fail(CUDA_ERROR_NO_BINARY_FOR_GPU, "no PHM kernel compiled for sm_%d (rebuild with --arch sm_%d)", sm, sm);
+    pthread_mutex_lock(&g_lock);
+    if (!g_loaded) g_loaded = (loaded_kernel*)calloc((size_t)phm_kernel_table_size, sizeof *g_loaded);
+    if (!g_loaded) rc = fail(CUDA_ERROR_OUT_OF_MEMORY, "%s", "no host memory for the kernel handles");
+    for (int i = 0; rc == CUDA_SUCCESS && i < phm_kernel_table_size; ++i)
+        if (phm_kernel_table[i].sm == sm) rc = load(api, i, dev);
     pthread_mutex_unlock(&g_lock);
-    if (rc != CUDA_SUCCESS) {
-        const char* s = NULL;
-        api->getErrorString(rc, &s);
-        snprintf(g_error, sizeof g_error, "loading %s failed: %s", img->symbol, s ? s : "?");
-    }
     return rc;
 }
 
@@ -148,15 +187,11 @@ static CUresult launch(CUstream stream, int family, int dtype, int wfmt, int n, 
     if (wfmt == PHM_WFMT_INT4 && (group_size <= 0 || group_size % 2 || k % group_size))
         return fail(CUDA_ERROR_INVALID_VALUE, "%s", "int4 group_size must be even and divide k");
     if (tokens == 0) return CUDA_SUCCESS;
-    const phm_driver_api* api = driver();
-    if (!api) return fail(CUDA_ERROR_NOT_INITIALIZED, "%s", "libcuda.so.1 could not be loaded");
+    const phm_driver_api* api;
     CUdevice dev;
-    int major = 0, minor = 0;
-    CUresult rc = api->ctxGetDevice(&dev);
-    if (rc == CUDA_SUCCESS) rc = api->deviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
-    if (rc == CUDA_SUCCESS) rc = api->deviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
-    if (rc != CUDA_SUCCESS) return fail(rc, "%s", "no current CUDA context / device query failed");
-    int sm = major * 10 + minor;
+    int sm;
+    CUresult rc = current_device(&api, &dev, &sm);
+    if (rc != CUDA_SUCCESS) return rc;
     int config = select_config(tokens, n, num_bases);
     int idx = find_entry(family, sm, dtype, wfmt, n, config, aligned);
     if (idx < 0 && aligned) idx = find_entry(family, sm, dtype, wfmt, n, config, 0);
@@ -168,9 +203,11 @@ static CUresult launch(CUstream stream, int family, int dtype, int wfmt, int n, 
     const phm_kernel_image* img = phm_kernel_table[idx].image;
     const phm_tile_config* tc = tile_config(n, config);
     if (!tc || img->num_params != nparams + 2) return fail(CUDA_ERROR_INVALID_IMAGE, "%s", "kernel table mismatch");
-    CUkernel kernel;
-    rc = load(api, idx, dev, &kernel);
-    if (rc != CUDA_SUCCESS) return rc;
+    CUkernel kernel = g_loaded ? g_loaded[idx].kernel : NULL;
+    if (!kernel)
+        return fail(CUDA_ERROR_NOT_READY, "%s is not loaded: phm_kernels_prepare() must run first, outside "
+                    "stream capture (the plugins do it when attached to a context and on a shape change)",
+                    img->symbol);
     CUdeviceptr global_scratch = 0, profile_scratch = 0; /* Triton's trailing scratch params */
     void* args[40];
     for (int i = 0; i < nparams; ++i) args[i] = params[i];
