@@ -356,7 +356,7 @@ def table(rows: list[dict]) -> str:
 
 def image_table(rows: list[dict]) -> str:
     """phm-run --image on the VLM shapes: one line per photo."""
-    lines = ["| shape | photo (w × h) | HF processor grid | image tokens: HF / phm-run | prefill | phm-run peak RSS |",
+    lines = ["| shape | photo (w × h) | HF processor grid | image tokens: HF / phm-run | prefill (vision + prompt) | phm-run peak RSS |",
              "|---|---|---|---:|---:|---:|"]
     for r in rows:
         for im in r.get("images", []):
