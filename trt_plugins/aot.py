@@ -190,8 +190,8 @@ def _worker_main() -> None:
     pickle.dump(results, sys.stdout.buffer)
 
 
-def _run_chunk(chunk: list[KernelSpec]) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def _run_chunk(chunk: list[KernelSpec], toolchain_env: dict) -> list[dict]:
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **toolchain_env}
     proc = subprocess.run([sys.executable, "-c", "from phm.trt_plugins.aot import _worker_main; "
                            "_worker_main()"], input=pickle.dumps(chunk), capture_output=True, env=env)
     if proc.returncode != 0:
@@ -199,15 +199,17 @@ def _run_chunk(chunk: list[KernelSpec]) -> list[dict]:
     return pickle.loads(proc.stdout)
 
 
-def compile_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict]:
+def compile_specs(specs: list[KernelSpec], jobs: int | None = None, toolchain=None) -> list[dict]:
     """Compile in `jobs` worker subprocesses (fresh interpreters: no TRITON_INTERPRET, no fork of
-    the caller's state); results in the order of `specs`. RuntimeError names failed kernels."""
+    the caller's state) with `toolchain`'s ptxas (toolchain.Toolchain; None: Triton's choice);
+    results in the order of `specs`. RuntimeError names failed kernels."""
     if not specs:
         return []
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(specs)))
     chunks = [specs[i::jobs] for i in range(jobs)]
+    env = toolchain.env() if toolchain is not None else {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        chunk_results = list(pool.map(_run_chunk, chunks))
+        chunk_results = list(pool.map(lambda chunk: _run_chunk(chunk, env), chunks))
     by_symbol = {r["symbol"]: r for rs in chunk_results for r in rs}
     errors = [f"{sym}: {r['error']}" for sym, r in by_symbol.items() if "error" in r]
     if errors:
@@ -215,13 +217,14 @@ def compile_specs(specs: list[KernelSpec], jobs: int | None = None) -> list[dict
     return [by_symbol[s.symbol] for s in specs]
 
 
-def source_fingerprint() -> str:
-    """Hash of everything a cubin depends on: kernel sources, tile configs, Triton version."""
+def source_fingerprint(toolchain_key: str = "") -> str:
+    """Hash of everything a cubin depends on: kernel sources, tile configs, Triton version and the
+    ptxas of each arch (`toolchain_key`: toolchain.Toolchain.fingerprint)."""
     import hashlib
 
     import triton
 
-    h = hashlib.sha256(triton.__version__.encode())
+    h = hashlib.sha256(triton.__version__.encode() + toolchain_key.encode())
     kdir = Path(__file__).resolve().parent / "kernels"
     for name in ("phm_linear.py", "phm_ffn.py", "configs.py"):
         h.update((kdir / name).read_bytes())
@@ -229,9 +232,9 @@ def source_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def cached_results(specs: list[KernelSpec], out_dir: Path) -> bool:
+def cached_results(specs: list[KernelSpec], out_dir: Path, toolchain_key: str = "") -> bool:
     """True when out_dir already holds sources generated for exactly these specs from the current
-    kernel sources (phm-build-plugins then skips the compile)."""
+    kernel sources by the same ptxas (phm-build-plugins then skips the compile)."""
     manifest = out_dir / "manifest.json"
     if not manifest.is_file():
         return False
@@ -239,7 +242,7 @@ def cached_results(specs: list[KernelSpec], out_dir: Path) -> bool:
         data = json.loads(manifest.read_text())
     except ValueError:
         return False
-    return (data.get("fingerprint") == source_fingerprint()
+    return (data.get("fingerprint") == source_fingerprint(toolchain_key)
             and [k["symbol"] for k in data.get("kernels", [])] == [s.symbol for s in specs]
             and all((out_dir / f"img_{s.symbol}.c").is_file() for s in specs))
 
@@ -258,8 +261,10 @@ def _write_atomic(path: Path, text: str) -> None:
     path.chmod(0o644)  # mkstemp makes files private; generated sources are ordinary files
 
 
-def write_sources(specs: list[KernelSpec], results: list[dict], out_dir: Path) -> list[Path]:
-    """Write img_*.c, phm_kernel_table.c, sources.cmake, manifest.json; returns the .c files."""
+def write_sources(specs: list[KernelSpec], results: list[dict], out_dir: Path, toolchain_key: str = "",
+                  toolchain_report: dict | None = None) -> list[Path]:
+    """Write img_*.c, phm_kernel_table.c, sources.cmake, manifest.json (with the toolchain's report:
+    ptxas, CUDA and PTX ISA versions per arch); returns the .c files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files, entries, manifest = [], [], []
     for spec, res in zip(specs, results):
@@ -302,5 +307,6 @@ def write_sources(specs: list[KernelSpec], results: list[dict], out_dir: Path) -
     _write_atomic(out_dir / "sources.cmake", "set(PHM_GENERATED_SOURCES\n"
                   + "\n".join(f"    ${{CMAKE_CURRENT_LIST_DIR}}/{p.name}" for p in files) + "\n)\n")
     _write_atomic(out_dir / "manifest.json", json.dumps(
-        {"format_version": 1, "fingerprint": source_fingerprint(), "kernels": manifest}, indent=1))
+        {"format_version": 1, "fingerprint": source_fingerprint(toolchain_key), "toolchain": toolchain_report or {},
+         "kernels": manifest}, indent=1))
     return files

@@ -30,6 +30,7 @@ import click
 from phm.common.cliutil import OneLineCommand
 from phm.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, check_apart, output_lock
 from phm.trt_plugins import aot
+from phm.trt_plugins.toolchain import Toolchain, check_driver, parse_cuda_version
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class BuildConfig:
     tensorrt_root: Path | None = None
     jobs: int | None = None
     tensorrt_lib: Path | None = None  # libnvinfer.so.10 (or its dir) to link the plugin libraries
+    cuda_home: Path | None = None     # the target's CUDA toolkit: its bin/ptxas assembles every arch
+    driver_cuda: str | None = None    # the target driver's CUDA version (JetPack 6: 12.6): refuse what it cannot load
     cmake: str = "cmake"
 
     def __post_init__(self):
@@ -67,6 +70,7 @@ class BuildResult:
     tensorrt_include: Path | None = None
     tensorrt_version: str | None = None
     tensorrt_library: Path | None = None
+    toolchain: dict = field(default_factory=dict)  # per arch: ptxas, CUDA, PTX ISA, oldest driver
     skipped: list[str] = field(default_factory=list)
 
 
@@ -135,11 +139,12 @@ def _run(cmd: list[str], what: str) -> None:
         raise BuildError(f"{what} failed:\n" + "\n".join(tail))
 
 
-def write_generated(specs: list, results: list[dict], gen: Path) -> None:
+def write_generated(specs: list, results: list[dict], gen: Path, toolchain_key: str = "",
+                    toolchain_report: dict | None = None) -> None:
     """generated/ as one atomic dir swap: a failed write (disk full, read-only) leaves the previous
     complete sources, never a mix or a `.c.tmp`."""
     with atomic_dir(gen, overwrite=True) as tmp:
-        aot.write_sources(specs, results, tmp)
+        aot.write_sources(specs, results, tmp, toolchain_key, toolchain_report)
         tmp.chmod(0o755)
 
 
@@ -157,15 +162,23 @@ def build_plugins(cfg: BuildConfig) -> BuildResult:
 
 def _build_plugins(cfg: BuildConfig) -> BuildResult:
     aot.check_triton()
+    toolchain = Toolchain(cfg.cuda_home)
+    report = toolchain.report(cfg.archs)  # ValueError where a ptxas does not run
+    if cfg.driver_cuda is not None:
+        check_driver(report, cfg.driver_cuda)  # before any compile
+    for arch, r in report.items():
+        log.info("%s: ptxas %s (%s), PTX ISA %s; loads on CUDA ≥ %s drivers", arch, r["cuda"], r["ptxas"],
+                 r["ptx_isa"], r["min_driver_cuda"])
     specs = aot.all_specs(cfg.archs)
     gen = cfg.out_dir / "generated"
-    if aot.cached_results(specs, gen):
-        log.info("reusing %d kernels in %s (kernel sources unchanged)", len(specs), gen)
+    key = toolchain.fingerprint(cfg.archs)
+    if aot.cached_results(specs, gen, key):
+        log.info("reusing %d kernels in %s (kernel sources and ptxas unchanged)", len(specs), gen)
     else:
         log.info("compiling %d kernel specialisations for %s", len(specs),
                  ", ".join(f"sm_{a}" for a in cfg.archs))
-        write_generated(specs, aot.compile_specs(specs, cfg.jobs), gen)
-    result = BuildResult(kernels=len(specs), generated_dir=gen)
+        write_generated(specs, aot.compile_specs(specs, cfg.jobs, toolchain), gen, key, report)
+    result = BuildResult(kernels=len(specs), generated_dir=gen, toolchain=report)
 
     cmake = shutil.which(cfg.cmake)
     if cmake is None:
@@ -203,7 +216,8 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
         result.libraries.append(lib_dir / name)
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     info["libraries"] = [str(p) for p in result.libraries]
-    info.update(format_version=1, archs=[f"sm_{a}" for a in cfg.archs], host=platform.machine())
+    info.update(format_version=1, archs=[f"sm_{a}" for a in cfg.archs], host=platform.machine(),
+                driver_cuda=cfg.driver_cuda)
     atomic_write_text(cfg.out_dir / "build_info.json", json.dumps(info, indent=1)).chmod(0o644)
     return result
 
@@ -218,12 +232,21 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
 @click.option("--tensorrt-lib", type=click.Path(exists=True, path_type=Path), default=None,
               help="libnvinfer.so.10 (or its dir) the plugin libraries link (default: the TensorRT root's lib/, "
                    "the tensorrt_libs wheel, the system lib dirs)")
+@click.option("--cuda-home", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="the target's CUDA toolkit: its bin/ptxas assembles every arch (on the Jetson: "
+                   "/usr/local/cuda-12.6) [default: Triton's bundled ptxas, CUDA 12.9 / 13.x]")
+@click.option("--driver-cuda", default=None, metavar="X.Y",
+              help="CUDA version of the target's driver (JetPack 6: 12.6): refuse cubins it cannot load")
 @click.option("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: all CPUs)")
-def main(arch: str, out_dir: Path, tensorrt_root: Path | None, tensorrt_lib: Path | None, jobs: int | None) -> None:
+def main(arch: str, out_dir: Path, tensorrt_root: Path | None, tensorrt_lib: Path | None, cuda_home: Path | None,
+         driver_cuda: str | None, jobs: int | None) -> None:
     """AOT-compile the PHM Triton kernels to cubins + C launchers and build the TensorRT plugins."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = BuildConfig(aot.parse_archs(arch), out_dir, tensorrt_root, jobs, tensorrt_lib=tensorrt_lib)
+        if driver_cuda is not None:
+            parse_cuda_version(driver_cuda)
+        cfg = BuildConfig(aot.parse_archs(arch), out_dir, tensorrt_root, jobs, tensorrt_lib=tensorrt_lib,
+                          cuda_home=cuda_home, driver_cuda=driver_cuda)
         res = build_plugins(cfg)
     except (ValueError, BuildError, RuntimeError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -392,6 +392,15 @@ CASES = {
                                                  f"cannot write {d}/out/art: {d}/out is a file, not a directory"),
     "build-plugins-out-is-the-plugin-sources": lambda i, d: Case(
         ["phm-build-plugins", "--arch", "sm_87", "--out", _plugin_sources()], "is the plugin sources"),
+    "build-plugins-driver-older-than-ptxas": lambda i, d: Case(
+        ["phm-build-plugins", "--arch", "sm_87", "--driver-cuda", "11.4", "--out", d / "out"],
+        "which a CUDA 11.4 driver cannot load: build with the target's own toolkit"),
+    "build-plugins-driver-cuda-not-a-version": lambda i, d: Case(
+        ["phm-build-plugins", "--arch", "sm_87", "--driver-cuda", "latest", "--out", d / "out"],
+        "a CUDA version is MAJOR.MINOR (e.g. 12.6), got 'latest'"),
+    "build-plugins-cuda-home-without-ptxas": lambda i, d: Case(
+        ["phm-build-plugins", "--arch", "sm_87", "--cuda-home", _empty_dir(d), "--out", d / "out"],
+        "no runnable ptxas at"),
     "build-plugins-out-inside-tensorrt-root": lambda i, d: Case(
         ["phm-build-plugins", "--arch", "sm_87", "--tensorrt-root", _calib_dir(d), "--out", d / "calib" / "build"],
         "lies inside the TensorRT root"),

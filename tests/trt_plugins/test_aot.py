@@ -109,3 +109,21 @@ def test_c_dispatch_matches_python(tmp_path):
     assert out[:-2] == expected
     assert out[-2].startswith("209 ") and "sm_89" in out[-2]       # CUDA_ERROR_NO_BINARY_FOR_GPU
     assert out[-1].startswith("1 ") and "group_size" in out[-1]    # CUDA_ERROR_INVALID_VALUE
+
+
+@needs_cc
+def test_cuda_home_ptxas_assembles_the_cubins(tmp_path):
+    """--cuda-home's ptxas really assembles the kernels: the PTX ISA follows that toolkit (CUDA 13.0
+    here: 9.0) instead of Triton's bundled ptxas (12.9 for sm_87: 8.8)."""
+    from phm.trt_plugins.toolchain import Toolchain, ptx_isa
+
+    home = Path("/usr/local/cuda")
+    if not (home / "bin" / "ptxas").exists():
+        pytest.skip("needs a CUDA toolkit at /usr/local/cuda")
+    tc = Toolchain(home)
+    cuda = tc.report([87])["sm_87"]["cuda"]
+    c = configs.configs_for(2)[0]
+    spec = aot.KernelSpec("phm_linear", 87, "fp16", "float", 2, c, True)
+    res = aot.compile_specs([spec], jobs=1, toolchain=tc)[0]
+    assert res["cubin"][:4] == b"\x7fELF" and res["ptx_version"] == ptx_isa(cuda)
+    assert aot.compile_specs([spec], jobs=1)[0]["ptx_version"] == ptx_isa(Toolchain().report([87])["sm_87"]["cuda"])

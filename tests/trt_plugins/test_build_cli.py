@@ -67,3 +67,50 @@ def test_kernel_parameters_must_match_the_launcher():
     for wrong in (3, 3 + aot.SCRATCH_PARAMS + 1):
         with pytest.raises(RuntimeError, match="k: the compiled kernel takes"):
             aot.check_launch_abi("k", wrong, signature)
+
+
+def _fake_cuda_home(root, release: str):
+    """A CUDA toolkit dir whose bin/ptxas reports `release` (what --cuda-home reads before compiling)."""
+    ptxas = root / "bin" / "ptxas"
+    ptxas.parent.mkdir(parents=True)
+    ptxas.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.0'\n")
+    ptxas.chmod(0o755)
+    return root
+
+
+def test_toolchain_report_per_arch(tmp_path, monkeypatch):
+    """Triton's own choice differs per arch (ptxas below sm_90, ptxas-blackwell from sm_90 on); a
+    --cuda-home toolkit assembles every arch, and its PTX ISA follows Triton's rule."""
+    from phm.trt_plugins.toolchain import Toolchain, ptx_isa
+
+    for var in ("TRITON_PTXAS_PATH", "TRITON_PTXAS_BLACKWELL_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    bundled = Toolchain().report([87, 90])
+    assert bundled["sm_87"]["ptxas"].endswith("/ptxas") and bundled["sm_90"]["ptxas"].endswith("/ptxas-blackwell")
+    for r in bundled.values():
+        assert r["ptx_isa"] == ptx_isa(r["cuda"]) and r["min_driver_cuda"] == r["cuda"]
+    assert (ptx_isa("12.6"), ptx_isa("12.9"), ptx_isa("13.0"), ptx_isa("12.4")) == ("8.5", "8.8", "9.0", "8.4")
+    home = _fake_cuda_home(tmp_path / "cuda-12.6", "12.6")
+    tc = Toolchain(home)
+    report = tc.report([87, 90])
+    assert {r["cuda"] for r in report.values()} == {"12.6"} and report["sm_90"]["ptx_isa"] == "8.5"
+    assert set(tc.env().values()) == {str(home / "bin" / "ptxas")}
+    assert tc.fingerprint([87]) != Toolchain().fingerprint([87])  # cached cubins are per ptxas
+
+
+def test_driver_too_old_is_refused_before_any_compile(tmp_path, monkeypatch):
+    """JetPack 6's CUDA 12.6 driver cannot load cubins from the bundled ptxas (12.9): one line naming
+    the fix, nothing compiled; the target's own toolkit passes the check."""
+    from phm.trt_plugins.toolchain import Toolchain, check_driver
+
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    res = CliRunner().invoke(main, ["--arch", "sm_87", "--driver-cuda", "12.6", "--out", str(tmp_path / "out")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert "sm_87 cubins would be assembled by ptxas 12.9" in res.output and "--cuda-home /usr/local/cuda-12.6" in res.output
+    assert not (tmp_path / "out" / "generated").exists()
+    check_driver(Toolchain(_fake_cuda_home(tmp_path / "cuda", "12.6")).report([87, 90]), "12.6")
+    for bad in (["--driver-cuda", "twelve"], ["--cuda-home", str(tmp_path / "out")]):
+        (tmp_path / "out").mkdir(exist_ok=True)
+        res = CliRunner().invoke(main, ["--arch", "sm_87", *bad, "--out", str(tmp_path / "o2")])
+        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
