@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Toolchain", "check_driver", "parse_cuda_version", "ptx_isa"]
+__all__ = ["Toolchain", "check_driver", "parse_cuda_version", "ptx_isa", "ptxas_version"]
 
 ENV = {False: "TRITON_PTXAS_PATH", True: "TRITON_PTXAS_BLACKWELL_PATH"}    # keyed by arch >= 90
 BUNDLED = {False: "ptxas", True: "ptxas-blackwell"}
@@ -55,7 +55,8 @@ def ptx_isa(cuda: str) -> str:
 
 
 @lru_cache
-def _version(path: str) -> str | None:
+def ptxas_version(path: str) -> str | None:
+    """The CUDA release of the ptxas at `path` ("12.6"), or None where it does not run."""
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -87,7 +88,7 @@ class Toolchain:
             blackwell = arch >= 90
             path = os.environ.get(ENV[blackwell]) or ((_bundled_dir() or Path(".")) / BUNDLED[blackwell])
             what = f"${ENV[blackwell]}" if os.environ.get(ENV[blackwell]) else "Triton's bundled ptxas"
-        version = _version(str(path))
+        version = ptxas_version(str(path))
         if version is None:
             raise ValueError(f"{what}: no runnable ptxas at {path} (`ptxas --version` failed)")
         return str(path), version

@@ -199,6 +199,11 @@ extern "C" TENSORRTAPI IPluginRegistry* getPluginRegistry() noexcept
     return none != nullptr && none[0] == '1' ? nullptr : &registry();
 }
 
+extern "C" TENSORRTAPI int32_t getInferLibVersion() noexcept
+{
+    return NV_TENSORRT_MAJOR * 10000 + NV_TENSORRT_MINOR * 100 + NV_TENSORRT_PATCH; // as libnvinfer reports its own
+}
+
 extern "C" TENSORRTAPI ILogger* getLogger() noexcept
 {
     return &gLogger;
