@@ -168,13 +168,36 @@ def _compile_one(spec: KernelSpec) -> dict:
     ptx = compiled.asm["ptx"]
     entry = re.search(r"\.entry\s+(\w+)\s*\((.*?)\)", ptx, re.S)
     check_launch_abi(spec.symbol, entry.group(2).count(".param"), signature)
+    ptx_target = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
     return {
         "symbol": spec.symbol, "entry": entry.group(1), "num_params": entry.group(2).count(".param"),
         "cubin": compiled.asm["cubin"], "shared": int(md.shared),
         "threads": int(md.num_warps) * 32,
         "ptx_version": re.search(r"^\.version\s+(\S+)", ptx, re.M).group(1),
-        "ptx_target": re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1),
+        "ptx_target": ptx_target,
+        **resource_usage(ptx, ptx_target, spec.sm),
     }
+
+
+def resource_usage(ptx: str, target: str, sm: int) -> dict:
+    """Registers, spill stores/loads and stack bytes per thread of one kernel: what `ptxas -v` reports
+    when it assembles the PTX for `target` (the ptxas Triton used for sm_`sm`)."""
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        log = subprocess.run([get_ptxas(sm).path, "-v", f"--gpu-name={target}", str(src), "-o", str(Path(d) / "k.o")],
+                             capture_output=True, text=True).stderr
+
+    def number(pattern: str) -> int:
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else 0
+
+    return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
+            "spill_loads": number(r"(\d+) bytes spill loads"), "stack": number(r"(\d+) bytes stack frame")}
 
 
 def _worker_main() -> None:

@@ -5,6 +5,8 @@
     out/lib/libphm_trt_plugins.so, libphm_trt_plugins_dyn.so          (where TensorRT headers and
                                                                       libnvinfer.so.10 exist)
     out/build_info.json                                              what was built and skipped
+    out/resource_usage.md                                            per kernel: registers, spills, stack,
+                                                                     shared memory (ptxas -v)
 
 TensorRT headers are looked up in --tensorrt-root / $TENSORRT_ROOT, then the standard install
 paths (Debian/JetPack: /usr/include/<triple>); libnvinfer.so.10, which the plugin libraries link
@@ -160,6 +162,27 @@ def build_plugins(cfg: BuildConfig) -> BuildResult:
         return _build_plugins(cfg)
 
 
+def resource_table(kernels: list[dict]) -> str:
+    """Markdown table of the kernels' resource usage (generated/manifest.json's entries)."""
+    lines = ["| kernel | registers | spill stores / loads (bytes) | stack (bytes) | shared (bytes) | threads |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for k in kernels:
+        lines.append(f"| {k['symbol']} | {k.get('registers', '?')} | {k.get('spill_stores', '?')} / "
+                     f"{k.get('spill_loads', '?')} | {k.get('stack', '?')} | {k['shared']} | {k['threads']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _report_resources(gen: Path, out_dir: Path) -> None:
+    """out/resource_usage.md from generated/manifest.json, and the spilling kernels in the log."""
+    kernels = json.loads((gen / "manifest.json").read_text())["kernels"]
+    atomic_write_text(out_dir / "resource_usage.md", "# PHM kernels: resource usage (ptxas -v)\n\n"
+                      + resource_table(kernels)).chmod(0o644)
+    spilling = [k["symbol"] for k in kernels if k.get("spill_stores") or k.get("spill_loads")]
+    log.info("resource usage: %d kernels, %d spill registers%s (%s)", len(kernels), len(spilling),
+             f": {', '.join(spilling[:5])}{' …' if len(spilling) > 5 else ''}" if spilling else "",
+             out_dir / "resource_usage.md")
+
+
 def _build_plugins(cfg: BuildConfig) -> BuildResult:
     aot.check_triton()
     toolchain = Toolchain(cfg.cuda_home)
@@ -179,6 +202,7 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
                  ", ".join(f"sm_{a}" for a in cfg.archs))
         write_generated(specs, aot.compile_specs(specs, cfg.jobs, toolchain), gen, key, report)
     result = BuildResult(kernels=len(specs), generated_dir=gen, toolchain=report)
+    _report_resources(gen, cfg.out_dir)
 
     cmake = shutil.which(cfg.cmake)
     if cmake is None:

@@ -127,3 +127,19 @@ def test_cuda_home_ptxas_assembles_the_cubins(tmp_path):
     res = aot.compile_specs([spec], jobs=1, toolchain=tc)[0]
     assert res["cubin"][:4] == b"\x7fELF" and res["ptx_version"] == ptx_isa(cuda)
     assert aot.compile_specs([spec], jobs=1)[0]["ptx_version"] == ptx_isa(Toolchain().report([87])["sm_87"]["cuda"])
+
+
+@needs_cc
+def test_gemv_and_decode_kernels_do_not_spill_on_orin():
+    """Every gemv and decode specialisation for sm_87 (the weight-streaming kernels of a decode step)
+    assembles without register spills; the resource report's numbers come from ptxas -v."""
+    from phm.trt_plugins.build import resource_table
+
+    specs = [s for s in aot.all_specs([87]) if s.config.name in ("gemv", "decode")]
+    results = aot.compile_specs(specs, jobs=2)
+    spilling = [(s.symbol, r["spill_stores"], r["spill_loads"]) for s, r in zip(specs, results)
+                if r["spill_stores"] or r["spill_loads"]]
+    assert not spilling
+    assert all(0 < r["registers"] <= 255 for r in results)
+    table = resource_table([{k: v for k, v in r.items() if k != "cubin"} for r in results])
+    assert len(table.splitlines()) == 2 + len(specs) and specs[0].symbol in table
