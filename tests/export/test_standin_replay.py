@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt_plugins"))
-from standin_kit import (AVAILABLE, MISSING, cmake_plugins, fake_libcuda, replay_host,  # noqa: E402
-                         stub_nvinfer, write_replay)
+from standin_kit import AVAILABLE, MISSING, build_standin, fake_libcuda, replay_host, write_replay  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=MISSING)
 TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "int8": 5e-3}  # of the output's max |reference|
@@ -26,10 +25,8 @@ TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "int8": 5e-3}  # of the output's max |r
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
     root = tmp_path_factory.mktemp("standin-replay")
-    nvinfer = stub_nvinfer(root / "stub")
-    proc = cmake_plugins(root, nvinfer)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return {"host": replay_host(root, nvinfer), "lib": root / "build" / "libphm_trt_plugins.so",
+    built = build_standin(root)
+    return {"host": replay_host(root, built["nvinfer"]), "lib": built["phm_trt_plugins"],
             "cuda": fake_libcuda(root / "cuda").parent}
 
 

@@ -166,3 +166,14 @@ def write_replay(trt_onnx: Path, out: Path, tokens: int, tolerance: float, swap:
     path = out / "replay.txt"
     path.write_text("\n".join(lines) + "\n")
     return path, count
+
+
+def build_standin(root: Path) -> dict:
+    """The stub libnvinfer and the plugin libraries built against it under `root`:
+    {"nvinfer", "phm_trt_plugins", "phm_trt_plugins_dyn", "phm_kernels": paths}."""
+    nvinfer = stub_nvinfer(root / "stub")
+    proc = cmake_plugins(root, nvinfer)
+    if proc.returncode != 0:
+        raise AssertionError((proc.stdout + proc.stderr)[-4000:])
+    libs = {name: root / "build" / f"lib{name}.so" for name in ("phm_trt_plugins", "phm_trt_plugins_dyn", "phm_kernels")}
+    return {"nvinfer": nvinfer, **libs}

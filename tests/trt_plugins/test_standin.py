@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 import pytest
-from standin_kit import AVAILABLE, MISSING, cmake_plugins, host_program, stub_nvinfer
+from standin_kit import AVAILABLE, MISSING, build_standin, cmake_plugins, host_program
 
 from phm.trt_plugins import spec
 
@@ -29,11 +29,8 @@ EXPECTED = sorted(f"{op.op_type}/{spec.PLUGIN_VERSION}/{spec.PLUGIN_NAMESPACE}" 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("standin")
-    nvinfer = stub_nvinfer(root / "stub")
-    proc = cmake_plugins(root, nvinfer)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    libs = {name: root / "build" / f"lib{name}.so" for name in ("phm_trt_plugins", "phm_trt_plugins_dyn", "phm_kernels")}
-    return {"nvinfer": nvinfer, "host": host_program(root, nvinfer), **libs}
+    built = build_standin(root)
+    return {"host": host_program(root, built["nvinfer"]), **built}
 
 
 def _registered(line: str) -> list[str]:
