@@ -1,5 +1,6 @@
 """TensorRT stand-in replay: every PHM node of real exported TensorRT twin graphs (fp32, fp16 and
-INT8 decoders; PHMFFN swiglu and plain; PHMLinear of a Qwen2-VL vision tower) goes through what
+INT8 decoders; PHMFFN swiglu and plain; PHMLinear of a Qwen2-VL vision tower, PHMFFN swiglu with
+biases of a Qwen2.5-VL one in fp16) goes through what
 TensorRT's ONNX parser, builder and runtime do with it (creator lookup, fields from the node's
 attributes, capabilities, output types and dynamic shapes, format negotiation, configure, workspace,
 serialize → deserialize, attach, shape change, enqueue), with the plugin library loaded as trtexec
@@ -40,7 +41,7 @@ def _replay(standin, description):
 
 CASES = [("llama", "decoder", {}, "fp32"), ("llama", "decoder", {"fp16": True}, "fp16"),
          ("llama", "decoder", {"int8": True}, "int8"), ("gpt2", "decoder", {}, "fp32"),
-         ("qwen2_vl", "vision", {}, "fp32")]
+         ("qwen2_vl", "vision", {}, "fp32"), ("qwen2_5_vl", "vision", {"fp16": True}, "fp16")]
 
 
 @pytest.mark.parametrize("arch,kind,cfg,precision", CASES, ids=[f"{a}-{k}-{p}" for a, k, _, p in CASES])

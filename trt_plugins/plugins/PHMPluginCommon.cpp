@@ -5,6 +5,10 @@
 #include <mutex>
 #include <stdexcept>
 
+// libnvinfer's global logger (NvInferRuntime.h), weak: the plugin libraries link libnvinfer and get
+// it; a host that compiles the plugin sources without libnvinfer (the tests' harness) gets null.
+#pragma weak getLogger
+
 namespace phm
 {
 namespace
@@ -54,6 +58,11 @@ void logError(char const* msg) noexcept
         {
             logger = gLoggerFinder->findLogger();
         }
+    }
+    if (logger == nullptr && &getLogger != nullptr)
+    {
+        // no finder yet (static registration runs before TensorRT hands one out): TensorRT's own logger
+        logger = getLogger();
     }
     if (logger != nullptr)
     {
