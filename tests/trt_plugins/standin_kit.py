@@ -60,7 +60,8 @@ def cmake_plugins(out: Path, nvinfer: Path | None) -> subprocess.CompletedProces
     gen = out / "generated"
     fake_generated(gen)
     build = out / "build"
-    configure = subprocess.run(["cmake", "-S", str(PLUGINS_DIR), "-B", str(build), "-G", "Ninja",
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure = subprocess.run(["cmake", "-S", str(PLUGINS_DIR), "-B", str(build), *generator,
                                 *cmake_configure_args(gen, TRT_INCLUDE, nvinfer)], capture_output=True, text=True)
     if configure.returncode != 0:
         return configure
