@@ -40,14 +40,16 @@ def _tokenizer(artifacts: Path):
         raise click.ClickException(str(e)) from None
 
 
-def _backend(artifacts: Path, kind: str, threads: int | None, manifest: dict):
+def _backend(artifacts: Path, kind: str, threads: int | None, manifest: dict, mapped: bool = False):
     if kind == "trt":
+        if mapped:
+            raise click.ClickException("--mapped-weights is an ONNX Runtime option (--backend ort)")
         from .trt_backend import TrtBackend
 
         return TrtBackend.from_artifacts(artifacts)
     from .ort_backend import OrtBackend
 
-    return OrtBackend.from_artifacts(artifacts, threads=threads, manifest=manifest)
+    return OrtBackend.from_artifacts(artifacts, threads=threads, manifest=manifest, prepack=not mapped)
 
 
 def exported_context(manifest: dict) -> int | None:
@@ -142,11 +144,16 @@ def _image_chat(hf_dir: Path, tok, prompt: str) -> str:
 @click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--mapped-weights", is_flag=True,
+              help="ONNX Runtime reads the weights from the memory-mapped model.onnx.data as they are instead "
+                   "of repacking them at start: starts in a fraction of a second and keeps no private copy of "
+                   "the weights; decodes slower on CPUs (docs/runtime.md).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt as one user turn with the model's chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text + timing line.")
 @click.option("--verify", is_flag=True, help="Check every artifact file's sha256 against manifest.json before "
               "loading (sizes are always checked).")
-def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, seed, threads, chat, as_json, verify):
+def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, seed, threads, mapped_weights, chat,
+         as_json, verify):
     """Generate text from an artifacts dir written by phm-export."""
     started = time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -163,7 +170,7 @@ def main(artifacts, prompt, image, backend, max_new_tokens, temperature, top_p, 
             if vision is None:
                 raise click.ClickException("an image was given but this artifact is a text-only model")
         picture = load_image(image) if image is not None else None
-        engine = _backend(artifacts, backend, threads, manifest)
+        engine = _backend(artifacts, backend, threads, manifest, mapped_weights)
         tok = _tokenizer(artifacts)
         prompt_text = prompt
         if chat:

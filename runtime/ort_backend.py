@@ -48,8 +48,12 @@ def _is_quantized(path: Path) -> bool:
     return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
 
 
-def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: bool):
-    """An InferenceSession of the file exactly as exported (phm-export prepared it: ort_graph.py)."""
+def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: bool,
+             prepack: bool = True):
+    """An InferenceSession of the file exactly as exported (phm-export prepared it: ort_graph.py).
+    ONNX Runtime maps the external weights file; `prepack` lets it repack every MatMul weight into
+    its GEMM layout at session build (a private copy: most of a large model's start time), without
+    it the kernels read the mapped file as it is (slower decode on CPUs, no copy)."""
     if not path.is_file():
         raise BackendError(f"ONNX model {path} does not exist")
     opts = ort.SessionOptions()
@@ -61,6 +65,8 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     # The memory pattern is planned per input shape, and every decode step has a new past length:
     # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
     opts.enable_mem_pattern = False
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         opts.intra_op_num_threads = threads
     available = ort.get_available_providers()
@@ -76,11 +82,13 @@ class OrtBackend:
 
     def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None,
                  vision: VisionSpec | None = None, quantized: bool | None = None,
-                 embed_path: str | Path | None = None, vision_path: str | Path | None = None):
+                 embed_path: str | Path | None = None, vision_path: str | Path | None = None,
+                 prepack: bool = True):
         """`onnx_path`: the decoder graph, loaded as it is (from_artifacts picks the file phm-export
         prepared for ONNX Runtime). `vision`: the VLM's image spec; `embed_path`/`vision_path` its
         other graphs (default: embed.onnx / vision.onnx beside the decoder). `quantized`: whether the
-        graphs hold Q/DQ nodes (None: read from the decoder graph)."""
+        graphs hold Q/DQ nodes (None: read from the decoder graph). `prepack`: False keeps the weights
+        memory-mapped as they are (_session)."""
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
@@ -88,7 +96,7 @@ class OrtBackend:
             raise BackendError(f"ONNX model {onnx_path} does not exist")
         if quantized is None:
             quantized = _is_quantized(onnx_path)
-        self.session = _session(ort, onnx_path, providers, threads, quantized)
+        self.session = _session(ort, onnx_path, providers, threads, quantized, prepack)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embeds = "inputs_embeds" in self.inputs
@@ -107,9 +115,9 @@ class OrtBackend:
                 raise BackendError(f"{onnx_path.name} takes inputs_embeds: open VLM artifacts with "
                                    "OrtBackend.from_artifacts")
             self.embed_session = _session(ort, Path(embed_path or onnx_path.with_name("embed.onnx")), providers,
-                                          threads, quantized)
+                                          threads, quantized, prepack)
             self.vision_session = _session(ort, Path(vision_path or onnx_path.with_name("vision.onnx")), providers,
-                                           threads, quantized)
+                                           threads, quantized, prepack)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._ort = ort
@@ -119,10 +127,12 @@ class OrtBackend:
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
-                       threads: int | None = None, manifest: dict | None = None) -> "OrtBackend":
+                       threads: int | None = None, manifest: dict | None = None,
+                       prepack: bool = True) -> "OrtBackend":
         """The backend of an artifacts dir written by phm-export (text decoder or VLM): the graphs it
         prepared for ONNX Runtime (manifest `ort_file`), loaded without any rewriting. `manifest`: the
-        dir's manifest where the caller has read it already (read and checked here otherwise)."""
+        dir's manifest where the caller has read it already (read and checked here otherwise);
+        `prepack`: False keeps the weights memory-mapped (phm-run --mapped-weights)."""
         artifacts = Path(artifacts)
         if manifest is None:  # a bad artifacts dir is one clear error before any session
             manifest = read_manifest(artifacts)
@@ -132,7 +142,7 @@ class OrtBackend:
         path = {kind: artifacts / g["ort_file"] for kind, g in graphs.items()}
         return cls(path["decoder"], providers, threads, VisionSpec.from_artifacts(artifacts, manifest),
                    quantized=manifest.get("precision") == "int8", embed_path=path.get("embed"),
-                   vision_path=path.get("vision"))
+                   vision_path=path.get("vision"), prepack=prepack)
 
     def reset(self) -> None:
         self.cache = None

@@ -54,6 +54,17 @@ def test_cli_tokens_equal_torch_backend(art):
     assert out["text"] == " ".join(f"w{t}" for t in ref if t != 2)
 
 
+def test_mapped_weights_generate_the_same_tokens(art):
+    """--mapped-weights: ONNX Runtime keeps the weights as mapped (no prepacking), same tokens."""
+    from phm.runtime.ort_backend import OrtBackend
+
+    args = [art, "--prompt", "w5 w17 w33 w9", "--max-new-tokens", 12, "--json", "--threads", 1]
+    default, mapped = (json.loads(_run(args + extra).stdout) for extra in ([], ["--mapped-weights"]))
+    assert mapped["tokens"] == default["tokens"]
+    options = OrtBackend.from_artifacts(art, prepack=False).session.get_session_options()
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+
+
 def test_text_and_timing_line(art):
     result = _run([art, "--prompt", "w5 w17", "--max-new-tokens", 6])
     assert result.exit_code == 0, result.output
@@ -75,6 +86,7 @@ def test_sampling_flags_are_seeded(art):
     (["--prompt", "w5", "--top-p", "0"], "Invalid value for '--top-p'"),
     (["--prompt", "w5", "--image", "/nonexistent.png"], "does not exist"),
     (["--prompt", "w5", "--backend", "trt"], "no TensorRT engine"),
+    (["--prompt", "w5", "--backend", "trt", "--mapped-weights"], "--mapped-weights is an ONNX Runtime option"),
 ])
 def test_bad_input_one_line(art, args, message):
     result = _run([art, *args])
