@@ -171,7 +171,12 @@ class OrtBackend:
             feeds = spec.vision_feeds(images)
             pixel_input = self.vision_session.get_inputs()[0]  # float16 in an --fp16 export
             feeds[pixel_input.name] = feeds[pixel_input.name].astype(_ORT_DTYPES[pixel_input.type])
-            features = self.vision_session.run(None, feeds)[0]
+            try:
+                features = self.vision_session.run(None, feeds)[0]
+            except Exception as e:  # ORT's own types: out of memory on a large image, above all
+                patches = len(feeds[pixel_input.name])
+                raise BackendError(f"the vision graph failed on an image of {patches} patches "
+                                   f"({str(e).splitlines()[0][:200]}); re-export with a smaller --max-pixels") from None
             try:
                 embeds = merge_image_features(embeds, ids, features, spec.image_token_id)
             except ValueError as e:

@@ -168,6 +168,11 @@ def test_image_prompt_errors_are_one_line(vlm, tmp_path):
         backend.reset()
         backend.prefill(np.array([[5, 6]]), np.ones((1, 2), np.int64),
                         {"pixel_values": np.zeros((64, 96), np.float32), "image_grid_thw": np.array([[1, 8, 8]])})
+    with pytest.raises(BackendError, match="the vision graph failed on an image of 64 patches"):  # ORT's error
+        backend.reset()
+        ids = backend.vision.image_prompt([5], [1, 8, 8])
+        backend.prefill(np.array([ids]), np.ones((1, len(ids)), np.int64),
+                        {"pixel_values": np.zeros((64, 7), np.float32), "image_grid_thw": np.array([[1, 8, 8]])})
     bad = tmp_path / "not_an_image.png"
     bad.write_text("hello")
     result = CliRunner().invoke(phm_run, [str(art), "--prompt", "w5", "--image", str(bad)])
