@@ -112,7 +112,8 @@ class VisionGraph(nn.Module):
         super().__init__()
         self.model = model
         visual = model.model.visual
-        self.full_blocks = set(getattr(visual, "fullatt_block_indexes", None) or range(len(visual.blocks)))
+        full = getattr(visual, "fullatt_block_indexes", None)  # Qwen2-VL has none: every block is full
+        self.full_blocks = set(range(len(visual.blocks)) if full is None else full)
         self.windowed = model.config.model_type == "qwen2_5_vl"
         self._rotary = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision
 

@@ -93,3 +93,23 @@ def test_vision_profile_covers_the_pixel_range(store):
         assert vision["profile"]["max"][name][0] == patches[2]
     shapes = {i["name"]: i["shape"] for i in vision["io"]["inputs"]}
     assert shapes[io.PIXEL_VALUES][0] == io.PATCHES and shapes[io.WINDOW_SEGMENTS] == [io.PATCHES]
+
+
+@pytest.mark.parametrize("arch,full", [("qwen2_5_vl", None), ("qwen2_5_vl", []), ("qwen2_5_vl", [0, 1]),
+                                       ("qwen2_vl", None)])
+def test_vision_graph_equals_the_hf_tower(arch, full):
+    """The traced wrapper (masked attention in the processor's order) equals transformers' tower
+    (window reordering, per-segment attention) whichever blocks are full-attention ones."""
+    from phm.export.graphs import VisionGraph, qwen_vision_sample
+    from tinymodels import tiny_model
+
+    model = tiny_model(arch).eval()
+    if full is not None:
+        model.model.visual.fullatt_block_indexes = full
+    for grid in ([1, 8, 12], [1, 14, 4], [2, 4, 4]):
+        grid = torch.tensor([grid])
+        sample = qwen_vision_sample(model, grid, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ours = VisionGraph(model)(*sample)
+            ref = model.model.visual(sample[0], grid_thw=grid)
+        torch.testing.assert_close(ours, getattr(ref, "pooler_output", ref), atol=1e-6, rtol=1e-5)
