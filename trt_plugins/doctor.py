@@ -88,7 +88,7 @@ def _driver() -> tuple[Check, Check, object]:
     cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
     cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0)  # ..._MINOR
     cuda.cuDeviceGetName(name, 256, 0)
-    return driver, Check("GPU", True, f"{name.value.decode()} sm_{major.value}{minor.value}"), cuda
+    return driver, Check("GPU", True, f"{name.value.decode()} sm_{major.value}{minor.value}"), cuda  # arch last
 
 
 def _toolkit() -> Check:
@@ -143,11 +143,15 @@ def _loads(name: str, how: str, lib: Path, nvinfer: Path | None, fix: str) -> Ch
     return Check(name, False, reason[:160], fix)
 
 
-def _cubins(lib: Path, cuda, info: dict, driver: Check) -> Check:
-    """The driver loads every cubin of the GPU's arch (phm_kernels_prepare on a primary context)."""
-    need = min((r.get("min_driver_cuda") for r in info.get("toolchain", {}).values()), default=None,
-               key=lambda v: parse_cuda_version(v) if v else (0, 0))
+def _cubins(lib: Path, cuda, info: dict, driver: Check, arch: str) -> Check:
+    """The driver loads every cubin of the GPU's arch `arch` ("sm_87"): the build's record first
+    (archs, the ptxas that made them), then phm_kernels_prepare on a primary context."""
     fix = "rebuild with phm-build-plugins --cuda-home <the device's CUDA> --driver-cuda <its version>"
+    built = info.get("archs")
+    if built and arch not in built:
+        return Check("driver accepts cubins", False, f"built for {', '.join(built)}, the GPU is {arch}",
+                     f"phm-build-plugins --arch {arch}")
+    need = info.get("toolchain", {}).get(arch, {}).get("min_driver_cuda")
     if need and parse_cuda_version(need) > parse_cuda_version(driver.detail):
         return Check("driver accepts cubins", False, f"cubins from ptxas {need}, driver CUDA {driver.detail}", fix)
     kernels = lib.parent / "libphm_kernels.so"
@@ -181,7 +185,7 @@ def diagnose(plugins: Path | None = None, tensorrt_lib: Path | None = None) -> l
     rows.append(_loads("loads: TensorRT registry", "registry", dyn, nvinfer_path,
                        "needs TensorRT's Python bindings and libphm_trt_plugins_dyn.so built for this TensorRT")
                 if trt_py.ok else Check("loads: TensorRT registry", False, "no TensorRT Python", trt_py.fix))
-    rows.append(_cubins(lib, cuda, info, driver) if gpu.ok
+    rows.append(_cubins(lib, cuda, info, driver, gpu.detail.split()[-1]) if gpu.ok
                 else Check("driver accepts cubins", False, "no GPU", gpu.fix))
     return rows
 

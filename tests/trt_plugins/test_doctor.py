@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 from click.testing import CliRunner
-from standin_kit import AVAILABLE, MISSING, cmake_plugins, stub_nvinfer
+from standin_kit import AVAILABLE, MISSING, build_standin, fake_libcuda
 
 from phm.trt_plugins.doctor import main
 
@@ -45,14 +45,41 @@ def test_doctor_on_a_machine_without_tensorrt_or_gpu(tmp_path, monkeypatch):
     assert rows["plugin library"] == "FAIL" and rows["driver accepts cubins"] == "FAIL"
 
 
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("doctor-standin")
+    return {**build_standin(root), "cuda": fake_libcuda(root / "cuda").parent}
+
+
 @pytest.mark.skipif(not AVAILABLE, reason=MISSING)
-def test_doctor_with_the_standin(tmp_path, monkeypatch):
+def test_doctor_with_the_standin_libraries(standin, monkeypatch):
     """The stand-in libnvinfer and a plugin library built against it: libnvinfer's version is read,
     the library is found and loads the way polygraphy loads it; the GPU rows still fail here."""
-    nvinfer = stub_nvinfer(tmp_path / "stub")
-    assert cmake_plugins(tmp_path, nvinfer).returncode == 0
-    res = _run(["--plugins", tmp_path / "build" / "libphm_trt_plugins.so", "--tensorrt-lib", nvinfer], monkeypatch)
+    res = _run(["--plugins", standin["phm_trt_plugins"], "--tensorrt-lib", standin["nvinfer"]], monkeypatch)
     rows = _rows(res.stdout)
     assert rows["libnvinfer"] == "ok" and "10.3.0" in res.stdout
     assert rows["plugin library"] == "ok" and rows["loads: polygraphy (ctypes)"] == "ok"
     assert res.exit_code == 1  # no GPU, no TensorRT Python here
+
+
+@pytest.mark.skipif(not AVAILABLE, reason=MISSING)
+@pytest.mark.parametrize("sm,verdict", [("90", "ok"), ("87", "FAIL")])
+def test_doctor_gpu_rows_with_the_fake_driver(standin, monkeypatch, sm, verdict):
+    """With the stand-in's fake libcuda.so.1: the driver version and the GPU's arch are read, and the
+    cubins are loaded for real through the launcher (phm_kernels_prepare); on an sm_87 device the
+    sm_90-only build fails that row with its fix. Run in a child process: libcuda is found through
+    LD_LIBRARY_PATH, which the dynamic loader reads at start."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LD_LIBRARY_PATH": str(standin["cuda"]), "STANDIN_SM": sm, "STANDIN_DRIVER_CUDA": "12.6"}
+    env.pop("PHM_PLUGINS", None)
+    run = subprocess.run([sys.executable, "-m", "phm.trt_plugins.doctor", "--plugins", str(standin["phm_trt_plugins"]),
+                          "--tensorrt-lib", str(standin["nvinfer"])], capture_output=True, text=True, env=env)
+    rows = _rows(run.stdout)
+    assert rows["CUDA driver"] == "ok" and "12.6" in run.stdout
+    assert rows["GPU"] == "ok" and f"TensorRT stand-in GPU sm_{sm}" in run.stdout
+    assert rows["driver accepts cubins"] == verdict, run.stdout + run.stderr
+    if verdict == "FAIL":
+        assert "no PHM kernel compiled for sm_87" in run.stdout

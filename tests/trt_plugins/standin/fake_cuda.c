@@ -12,7 +12,8 @@
  * Math (trainer/hypercomplex.phm_forward; cores (m, B, k), bases (B, n, n) fp32):
  *   y[t, i·m + r] = act(Σ_b Σ_c (Σ_j H_b[i, j] x[t, j·k + c]) A_b[r, c] + bias[i·m + r])
  *   INT8 A = q · scale[r]; INT4 A = nibble(q[r, b, c/2]) · scale[r, b, c/G] (low nibble first).
- * STANDIN_SM (default 90) is the device's arch; cuMemAlloc counts how often it was called. */
+ * STANDIN_SM (default 90) is the device's arch; cuMemAlloc counts how often it was called; the
+ * driver queries phm-doctor makes are answered too (STANDIN_DRIVER_CUDA, default 12.6). */
 #include <cuda.h>
 #include <math.h>
 #include <stdint.h>
@@ -31,6 +32,23 @@ CUresult cuGetErrorString(CUresult error, const char** str) {
     return CUDA_SUCCESS;
 }
 CUresult cuCtxGetDevice(CUdevice* device) { *device = 0; return CUDA_SUCCESS; }
+/* what phm-doctor asks a driver: STANDIN_DRIVER_CUDA (default 12.6) is the driver's CUDA version */
+CUresult cuInit(unsigned int flags) { (void)flags; return CUDA_SUCCESS; }
+CUresult cuDriverGetVersion(int* version) {
+    const char* env = getenv("STANDIN_DRIVER_CUDA");
+    int major = 12, minor = 6;
+    if (env) sscanf(env, "%d.%d", &major, &minor);
+    *version = major * 1000 + minor * 10;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetCount(int* count) { *count = 1; return CUDA_SUCCESS; }
+CUresult cuDeviceGetName(char* name, int len, CUdevice dev) {
+    (void)dev;
+    snprintf(name, (size_t)len, "%s", "TensorRT stand-in GPU");
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) { (void)dev; *pctx = (CUcontext)1; return CUDA_SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext ctx) { (void)ctx; return CUDA_SUCCESS; }
 CUresult cuDeviceGetAttribute(int* pi, CUdevice_attribute attrib, CUdevice dev) {
     (void)dev;
     const char* env = getenv("STANDIN_SM");
