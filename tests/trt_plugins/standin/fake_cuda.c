@@ -153,18 +153,25 @@ static float core(const void* cores, const float* scales, kind kd, int r, int b,
     return q * scales[((long)r * B + b) * (k / group) + c / group];
 }
 
-/* out[t, i·rows + r] (before bias/activation) for one projection */
-static float project(const void* x, int stride_x, const void* cores, const float* scales, const float* bases, kind kd,
-                     int t, int i, int r, int B, int k, int group) {
+/* One projection's weights: cores, their scales (quantized cores) and bias (read iff has_bias). */
+typedef struct {
+    const void* cores;
+    const float* scales;
+    const void* bias;
+} projection;
+
+/* out[t, i·rows + r] of one projection, bias added, before the activation */
+static float project(const void* x, int stride_x, projection p, int has_bias, const float* bases, kind kd,
+                     int t, int i, int r, int rows, int B, int k, int group) {
     double acc = 0;
     for (int b = 0; b < B; ++b)
         for (int c = 0; c < k; ++c) {
             double z = 0;
             for (int j = 0; j < kd.n; ++j)
                 z += bases[(b * kd.n + i) * kd.n + j] * load(x, (long)t * stride_x + (long)j * k + c, kd.fp16);
-            acc += z * core(cores, scales, kd, r, b, c, B, k, group);
+            acc += z * core(p.cores, p.scales, kd, r, b, c, B, k, group);
         }
-    return (float)acc;
+    return (float)acc + (has_bias ? load(p.bias, (long)i * rows + r, kd.fp16) : 0.0f);
 }
 
 static kind parse(const char* symbol, int* gate_up) {
@@ -184,36 +191,29 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
     (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)stream; (void)extra;
     int gate_up;
     kind kd = parse(((fake_kernel*)f)->symbol, &gate_up);
-    if (!gate_up) {
-        const void *x = PTR(0), *cores = PTR(1), *bias = PTR(3);
-        const float *scales = PTR(2), *bases = PTR(4);
-        void* y = PTR(5);
-        int T = INT(6), m = INT(7), k = INT(8), B = INT(9), group = INT(10), sx = INT(11), sy = INT(12),
-            has_bias = INT(13), a = INT(14);
-        for (int t = 0; t < T; ++t)
-            for (int i = 0; i < kd.n; ++i)
-                for (int r = 0; r < m; ++r) {
-                    float v = project(x, sx, cores, scales, bases, kd, t, i, r, B, k, group);
-                    if (has_bias) v += load(bias, (long)i * m + r, kd.fp16);
-                    store(y, (long)t * sy + (long)i * m + r, act(v, a), kd.fp16);
-                }
-        return CUDA_SUCCESS;
+    projection up, gate = {0};
+    const float* bases;
+    void* out;
+    int first;  /* index of the first int argument (tokens) */
+    if (gate_up) {
+        gate = (projection){PTR(1), PTR(3), PTR(5)};
+        up = (projection){PTR(2), PTR(4), PTR(6)};
+        bases = PTR(7), out = PTR(8), first = 9;
+    } else {
+        up = (projection){PTR(1), PTR(2), PTR(3)};
+        bases = PTR(4), out = PTR(5), first = 6;
     }
-    const void *x = PTR(0), *gc = PTR(1), *uc = PTR(2), *gb = PTR(5), *ub = PTR(6);
-    const float *gs = PTR(3), *us = PTR(4), *bases = PTR(7);
-    void* h = PTR(8);
-    int T = INT(9), fr = INT(10), k = INT(11), B = INT(12), group = INT(13), sx = INT(14), sh = INT(15),
-        has_bias = INT(16), a = INT(17);
+    const void* x = PTR(0);
+    int T = INT(first), rows = INT(first + 1), k = INT(first + 2), B = INT(first + 3), group = INT(first + 4),
+        sx = INT(first + 5), so = INT(first + 6), has_bias = INT(first + 7), a = INT(first + 8);
     for (int t = 0; t < T; ++t)
         for (int i = 0; i < kd.n; ++i)
-            for (int r = 0; r < fr; ++r) {
-                float g = project(x, sx, gc, gs, bases, kd, t, i, r, B, k, group);
-                float u = project(x, sx, uc, us, bases, kd, t, i, r, B, k, group);
-                if (has_bias) {
-                    g += load(gb, (long)i * fr + r, kd.fp16);
-                    u += load(ub, (long)i * fr + r, kd.fp16);
-                }
-                store(h, (long)t * sh + (long)i * fr + r, act(g, a) * u, kd.fp16);
+            for (int r = 0; r < rows; ++r) {
+                float u = project(x, sx, up, has_bias, bases, kd, t, i, r, rows, B, k, group);
+                /* linear: act(up); gate_up: act(gate) * up, the fused first half of a SwiGLU PHMFFN */
+                float v = gate_up ? act(project(x, sx, gate, has_bias, bases, kd, t, i, r, rows, B, k, group), a) * u
+                                  : act(u, a);
+                store(out, (long)t * so + (long)i * rows + r, v, kd.fp16);
             }
     return CUDA_SUCCESS;
 }
