@@ -114,7 +114,7 @@ class VisionGraph(nn.Module):
         visual = model.model.visual
         full = getattr(visual, "fullatt_block_indexes", None)  # Qwen2-VL has none: every block is full
         self.full_blocks = set(range(len(visual.blocks)) if full is None else full)
-        self.windowed = model.config.model_type == "qwen2_5_vl"
+        self.windowed = window_patches(model) is not None
         self._rotary = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision
 
     def forward(self, pixel_values, position_ids, image_segments, window_segments=None):
@@ -181,13 +181,19 @@ class GraphSpec:
         self.module.eval()  # a fresh wrapper is in train mode; the exporter would restore that
 
 
+def window_patches(model: nn.Module) -> int | None:
+    """Qwen2.5-VL's attention window side in patches (window_size / patch_size); None for Qwen2-VL,
+    whose vision blocks all attend over the whole image."""
+    vcfg = model.config.vision_config
+    return vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl" else None
+
+
 def vision_grid(model: nn.Module) -> torch.Tensor:
     """The image grid (t, h, w) in patches of the Qwen vision graph's trace and reference inputs:
     2 × 3 windows of Qwen2.5-VL (4 × 6 merged tokens' worth on towers without windows), so the
     reference checks window and full attention on a non-square grid."""
     vcfg = model.config.vision_config
-    side = (vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl"
-            else 2 * vcfg.spatial_merge_size)
+    side = window_patches(model) or 2 * vcfg.spatial_merge_size
     return torch.tensor([[1, 2 * side, 3 * side]], dtype=torch.int64)
 
 
@@ -197,8 +203,7 @@ def qwen_vision_sample(model: nn.Module, grid: torch.Tensor, gen: torch.Generato
 
     vcfg = model.config.vision_config
     patch_dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size ** 2
-    window = vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl" else None
-    feeds = vision_feeds(grid.numpy(), vcfg.spatial_merge_size, window)
+    feeds = vision_feeds(grid.numpy(), vcfg.spatial_merge_size, window_patches(model))
     pixels = torch.randn(int(grid.prod()), patch_dim, generator=gen)
     return (pixels, *(torch.from_numpy(v) for v in feeds.values()))
 

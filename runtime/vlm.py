@@ -195,19 +195,16 @@ def image_processor(hf_dir: Path):
         raise ValueError(f"cannot load the image processor in {hf_dir}: {str(e).splitlines()[0]}") from None
 
 
-def _rgb(image, size: tuple):
-    """An image (path, PIL image or HWC uint8 array) as an RGB PIL image of `size` (w, h), bicubic."""
+def _as_rgb(image):
+    """An image (path, PIL image or HWC uint8 array) as an RGB PIL image; a path is read by
+    `load_image` (its one-line errors)."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        try:
-            image = Image.open(image)
-            image.load()
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {image}: {str(e).splitlines()[0]}") from None
-    elif isinstance(image, np.ndarray):
+        return load_image(image)
+    if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    return image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    return image.convert("RGB")
 
 
 def preprocess_image(processor, image, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
@@ -215,19 +212,13 @@ def preprocess_image(processor, image, min_pixels: int | None = None, max_pixels
     "image_grid_thw": (1, 3) int64}: the Qwen processor's own resize (the nearest grid of whole merged
     patches, its pixel count within [min_pixels, max_pixels]; None: the processor's range),
     normalisation and patch layout."""
-    from PIL import Image
-
-    if isinstance(image, (str, Path)):
-        image = load_image(image)
-    elif isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
     size = dict(processor.size)
     if min_pixels is not None:
         size["shortest_edge"] = int(min_pixels)
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
     try:
-        out = processor(images=[image.convert("RGB")], size=size, return_tensors="np")
+        out = processor(images=[_as_rgb(image)], size=size, return_tensors="np")
     except ValueError as e:  # e.g. an aspect ratio over 200 (smart_resize refuses it)
         raise ValueError(f"the image processor refused the image: {str(e).splitlines()[0]}") from None
     grid = np.asarray(out["image_grid_thw"], np.int64).reshape(1, 3)
@@ -290,8 +281,11 @@ def preprocess_square_image(processor, image, size: int) -> np.ndarray:
     resized (bicubic) straight to size × size, then the processor's rescale and normalisation.
     Its own resize / center crop are left off: they would give another size than the graph's
     (DINOv2's processor resizes to 256 and crops to 224 whatever the tower was trained at)."""
+    from PIL import Image
+
     skip = {k: False for k in ("do_resize", "do_center_crop") if hasattr(processor, k)}
-    out = processor(images=[_rgb(image, (size, size))], return_tensors="np", **skip)
+    square = _as_rgb(image).resize((size, size), Image.Resampling.BICUBIC)
+    out = processor(images=[square], return_tensors="np", **skip)
     pixels = np.asarray(out["pixel_values"], dtype=np.float32)
     if pixels.shape[0] != 1 or pixels.shape[-2:] != (size, size):
         raise ValueError(f"the image processor gave pixel_values {pixels.shape}, the vision graph takes "

@@ -242,7 +242,7 @@ def compile_specs(specs: list[KernelSpec], jobs: int | None = None, toolchain=No
 
 def source_fingerprint(toolchain_key: str = "") -> str:
     """Hash of everything a cubin depends on: kernel sources, tile configs, Triton version and the
-    ptxas of each arch (`toolchain_key`: toolchain.Toolchain.fingerprint)."""
+    ptxas of each arch (`toolchain_key`: toolchain.fingerprint)."""
     import hashlib
 
     import triton

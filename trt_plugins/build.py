@@ -32,7 +32,7 @@ import click
 from phm.common.cliutil import OneLineCommand
 from phm.common.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, check_apart, output_lock
 from phm.trt_plugins import aot
-from phm.trt_plugins.toolchain import Toolchain, check_driver, parse_cuda_version
+from phm.trt_plugins.toolchain import Toolchain, check_driver, fingerprint, parse_cuda_version
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _build_plugins(cfg: BuildConfig) -> BuildResult:
                  r["ptx_isa"], r["min_driver_cuda"])
     specs = aot.all_specs(cfg.archs)
     gen = cfg.out_dir / "generated"
-    key = toolchain.fingerprint(cfg.archs)
+    key = fingerprint(report)
     if aot.cached_results(specs, gen, key):
         log.info("reusing %d kernels in %s (kernel sources and ptxas unchanged)", len(specs), gen)
     else:

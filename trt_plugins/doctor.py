@@ -29,7 +29,7 @@ import click
 
 from phm.common.cliutil import OneLineCommand
 from phm.trt_plugins.build import find_nvinfer
-from phm.trt_plugins.library import PLUGIN_LIBRARY
+from phm.trt_plugins.library import PLUGIN_LIBRARY, dynamic_library
 from phm.trt_plugins.toolchain import parse_cuda_version, ptxas_version
 
 __all__ = ["Check", "diagnose", "main"]
@@ -69,26 +69,27 @@ def _libnvinfer(lib: Path | None) -> tuple[Check, Path | None]:
     return Check("libnvinfer", True, f"{version} ({path})"), path
 
 
-def _driver() -> tuple[Check, Check, object]:
-    """(driver row, GPU row, the loaded libcuda or None)."""
+def _driver() -> tuple[Check, Check, object, str | None]:
+    """(driver row, GPU row, the loaded libcuda or None, the GPU's arch such as "sm_87" or None)."""
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
         fix = "install the NVIDIA driver (JetPack on a Jetson); on a machine without a GPU nothing can run"
         return (Check("CUDA driver", False, "libcuda.so.1 not found", fix),
-                Check("GPU", False, "no driver", fix), None)
+                Check("GPU", False, "no driver", fix), None, None)
     version, count = ctypes.c_int(), ctypes.c_int()
     if cuda.cuInit(0) != 0 or cuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
         return (Check("CUDA driver", False, "cuInit failed", "check the driver install (nvidia-smi / tegrastats)"),
-                Check("GPU", False, "no usable device", "check the driver install"), None)
+                Check("GPU", False, "no usable device", "check the driver install"), None, None)
     driver = Check("CUDA driver", True, _version(version.value))
     if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return driver, Check("GPU", False, "no CUDA device", "check CUDA_VISIBLE_DEVICES and the driver"), None
+        return driver, Check("GPU", False, "no CUDA device", "check CUDA_VISIBLE_DEVICES and the driver"), None, None
     major, minor, name = ctypes.c_int(), ctypes.c_int(), ctypes.create_string_buffer(256)
     cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
     cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0)  # ..._MINOR
     cuda.cuDeviceGetName(name, 256, 0)
-    return driver, Check("GPU", True, f"{name.value.decode()} sm_{major.value}{minor.value}"), cuda  # arch last
+    arch = f"sm_{major.value}{minor.value}"
+    return driver, Check("GPU", True, f"{name.value.decode()} {arch}"), cuda, arch
 
 
 def _toolkit() -> Check:
@@ -172,7 +173,7 @@ def diagnose(plugins: Path | None = None, tensorrt_lib: Path | None = None) -> l
     """Every row of the table, in order; a row that cannot be checked (its prerequisite failed) says so."""
     trt_py = _tensorrt_python()
     nvinfer, nvinfer_path = _libnvinfer(tensorrt_lib)
-    driver, gpu, cuda = _driver()
+    driver, gpu, cuda, arch = _driver()
     rows = [trt_py, nvinfer, driver, gpu, _toolkit()]
     library, lib, info = _plugin_library(plugins)
     rows.append(library)
@@ -181,11 +182,10 @@ def diagnose(plugins: Path | None = None, tensorrt_lib: Path | None = None) -> l
                        for n in ("loads: polygraphy (ctypes)", "loads: TensorRT registry", "driver accepts cubins")]
     rows.append(_loads("loads: polygraphy (ctypes)", "ctypes", lib, nvinfer_path,
                        "rebuild with this phm-edge: the library must link libnvinfer (phm-build-plugins --tensorrt-lib)"))
-    dyn = lib.with_name(lib.stem + "_dyn" + lib.suffix)
-    rows.append(_loads("loads: TensorRT registry", "registry", dyn, nvinfer_path,
+    rows.append(_loads("loads: TensorRT registry", "registry", dynamic_library(lib), nvinfer_path,
                        "needs TensorRT's Python bindings and libphm_trt_plugins_dyn.so built for this TensorRT")
                 if trt_py.ok else Check("loads: TensorRT registry", False, "no TensorRT Python", trt_py.fix))
-    rows.append(_cubins(lib, cuda, info, driver, gpu.detail.split()[-1]) if gpu.ok
+    rows.append(_cubins(lib, cuda, info, driver, arch) if gpu.ok
                 else Check("driver accepts cubins", False, "no GPU", gpu.fix))
     return rows
 

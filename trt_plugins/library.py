@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PLUGIN_LIBRARY", "load_plugins", "plugin_library"]
+__all__ = ["PLUGIN_LIBRARY", "dynamic_library", "load_plugins", "plugin_library"]
 
 PLUGIN_LIBRARY = "lib/libphm_trt_plugins.so"
 
@@ -24,10 +24,15 @@ def plugin_library(artifacts: Path, target: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def dynamic_library(plugin_lib: Path) -> Path:
+    """The `_dyn` twin beside a static plugin library (libphm_trt_plugins_dyn.so)."""
+    return plugin_lib.with_name(plugin_lib.stem + "_dyn" + plugin_lib.suffix)
+
+
 def load_plugins(trt, plugin_lib: Path) -> None:
     """Register our creators: the `_dyn` twin through the registry (it exports getCreators), else
     dlopen the static library (REGISTER_TENSORRT_PLUGIN at load, as trtexec --staticPlugins does)."""
-    dyn = plugin_lib.with_name(plugin_lib.stem + "_dyn" + plugin_lib.suffix)
+    dyn = dynamic_library(plugin_lib)
     if dyn.is_file():
         if not trt.get_plugin_registry().load_library(str(dyn)):  # a refusal is a null handle, not an error
             raise OSError(f"TensorRT's plugin registry did not load {dyn} (its log says why; the static "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Toolchain", "check_driver", "parse_cuda_version", "ptx_isa", "ptxas_version"]
+__all__ = ["Toolchain", "check_driver", "fingerprint", "parse_cuda_version", "ptx_isa", "ptxas_version"]
 
 ENV = {False: "TRITON_PTXAS_PATH", True: "TRITON_PTXAS_BLACKWELL_PATH"}    # keyed by arch >= 90
 BUNDLED = {False: "ptxas", True: "ptxas-blackwell"}
@@ -109,9 +109,11 @@ class Toolchain:
             out[f"sm_{arch}"] = {"ptxas": path, "cuda": cuda, "ptx_isa": ptx_isa(cuda), "min_driver_cuda": cuda}
         return out
 
-    def fingerprint(self, archs: list[int]) -> str:
-        """What of the toolchain a cached cubin depends on (its ptxas per arch)."""
-        return json.dumps({a: (r["ptxas"], r["cuda"]) for a, r in self.report(archs).items()}, sort_keys=True)
+
+
+def fingerprint(report: dict) -> str:
+    """What of a toolchain (its `report`) a cached cubin depends on: the ptxas of each arch."""
+    return json.dumps({a: (r["ptxas"], r["cuda"]) for a, r in report.items()}, sort_keys=True)
 
 
 def check_driver(report: dict, driver_cuda: str) -> None:

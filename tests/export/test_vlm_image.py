@@ -21,9 +21,10 @@ def _prompt(model, grid):
 
 
 def _vision_feeds(model, grid, pixels):
+    from phm.export.graphs import window_patches
+
     vcfg = model.config.vision_config
-    window = vcfg.window_size // vcfg.patch_size if model.config.model_type == "qwen2_5_vl" else None
-    return {io.PIXEL_VALUES: pixels, **vision_feeds(grid, vcfg.spatial_merge_size, window)}
+    return {io.PIXEL_VALUES: pixels, **vision_feeds(grid, vcfg.spatial_merge_size, window_patches(model))}
 
 
 def _pixels(model, grid, seed=0):

@@ -81,7 +81,7 @@ def _fake_cuda_home(root, release: str):
 def test_toolchain_report_per_arch(tmp_path, monkeypatch):
     """Triton's own choice differs per arch (ptxas below sm_90, ptxas-blackwell from sm_90 on); a
     --cuda-home toolkit assembles every arch, and its PTX ISA follows Triton's rule."""
-    from phm.trt_plugins.toolchain import Toolchain, ptx_isa
+    from phm.trt_plugins.toolchain import Toolchain, fingerprint, ptx_isa
 
     for var in ("TRITON_PTXAS_PATH", "TRITON_PTXAS_BLACKWELL_PATH"):
         monkeypatch.delenv(var, raising=False)
@@ -95,7 +95,7 @@ def test_toolchain_report_per_arch(tmp_path, monkeypatch):
     report = tc.report([87, 90])
     assert {r["cuda"] for r in report.values()} == {"12.6"} and report["sm_90"]["ptx_isa"] == "8.5"
     assert set(tc.env().values()) == {str(home / "bin" / "ptxas")}
-    assert tc.fingerprint([87]) != Toolchain().fingerprint([87])  # cached cubins are per ptxas
+    assert fingerprint(tc.report([87])) != fingerprint(Toolchain().report([87]))  # cached cubins are per ptxas
 
 
 def test_driver_too_old_is_refused_before_any_compile(tmp_path, monkeypatch):
