@@ -152,7 +152,7 @@ def main(work, steps, local_epochs, local_batches, schedule, student, tokens, ca
         "phm_student": f"B=2 on every MLP projection, calibrated init"
                        f"{f' + {local_epochs} local epochs' if local_epochs else ''} + {steps} {schedule} "
                        f"distillation steps, on packed {WINDOW}-token windows of the training split"
-                       + (f" (given: {student}, trained with that recipe by an earlier run)" if student else ""),
+                       + (" (given as --student, trained with that recipe)" if student else ""),
         "steps": steps, "local_epochs": local_epochs, "local_batches": local_batches, "schedule": schedule,
         "calib_method": calib_method, "calib_prompts": "export/calib_default/prompts.jsonl (48)",
         "w8a8_inputs": "rotated (x·Q, phm.export.rotate), no SmoothQuant (ExportConfig defaults)",
