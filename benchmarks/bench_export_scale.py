@@ -4,8 +4,9 @@ as a user would, with the cost of each step measured.
 For each shape and variant (dense; PHM B=2 from the projection of the same weights; PHM B=2
 generated directly) the script builds the checkpoint once (generated weights, safetensors, cached in
 --work), then runs, each in a child process of its own so its peak RSS is its own:
-  - `phm-export CKPT --out ART [--fp16]`: wall time, peak RSS, artifact bytes against the
-    checkpoint's weight bytes at the export precision;
+  - `phm-export CKPT --out ART [--fp16] [--int8]`: wall time, peak RSS, artifact bytes against the
+    checkpoint's weight bytes at the float precision; with --int8 also its report.json (FP32, FP16
+    and INT8 against FP32 on held-out text: the calibration and the report run layer by layer);
   - the `polygraphy run … --onnxrt` line of its commands.sh (ONNX Runtime vs the PyTorch reference
     outputs, per-output tolerances): passed or not, and its peak RSS;
   - `phm-run ART --prompt … --max-new-tokens N --json`: startup (command start to first prefill)
@@ -294,13 +295,15 @@ def run_one(shape: str, variant: str, args, console) -> dict:
     vlm = shape in VLM_SHAPES
     if vlm:
         ship_image_processor(ckpt)
-    art = work / f"art-{variant}{'-fp16' if args.fp16 else ''}"
+    art = work / f"art-{variant}{'-fp16' if args.fp16 else ''}{'-int8' if args.int8 else ''}"
     if art.exists():
         shutil.rmtree(art)
     console.log(f"{shape} {variant}: exporting")
     proc, export_s, export_rss = measured([BIN / "phm-export", ckpt, "--out", art, *(["--fp16"] if args.fp16 else []),
+                                           *(["--int8"] if args.int8 else []),
                                            *(["--max-pixels", args.max_pixels] if vlm else [])])
-    row = {"shape": shape, "variant": variant, "precision": "fp16" if args.fp16 else "fp32",
+    row = {"shape": shape, "variant": variant,
+           "precision": ("fp16" if args.fp16 else "fp32") + ("+int8" if args.int8 else ""),
            "weight_bytes": weight_bytes(ckpt, args.fp16), "export_ok": proc.returncode == 0,
            "export_s": round(export_s, 1), "export_peak_rss_gb": round(export_rss, 2)}
     if proc.returncode != 0:
@@ -309,6 +312,10 @@ def run_one(shape: str, variant: str, args, console) -> dict:
     row["artifact_bytes"] = sum(p.stat().st_size for p in art.rglob("*") if p.is_file())
     row["artifacts_over_weights"] = round(row["artifact_bytes"] / row["weight_bytes"], 3)
     row["export_rss_over_weights"] = round(export_rss * 2**30 / row["weight_bytes"], 2)
+    if args.int8:
+        row["int8_report"] = {r["precision"]: {k: r["metrics"][k] for k in ("logit_cosine", "top1_agreement",
+                                                                            "perplexity")}
+                              for r in json.loads((art / "report.json").read_text())}
     if args.export_only:
         return row
     commands = json.loads((art / "manifest.json").read_text())["commands"]
@@ -330,7 +337,7 @@ def run_one(shape: str, variant: str, args, console) -> dict:
         return row
     out = json.loads(proc.stdout)
     row.update(run_s=round(run_s, 2), startup_s=round(out["startup_ms"] / 1e3, 2), run_peak_rss_gb=round(run_rss, 2))
-    if not args.fp16:  # fp16 greedy may differ from fp32 torch legitimately; fp32 must not
+    if not (args.fp16 or args.int8):  # fp16/int8 greedy may differ from fp32 torch legitimately; fp32 must not
         row["greedy_equals_transformers"] = out["tokens"] == reference_tokens(ckpt, out["prompt_ids"],
                                                                                 args.new_tokens)
     return row
@@ -352,6 +359,16 @@ def table(rows: list[dict]) -> str:
                      f"{'%.2f s' % r['startup_s'] if 'startup_s' in r else 'n/a'} | "
                      f"{r.get('greedy_equals_transformers', 'n/a')} |")
     return "\n".join(lines)
+
+
+def int8_table(rows: list[dict]) -> str:
+    """The --int8 exports' report.json: each precision against the model's FP32 on held-out text."""
+    lines = ["| shape | variant | precision | logit cosine | top-1 agreement | perplexity |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        for precision, m in r.get("int8_report", {}).items():
+            lines.append(f"| {r['shape']} | {r['variant']} | {precision} | {m['logit_cosine']:.4f} | "
+                         f"{100 * m['top1_agreement']:.2f} % | {m['perplexity']:.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def image_table(rows: list[dict]) -> str:
@@ -387,6 +404,8 @@ def main() -> None:
                     help="export and measure it, no ONNX Runtime check or phm-run (models whose fp16 graph ONNX "
                          "Runtime's CPU provider would widen to fp32 beyond this machine's memory)")
     ap.add_argument("--fp16", action="store_true", help="export --fp16 (greedy is then not compared)")
+    ap.add_argument("--int8", action="store_true", help="export --int8 (greedy is then not compared; the report's "
+                                                        "rows are recorded)")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--max-pixels", type=int, default=28 * 28 * 1280,
                     help="VLM shapes: phm-export --max-pixels (the image range and the vision profile's maximum)")
@@ -411,15 +430,15 @@ def main() -> None:
                   "command": " ".join(sys.argv), "rows": rows}
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
         console.print(table(rows))
-        if image_table(rows):
-            console.print(image_table(rows))
+        for extra in (int8_table(rows), image_table(rows)):
+            if extra:
+                console.print(extra)
     if args.docs:  # every results file of this script, each with the command and machine that made it
         blocks = []
         for path in sorted(args.json.parent.glob("export_scale*.json")):
             res = json.loads(path.read_text())
-            images = image_table(res["rows"])
-            blocks.append(f"{table(res['rows'])}\n\n{images + chr(10) * 2 if images else ''}"
-                          f"`{res['command']}` ({res['date']}, {res['machine']})")
+            extras = "".join(t + "\n\n" for t in (int8_table(res["rows"]), image_table(res["rows"])) if t)
+            blocks.append(f"{table(res['rows'])}\n\n{extras}`{res['command']}` ({res['date']}, {res['machine']})")
         write_docs(args.docs, "\n\n".join(blocks))
 
 

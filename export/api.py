@@ -212,11 +212,11 @@ def memory_plan_for(model, config: ExportConfig) -> MemoryPlan:
     return plan
 
 
-def _int8_stage(model, model_dir: Path, config: ExportConfig, stage):
+def _int8_stage(source: ModelSource, model_dir: Path, config: ExportConfig, stage):
     from .int8 import Int8Stage
 
     try:
-        return Int8Stage(model, model_dir, config, stage)
+        return Int8Stage(source, model_dir, config, stage)
     except ValueError as e:  # empty/invalid calibration data: one line, before anything is written
         raise ExportError(f"--int8: {e}") from None
 
@@ -289,9 +289,8 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
     twins for the reference outputs). An architecture without an export path, a model that does not
     fit the target or bad calibration data fail here."""
     doc = read_phm_config(model_dir) if model_dir.is_dir() else None
-    if config.int8 or (model_dir / "adapter_config.json").is_file():
-        # calibration and the report run the model; a LoRA adapter is merged into its base weights
-        stage(f"loading {model_dir} (whole: {'--int8' if config.int8 else 'LoRA adapter to merge'})")
+    if (model_dir / "adapter_config.json").is_file():  # a LoRA adapter is merged into its base weights
+        stage(f"loading {model_dir} (whole: LoRA adapter to merge)")
         source = ModelSource.in_memory(_merge_lora(load(model_dir), model_dir))
     else:
         stage(f"reading the structure of {model_dir} (weights stay in its files)")
@@ -316,7 +315,7 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
                getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence,
                memory_plan_for(model, config), None, stage)
     if config.int8:
-        job.int8 = _int8_stage(model, model_dir, config, stage)
+        job.int8 = _int8_stage(source, model_dir, config, stage)
     return job, specs, ref_specs
 
 
@@ -393,8 +392,10 @@ def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
     int8_summary = None
     if job.int8 is not None:
         job.stage(f"INT8: calibrating and quantizing the {name} graph")
-        quantized, int8_summary = job.int8.quantize(spec, _to_onnx(_materialize(rewritten)))
-        rewritten = gs.import_onnx(quantized)
+        try:
+            int8_summary = job.int8.quantize(spec, rewritten)
+        except ValueError as e:  # a linear the model's modules do not compute: one line
+            raise ExportError(f"--int8: {e}") from None
     data, ort_file, trt_model = _write_graphs(job, name, rewritten, tmp)
     feeds, outputs = _references(job, ref_spec, name, tmp)
     inputs, outs = mf.graph_io(trt_model)

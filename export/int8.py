@@ -1,18 +1,19 @@
 """The --int8 stage of `export_model`: calibration feeds, quantizing one graph, the accuracy report.
 
-    stage = Int8Stage(model, model_dir, config, on_stage)    # loads calibration data + tokenizer once
-    quantized, summary = stage.quantize(spec, rewritten)     # rewritten float graph → INT8 graph
+    stage = Int8Stage(source, model_dir, config, on_stage)   # loads calibration data + tokenizer once
+    summary = stage.quantize(spec, graph)                    # rewritten float graph → INT8, in place
     stage.report(tmp, graphs, params, int8_bytes, "PHM")     # report.md/.json/.png of the staged graphs
 
 Text becomes token ids through the model dir's tokenizer; a model dir without one (the tiny test
 models) gets the UTF-8 bytes of the text modulo the vocabulary, with a warning. Calibration runs the
-float graph (PHM nodes through their ORT reference functions) on every calibration prompt as one
-prefill (no KV cache), at most CALIB_TOKENS tokens each.
+PyTorch model (`source.streaming()`: weights read module by module from the checkpoint) on the
+calibration prompts, at most CALIB_TOKENS tokens each, and captures the rows every W8A8 linear reads
+(capture.py) until MAX_ROWS tokens; each tensor's scale is chosen as soon as its rows are in.
 
 The report compares, on held-out real text (the held-out split of the chatterbot corpus, which the
-calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same model cast to fp16
-(PyTorch, CPU), INT8 = the exported ONNX graph in ONNX Runtime (CPU, basic graph optimizations: see
-`quantize.ort_options`), all against FP32's logits:
+calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same model at fp16
+(PyTorch, CPU; both streamed from the checkpoint), INT8 = the exported ONNX graph in ONNX Runtime
+(CPU, basic graph optimizations: see `quantize.ort_options`), all against FP32's logits:
 logit cosine, top-1 agreement and perplexity of the real next tokens (a VLM decoder gets the text's
 embeddings). A VLM's report adds the answer agreement on image+prompt pairs (`--report-data`, else
 the calibration data's images; vlm_answers.py). An encoder's report compares token hidden states and
@@ -22,7 +23,6 @@ With `Int8Config(activations=False)` every linear is INT8 weight-only and the IN
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -37,9 +37,10 @@ from phm.trainer.data import read_samples
 
 from . import io_names as io
 from .calib_data import load_calibration_data
+from .capture import capture, match_modules
 from .graphs import MROPE_TYPES, VLM_TYPES, GraphSpec, cache_geometry, text_config
 from .precision import tensor_types
-from .quantize import choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
+from .quantize import MAX_ROWS, Int8Plan, choose_scale, input_weights, log_scales, ort_options, plan_int8, quantize_graph
 from .reference import attach_functions
 from .report import ReportRow, encoder_metrics, metrics, write_report
 
@@ -103,13 +104,14 @@ def heldout_sentences(tokenizer, vocab: int, tokens: int, window: int = WINDOW) 
 class Int8Stage:
     """Everything --int8 needs that does not change per graph (calibration data, tokenizer)."""
 
-    def __init__(self, model, model_dir: Path, config, on_stage: Callable[[str], None]):
-        self.model, self.model_dir, self.config, self.stage = model, model_dir, config, on_stage
+    def __init__(self, source, model_dir: Path, config, on_stage: Callable[[str], None]):
+        self.source, self.model = source, source.model  # the exporter's ModelSource (source.py)
+        self.model_dir, self.config, self.stage = model_dir, config, on_stage
         self.samples = load_calibration_data(config.int8.calib_data)  # ValueError on empty/invalid data
         self.processor = None  # the VLM's image processor, loaded once by _answer_samples when answers are asked
         self.answer_samples = self._answer_samples()
         self.tokenizer = _tokenizer(model_dir)
-        self.vocab = text_config(model).vocab_size
+        self.vocab = text_config(self.model).vocab_size
         if self.tokenizer is None:
             log.warning("%s has no tokenizer: calibration and the report use UTF-8 bytes mod vocab as token ids",
                         model_dir)
@@ -167,37 +169,42 @@ class Int8Stage:
         return feed
 
     # -- quantization -------------------------------------------------------------------------
-    def quantize(self, spec: GraphSpec, rewritten: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-        """The INT8 graph of one rewritten float graph (quantize.py), calibrated on the prompts."""
-        graph = gs.import_onnx(rewritten)
+    def quantize(self, spec: GraphSpec, graph: gs.Graph) -> dict:
+        """Quantize one rewritten float graph in place (quantize.py), calibrated on the prompts; its summary."""
         plan = plan_int8(graph, lm_head=self.config.int8.lm_head)
         if spec.kind in ("vision", "embed") or not self.config.int8.activations:  # weights only (module doc)
             for lin in plan.linears:
                 if lin.mode == "w8a8":
                     lin.mode = "weight_only"
-        types = tensor_types(attach_functions(rewritten))
-        names = plan.activation_tensors
-        acts = {}
-        if names:
-            float_np = np.float16 if self.config.fp16 else np.float32
-            feeds = [self._feed(spec.kind, spec.inputs[0], np.array([ids], np.int64), float_np) for ids in self.ids]
-            done = [0]
-
-            def tick():
-                done[0] += 1
-                self.stage(f"calibrating {spec.kind}: {done[0]}/{len(feeds)} prompts")
-
-            acts = collect_activations(attach_functions(rewritten), names, feeds, types, progress=tick)
-            self.stage(f"choosing {spec.kind} activation scales ({self._recipe()})")
-        scales = choose_scales(plan, acts, self.config.int8.calib_method, smooth=self.config.int8.smoothing,
-                               rotate_inputs=self.config.int8.rotate)
+        types = tensor_types(attach_functions(gs.export_onnx(graph)))
+        scales, prompts = self._calibrate(spec, plan) if plan.activation_tensors else ({}, 0)
         summary = quantize_graph(graph, plan, scales, types)
-        out = gs.export_onnx(graph)
-        out.producer_name, out.producer_version = rewritten.producer_name, rewritten.producer_version
-        out.graph.name = rewritten.graph.name
         summary["calib_method"] = self.config.int8.calib_method
-        summary["calib_prompts"] = len(self.ids) if names else 0
-        return out, summary
+        summary["calib_prompts"] = prompts
+        return summary
+
+    def _calibrate(self, spec: GraphSpec, plan: Int8Plan) -> tuple[dict, int]:
+        """ActScale per W8A8 input of the graph, from the PyTorch model's rows (capture.py); and how
+        many calibration prompts were run."""
+        int8 = self.config.int8
+        names = plan.activation_tensors
+        try:
+            targets = match_modules(plan, self.model, self.source)
+        except ValueError as e:
+            raise ValueError(f"{spec.kind} graph: {e}") from None
+        scales = {}
+
+        def done(name: str, rows: np.ndarray) -> None:
+            self.stage(f"choosing {spec.kind} activation scales ({self._recipe()}): {len(scales) + 1}/{len(names)}")
+            scales[name] = choose_scale(rows, input_weights(plan, name), int8.calib_method, int8.smoothing, int8.rotate)
+
+        def progress(done_batches: int, batches: int) -> None:
+            self.stage(f"calibrating {spec.kind}: batch {done_batches}/{batches}")
+
+        with self.source.streaming() as model:
+            prompts = capture(model, targets, self.ids, MAX_ROWS, done, lm_head=int8.lm_head, progress=progress)
+        log_scales(scales)
+        return scales, prompts
 
     def _recipe(self) -> str:
         """How the W8A8 inputs were calibrated, in words (stage messages and the report's note)."""
@@ -223,27 +230,19 @@ class Int8Stage:
         decoder = graphs["decoder"]
         first_input = decoder["io"]["inputs"][0]["name"]
         windows = heldout_windows(self.tokenizer, self.vocab, self.config.int8.report_tokens)
-        ref, half, labels = [], [], []
-        model16 = copy.deepcopy(self.model).half()
-        with torch.no_grad():
-            for ids in windows:
-                x = torch.from_numpy(ids)
-                ref.append(self.model(input_ids=x).logits[0, :-1].float().numpy())
-                half.append(model16(input_ids=x).logits[0, :-1].float().numpy())
-                labels.append(ids[0, 1:])
-        del model16
-        sess = ort.InferenceSession(str(art_dir / decoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
+        torch_logits = self._torch_runs(lambda model: np.concatenate(
+            [model(input_ids=torch.from_numpy(ids)).logits[0, :-1].float().numpy() for ids in windows]))
         float_np = np.float16 if self.config.fp16 else np.float32
-        int8 = []
-        for ids in windows:
-            logits = sess.run([io.LOGITS], self._feed("decoder", first_input, ids, float_np))[0]
-            int8.append(logits[0, :-1].astype(np.float32))
+        with self.source.streaming():  # a VLM decoder's feeds are the text's embeddings
+            feeds = [self._feed("decoder", first_input, ids, float_np) for ids in windows]
+        sess = ort.InferenceSession(str(art_dir / decoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
+        int8 = np.concatenate([sess.run([io.LOGITS], feed)[0][0, :-1].astype(np.float32) for feed in feeds])
         del sess
-        ref, half, int8, labels = (np.concatenate(v) for v in (ref, half, int8, labels))
+        ref, half, labels = torch_logits["fp32"], torch_logits["fp16"], np.concatenate([ids[0, 1:] for ids in windows])
         rows = self._rows(name, [metrics(ref, v, labels) for v in (ref, half, int8)], params, int8_bytes)
         twice = "; a VLM keeps the table in embed.onnx and the head in decoder.onnx, so a tied one twice"
         note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
-                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: "
+                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); INT8: "
                 f"{decoder['file']} in ONNX Runtime (CPU), activations {self.config.activations}, "
                 f"{self._recipe()}. Metrics against FP32's logits. Sizes: FP32/FP16 = "
                 f"parameters × 4/2 bytes; INT8 = the exported graph files (a float LM head and embedding table "
@@ -255,6 +254,15 @@ class Int8Stage:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)
         return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
+
+    def _torch_runs(self, fn: Callable) -> dict[str, list]:
+        """{"fp32": fn(model), "fp16": fn(model at fp16)}: the PyTorch model streamed from the checkpoint
+        (source.py), one precision after the other."""
+        out = {}
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+            with self.source.streaming(dtype) as model, torch.no_grad():
+                out[name] = fn(model)
+        return out
 
     def _rows(self, name: str, fp32_fp16_int8: list, params: int, int8_bytes: int) -> list[ReportRow]:
         """The three report rows of one model from its FP32, FP16 and INT8 metrics (in that order)."""
@@ -271,23 +279,19 @@ class Int8Stage:
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out sentences")
         sentences = heldout_sentences(self.tokenizer, self.vocab, self.config.int8.report_tokens)
         total = sum(ids.shape[1] for ids in sentences)
+        outs = self._torch_runs(lambda model: [
+            model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.int64))
+            .last_hidden_state[0].float().numpy() for ids in sentences])
         sess = ort.InferenceSession(str(art_dir / encoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
-        model16 = copy.deepcopy(self.model).half()
-        outs = {"fp32": [], "fp16": [], "int8": []}
-        with torch.no_grad():
-            for ids in sentences:
-                x, mask = torch.from_numpy(ids), torch.ones(ids.shape, dtype=torch.int64)
-                outs["fp32"].append(self.model(input_ids=x, attention_mask=mask).last_hidden_state[0].float().numpy())
-                outs["fp16"].append(model16(input_ids=x, attention_mask=mask).last_hidden_state[0].float().numpy())
-                feed = self._feed("encoder", io.INPUT_IDS, ids, np.float32)
-                outs["int8"].append(sess.run([io.LAST_HIDDEN_STATE], feed)[0][0].astype(np.float32))
-        del model16, sess
+        outs["int8"] = [sess.run([io.LAST_HIDDEN_STATE], self._feed("encoder", io.INPUT_IDS, ids, np.float32))[0][0]
+                        .astype(np.float32) for ids in sentences]
+        del sess
         rows = self._rows(name, [encoder_metrics(outs["fp32"], v) for v in outs.values()], params, int8_bytes)
         for r in rows:
             log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)
         note = (f"{len(sentences)} held-out sentences ({total} tokens; chatterbot corpus, held-out split), one at a "
-                f"time. FP32 and FP16: the PyTorch model (FP16: cast to fp16, CPU); INT8: {encoder['file']} in "
+                f"time. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); INT8: {encoder['file']} in "
                 f"ONNX Runtime (CPU), activations {self.config.activations}, {self._recipe()}. "
                 f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
                 f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file.")
@@ -306,9 +310,9 @@ class Int8Stage:
 
         def tick():
             done[0] += 1
-            self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{n} (FP32, FP16, INT8)")
+            self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{3 * n} (FP32, FP16, INT8)")
 
-        answers = greedy_answers(self.model, self.model_dir, art_dir, vision_entry, self.answer_samples,
+        answers = greedy_answers(self.source, self.model_dir, art_dir, vision_entry, self.answer_samples,
                                  self.tokenizer, self.vocab, on_sample=tick, processor=self.processor)
         precision = {"fp32": "fp32", "fp16": "fp16", "int8": rows[-1].precision}
         by_precision = {precision[k]: answer_agreement(answers["fp32"], v) for k, v in answers.items()}

@@ -5,6 +5,12 @@
     scales = choose_scales(plan, acts, "mse")              # rotation, (SmoothQuant α,) amax per tensor
     counts = quantize_graph(graph, plan, scales, types)     # Q/DQ + INT8 PHM cores, in place
 
+The export calibrates on the PyTorch model instead (capture.py: the rows each W8A8 linear reads,
+layer by layer from the mapped weights) and chooses each tensor's scale with `choose_scale` as soon
+as its rows are in. Weights are never loaded for the whole graph: a streamed weight (weights.py)
+becomes INT8 values and scales that are computed when the data file is written, one tensor at a time
+(`DerivedWeight`); only small in-memory weights are quantized on the spot.
+
 Dense linears are MatMuls whose second input is a constant 2-D weight W (K, N) (or the transpose of
 one: a tied LM head reads Transpose(embedding table)). They are classified by graph structure, not by
 names: a linear whose output reaches an activation×activation MatMul (Q·Kᵀ, P·V) through non-linear
@@ -36,6 +42,7 @@ casts sit outside the fused INT8 GEMM.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from collections import deque
@@ -53,11 +60,12 @@ from phm.trt_plugins.quant import quantize_cores_int8
 from . import rotate
 from .calibrate import QMAX, make_calibrator, per_channel_weight_scales, quantize_symmetric
 from .rewrite import const_value
+from .weights import DerivedWeight, Shared, StreamedWeight
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ActScale", "DenseLinear", "Int8Plan", "choose_scales", "collect_activations", "ort_options",
-           "plan_int8", "quantize_graph"]
+__all__ = ["ActScale", "DenseLinear", "Int8Plan", "choose_scale", "choose_scales", "collect_activations",
+           "input_weights", "log_scales", "ort_options", "plan_int8", "quantize_graph"]
 
 _WALK = 64  # nodes a structural walk visits at most (attention: q → rope → Q·Kᵀ is ~10)
 _FLOAT, _HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -66,7 +74,7 @@ _FLOAT, _HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 @dataclass
 class DenseLinear:
     node: gs.Node               # MatMul, or Gemm (GPT-2's Conv1D) with a constant B
-    weight: np.ndarray          # as stored: (K, N), or (N, K) for a Gemm with transB = 1
+    weight: np.ndarray | StreamedWeight  # as stored: (K, N), or (N, K) for a Gemm with transB = 1
     role: str                   # "attention" | "lm_head" | "mlp"
     mode: str = "float"         # "w8a8" | "weight_only" | "float"
     channel_axis: int = 1       # the output-channel axis of `weight` (DequantizeLinear's axis)
@@ -85,6 +93,10 @@ class Int8Plan:
                 names.append(lin.node.inputs[0].name)
         return names
 
+    def readers(self, name: str) -> list[DenseLinear]:
+        """The W8A8 linears whose input is the tensor `name` (q/k/v share theirs)."""
+        return [lin for lin in self.linears if lin.mode == "w8a8" and lin.node.inputs[0].name == name]
+
     def counts(self) -> dict:
         out = {}
         for lin in self.linears:
@@ -93,13 +105,18 @@ class Int8Plan:
         return out
 
 
-def _weight(t: gs.Tensor) -> np.ndarray | None:
+def _loaded(value) -> np.ndarray:
+    """A constant's values in memory, float32 (a streamed weight: this one tensor read from its file)."""
+    return np.asarray(value.load() if isinstance(value, StreamedWeight) else value, np.float32)
+
+
+def _weight(t: gs.Tensor) -> np.ndarray | StreamedWeight | None:
     """A MatMul's constant 2-D weight: a constant, or Transpose(perm=[1, 0]) of one (tied LM head)."""
     value = const_value(t)
     if value is None and len(t.inputs) == 1 and t.inputs[0].op == "Transpose":
         src = const_value(t.inputs[0].inputs[0])
         if src is not None and src.ndim == 2 and list(t.inputs[0].attrs.get("perm", [1, 0])) == [1, 0]:
-            value = src.T
+            value = src.transposed() if isinstance(src, StreamedWeight) else src.T
     if value is None or value.ndim != 2 or value.dtype.kind != "f":
         return None
     return value
@@ -212,7 +229,9 @@ class ActScale:
 
 def collect_activations(ort_model: onnx.ModelProto, names: list[str], feeds, types: dict[str, int],
                         progress=None) -> dict[str, np.ndarray]:
-    """(rows ≤ MAX_ROWS, K) float32 samples of each tensor in `names`: the float model (PHM nodes
+    """The float graph's view of calibration (what capture.py is checked against; the export
+    calibrates on the PyTorch model instead): (rows ≤ MAX_ROWS, K) float32 samples of each tensor in
+    `names`: the float model (PHM nodes
     through their reference functions) runs in ONNX Runtime on every feed of `feeds`."""
     import onnxruntime as ort
 
@@ -253,12 +272,31 @@ def _amax(x: np.ndarray, method: str) -> float:
     return a if a > 0 else 1.0  # never observed non-zero: any scale quantizes 0 exactly
 
 
+def input_weights(plan: Int8Plan, name: str) -> np.ndarray:
+    """The W8A8 weights that read the tensor `name`, side by side as one float32 (K, ΣN) matrix."""
+    ws = [_loaded(lin.weight) for lin in plan.readers(name)]
+    ws = [w.T if lin.channel_axis == 0 else w for lin, w in zip(plan.readers(name), ws)]   # each (K, N)
+    return np.concatenate(ws, axis=1)
+
+
 def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smooth: bool = True,
                   rotate_inputs: bool = True) -> dict:
-    """ActScale per W8A8 input tensor. With `rotate_inputs`, every tensor is rotated first (rotate.py:
+    """ActScale per W8A8 input tensor of `acts` (rows of each): `choose_scale` with its weights."""
+    out = {name: choose_scale(x, input_weights(plan, name), method, smooth, rotate_inputs)
+           for name, x in acts.items()}
+    log_scales(out)
+    return out
+
+
+def choose_scale(x: np.ndarray, w: np.ndarray, method: str, smooth: bool = True,
+                 rotate_inputs: bool = True) -> ActScale:
+    """The ActScale of one W8A8 input tensor: rows x (R, K) read by the weights w (K, N).
+
+    With `rotate_inputs`, the rows are rotated first (rotate.py:
     x·Q is quantized against Qᵀ·W) and everything below is chosen on x·Q. With `smooth`, SmoothQuant:
     x / s and diag(s)·W compute the same product, s_j = max|x_j|^α / max|W_j|^(1−α) moves outlier
-    channels of x into the weights. α (0 = no smoothing) is picked per tensor by the relative error of the quantized linears' outputs on
+    channels of x into the weights. α (0 = no smoothing) is picked per tensor by the relative error of
+    the quantized linears' outputs on
     *held-out* calibration rows: s and the scale are fitted on the first half of the rows (the first
     prompts) and scored on the second. Scoring on the rows s was fitted to favours smoothing where it
     overfits: on SmolLM2 the attention output (o_proj's input) has channels whose calibration maxima
@@ -270,34 +308,31 @@ def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smoo
     the α search uses percentile when it is entropy, ≈2 s per call), or "mse": the clip among
     CLIP_RATIOS × max|x / s| with the smallest output error of the quantized linears (x/s quantized
     against the INT8 weights), which needs the weights and so lives here, not in calibrate.py."""
-    out = {}
-    for name, x in acts.items():
-        ws = [lin.weight.T if lin.channel_axis == 0 else lin.weight for lin in plan.linears
-              if lin.mode == "w8a8" and lin.node.inputs[0].name == name]   # each (K, N)
-        w = np.concatenate(ws, axis=1).astype(np.float32)
-        if rotate_inputs:
-            x, w = rotate.apply(x), (rotate.matrix(w.shape[0]).T @ w).astype(np.float32)
-        half = len(x) // 2
-        fit, held = (x[:half], x[half:]) if half >= MIN_SPLIT_ROWS else (x, x)
-        search = "percentile" if method == "entropy" else method
-        best = None
-        for alpha in ALPHAS if smooth else (0.0,):
-            s = _smoothing(fit, w, alpha)
-            wq = _quantized_weight(w, s)
-            err = _output_error(held / s, held @ w, _act_amax(fit, w, s, wq, search), wq)
-            if best is None or err < best.error:
-                best = ActScale(0.0, None if alpha == 0 else s, alpha, err, rotate_inputs)
-        s = _smoothing(x, w, best.alpha)
-        best.smooth = None if best.alpha == 0 else s
-        best.amax = _act_amax(x, w, s, _quantized_weight(w, s), method)
-        out[name] = best
-    if out:
-        errs = [a.error for a in out.values()]
+    if rotate_inputs:
+        x, w = rotate.apply(x), (rotate.matrix(w.shape[0]).T @ w).astype(np.float32)
+    half = len(x) // 2
+    fit, held = (x[:half], x[half:]) if half >= MIN_SPLIT_ROWS else (x, x)
+    search = "percentile" if method == "entropy" else method
+    best = None
+    for alpha in ALPHAS if smooth else (0.0,):
+        s = _smoothing(fit, w, alpha)
+        wq = _quantized_weight(w, s)
+        err = _output_error(held / s, held @ w, _act_amax(fit, w, s, wq, search), wq)
+        if best is None or err < best.error:
+            best = ActScale(0.0, None if alpha == 0 else s, alpha, err, rotate_inputs)
+    s = _smoothing(x, w, best.alpha)
+    best.smooth = None if best.alpha == 0 else s
+    best.amax = _act_amax(x, w, s, _quantized_weight(w, s), method)
+    return best
+
+
+def log_scales(scales: dict[str, ActScale]) -> None:
+    if scales:
+        errs = [a.error for a in scales.values()]
         log.info("activation scales: %d tensors (%d rotated, %d smoothed), α %s, held-out output error mean %.4f "
-                 "max %.4f", len(out), sum(a.rotated for a in out.values()),
-                 sum(a.smooth is not None for a in out.values()), sorted({a.alpha for a in out.values()}),
+                 "max %.4f", len(scales), sum(a.rotated for a in scales.values()),
+                 sum(a.smooth is not None for a in scales.values()), sorted({a.alpha for a in scales.values()}),
                  float(np.mean(errs)), float(np.max(errs)))
-    return out
 
 
 def _quantized_weight(w: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -349,24 +384,48 @@ class _Builder:
         return self.node("Cast", [x], onnx.helper.tensor_dtype_to_np_dtype(to), name, to=to)
 
 
+_KEYS = itertools.count()  # DerivedWeight keys: every quantized tensor its own bytes in the data file
+
+
+def _outputs(names: list[str], fn, specs: list[tuple], lazy: bool) -> list[gs.Constant]:
+    """Constants holding the outputs of `fn()` ((shape, dtype) each in `specs`): computed now for a
+    small in-memory weight, or when the data file is written for a streamed one (DerivedWeight)."""
+    if not lazy:
+        return [gs.Constant(n, np.ascontiguousarray(v)) for n, v in zip(names, fn())]
+    shared, key = Shared(fn), next(_KEYS)
+    return [gs.Constant(n, DerivedWeight(lambda i=i: shared.part(i), shape, dtype, (n, key, i)))
+            for i, (n, (shape, dtype)) in enumerate(zip(names, specs))]
+
+
 def _weight_dq(b: _Builder, lin: DenseLinear, name: str, smooth: np.ndarray | None = None,
                rotated: bool = False) -> gs.Variable:
     """INT8 weight + per-output-channel scales → DequantizeLinear(axis = channel axis), float32.
     A MatMul weight (K, N) has its channels on axis 1 (a Gemm's transposed B (N, K) on axis 0).
     `rotated`: the weight is Qᵀ·W (rotate.py) before smoothing and rounding."""
-    w, axis = lin.weight.astype(np.float32), lin.channel_axis
-    if rotated:
-        q = rotate.matrix(w.shape[1 - axis])
-        w = (q.T @ w if axis == 1 else w @ q).astype(np.float32)
-    if smooth is not None:  # diag(s)·W: the input channels are W's rows (K, N), a transposed B's columns
-        w = w * (smooth[None, :] if axis == 0 else smooth[:, None])
-    scales = per_channel_weight_scales(w, axis=axis)
-    shape = [1, 1]
-    shape[axis] = -1
-    q = gs.Constant(f"{name}.weight_int8", quantize_symmetric(w, scales.reshape(shape)))
-    s = gs.Constant(f"{name}.weight_scale", scales)
-    zp = gs.Constant(f"{name}.weight_zero_point", np.zeros(scales.shape, np.int8))
+    axis = lin.channel_axis
+
+    def quantized() -> tuple[np.ndarray, np.ndarray]:
+        w = _loaded(lin.weight)
+        if rotated:
+            q = rotate.matrix(w.shape[1 - axis])
+            w = (q.T @ w if axis == 1 else w @ q).astype(np.float32)
+        if smooth is not None:  # diag(s)·W: the input channels are W's rows (K, N), a transposed B's columns
+            w = w * (smooth[None, :] if axis == 0 else smooth[:, None])
+        scales = per_channel_weight_scales(w, axis=axis)
+        shape = [1, 1]
+        shape[axis] = -1
+        return quantize_symmetric(w, scales.reshape(shape)), scales
+
+    channels = (lin.weight.shape[axis],)
+    q, s = _outputs([f"{name}.weight_int8", f"{name}.weight_scale"], quantized,
+                    [(lin.weight.shape, np.int8), (channels, np.float32)], isinstance(lin.weight, StreamedWeight))
+    zp = gs.Constant(f"{name}.weight_zero_point", np.zeros(channels, np.int8))
     return b.node("DequantizeLinear", [q, s, zp], np.float32, name, axis=axis)
+
+
+def _cast_constant(name: str, value, dtype) -> gs.Constant:
+    """A constant's values at another float type (a streamed one as a cast view)."""
+    return gs.Constant(name, value.cast(dtype) if isinstance(value, StreamedWeight) else value.astype(dtype))
 
 
 def _activation_qdq(b: _Builder, x: gs.Tensor, act: ActScale, fp16: bool, k: int, name: str) -> gs.Variable:
@@ -398,7 +457,7 @@ def _quantize_linear(b: _Builder, lin: DenseLinear, scales: dict, types: dict, s
         shared[key] = _activation_qdq(b, x, act, fp16, lin.weight.shape[1 - lin.channel_axis], f"{name}/input")
     node.inputs[0], node.inputs[1] = shared[key], w
     if fp16 and len(node.inputs) > 2 and const_value(node.inputs[2]) is not None:  # Gemm bias joins the island
-        node.inputs[2] = gs.Constant(f"{name}.bias_fp32", const_value(node.inputs[2]).astype(np.float32))
+        node.inputs[2] = _cast_constant(f"{name}.bias_fp32", const_value(node.inputs[2]), np.float32)
     if fp16:  # float32 island: the MatMul now computes in fp32, cast its output back
         y = node.outputs[0]
         y32 = gs.Variable(f"{name}/fp32_out", dtype=np.float32)
@@ -427,8 +486,13 @@ def _int8_cores(node: gs.Node, first: int, done: dict) -> None:
         pair = (gs.Constant(f"{prefix}.int8", np.zeros((1,), np.int8)),
                 gs.Constant(f"{prefix}.scales", np.ones((1,), np.float32)))
     else:
-        q, s = quantize_cores_int8(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
-        pair = (gs.Constant(f"{prefix}.int8", q.numpy()), gs.Constant(f"{prefix}.int8_scales", s.numpy()))
+        def quantized(value=value) -> tuple[np.ndarray, np.ndarray]:
+            q, s = quantize_cores_int8(torch.from_numpy(np.array(_loaded(value))))
+            return q.numpy(), s.numpy()
+
+        pair = tuple(_outputs([f"{prefix}.int8", f"{prefix}.int8_scales"], quantized,
+                              [(value.shape, np.int8), ((value.shape[0],), np.float32)],
+                              isinstance(value, StreamedWeight)))
     done[id(cores)] = pair
     node.inputs[first], node.inputs[first + 1] = pair
 
@@ -437,7 +501,7 @@ def _fp16_bias(node: gs.Node, first: int) -> None:
     bias = node.inputs[first + 2]
     value = const_value(bias)
     if value is not None and value.dtype != np.float16:
-        node.inputs[first + 2] = gs.Constant(f"{bias.name or node.name}.fp16", value.astype(np.float16))
+        node.inputs[first + 2] = _cast_constant(f"{bias.name or node.name}.fp16", value, np.float16)
 
 
 def _quantize_phm(b: _Builder, node: gs.Node, types: dict, done: dict) -> None:

@@ -32,22 +32,32 @@ class Metrics:
     embedding_cosine: float | None = None  # encoders: mean cos of the mean-pooled sentence embeddings
 
 
+ROWS = 32  # positions per block: a vocabulary of 152k is 39 MB of float64 per block, not GBs for the whole text
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """−log softmax(logits)[label] per position, float64, computed ROWS positions at a time."""
+    out = np.empty(len(labels))
+    for i in range(0, len(labels), ROWS):
+        z = logits[i:i + ROWS].astype(np.float64)
+        z -= z.max(-1, keepdims=True)
+        out[i:i + ROWS] = np.log(np.exp(z).sum(-1)) - z[np.arange(len(z)), labels[i:i + ROWS]]
+    return out
+
+
 def perplexity(logits: np.ndarray, labels: np.ndarray) -> float:
     """exp(mean −log softmax(logits)[label]); logits (N, V), labels (N,).
 
     >>> round(perplexity(np.zeros((4, 10)), np.arange(4)), 6)   # uniform over 10 tokens
     10.0
     """
-    z = logits.astype(np.float64)
-    z = z - z.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(np.exp(-logp[np.arange(len(labels)), labels].mean()))
+    return float(np.exp(_nll(logits, labels).mean()))
 
 
 def metrics(ref: np.ndarray, test: np.ndarray, labels: np.ndarray) -> Metrics:
     """ref/test logits (N, V) for the same N positions; labels (N,) the real next tokens."""
     ref, test = ref.reshape(-1, ref.shape[-1]), test.reshape(-1, test.shape[-1])
-    cos = _cosines(ref, test)
+    cos = np.concatenate([_cosines(ref[i:i + ROWS], test[i:i + ROWS]) for i in range(0, len(ref), ROWS)])
     agree = (ref.argmax(-1) == test.argmax(-1)).mean()
     return Metrics(float(cos.mean()), float(agree), perplexity(test, labels.reshape(-1)))
 

@@ -5,16 +5,16 @@ Two ways in, one way out:
     found in the checkpoint's safetensors headers (weights.SafetensorsIndex). Nothing is read until a
     tensor is written into the artifacts or a reference forward needs it: the export's memory does not
     grow with the model.
-  - `in_memory(model)`: a model that had to be loaded whole (its LoRA adapter merged, or --int8, whose
-    calibration and report run it); its tensors are the sources.
+  - `in_memory(model)`: a model that had to be loaded whole (its LoRA adapter merged); its tensors are
+    the sources.
 
 Either way the graph is traced on placeholders (`tracing`): each large tensor lies on anonymous
 memory that is never written but for one tag element (a different value per tensor), so the trace
 reads zeros from the kernel's shared zero page, records shapes and the op chain, and no weight is
 materialised; tensors of
 at most SMALL_BYTES (norms, biases, PHM bases, rotary tables) carry their real values, which the
-graph's constant folding needs. `streaming()` runs the model on its real weights for the reference
-outputs, module by module from the files: an embedding reads only the rows it looks up, a linear
+graph's constant folding needs. `streaming(dtype)` runs the model on its real weights (the reference
+outputs, INT8 calibration and its report), module by module from the files: an embedding reads only the rows it looks up, a linear
 larger than one block multiplies block by block, every other module loads its own tensors on entry
 and drops them on exit.
 """
@@ -22,6 +22,7 @@ and drops them on exit.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import mmap
 from pathlib import Path
@@ -210,42 +211,46 @@ class ModelSource:
                     self.current[i].view(-1)[0] = tag
 
     @contextlib.contextmanager
-    def streaming(self):
-        """The model runs on its real fp32 weights, read from the files module by module."""
+    def streaming(self, dtype: torch.dtype = torch.float32):
+        """The model runs on its real weights at `dtype`, read from the files module by module (an
+        in-memory model: itself at fp32, a copy cast to `dtype` otherwise)."""
         if self.in_memory:
-            yield self.model
+            yield self.model if dtype == torch.float32 else copy.deepcopy(self.model).to(dtype)
             return
-        self.place(torch.float32)
+        self.place(dtype)
         undo = []
         for module in self.model.modules():  # the placeholders: every large tensor the files hold
             large = [(attr, i) for attr, p in module._parameters.items() if p is not None
                      for i in [self._id_of(p)] if i in self._released]
             if large:
-                undo.append(self._stream_module(module, large))
+                undo.append(self._stream_module(module, large, dtype))
         try:
             yield self.model
         finally:
             for fn in undo:
                 fn()
+            if dtype != torch.float32:
+                self.place(torch.float32)
 
     def _id_of(self, tensor) -> int | None:
         return next((i for i, t in self.current.items() if t is tensor), None)
 
-    def _stream_module(self, module: nn.Module, large: list):
+    def _stream_module(self, module: nn.Module, large: list, dtype: torch.dtype):
         if isinstance(module, nn.Embedding) and [a for a, _ in large] == ["weight"]:
             src = self.sources[large[0][1]]
-            module.forward = lambda ids, src=src: _gather_rows(src, ids)
+            module.forward = lambda ids, src=src: _gather_rows(src, ids).to(dtype)
             return lambda: module.__dict__.pop("forward", None)
         if isinstance(module, nn.Linear) and [a for a, _ in large] == ["weight"]:
             src = self.sources[large[0][1]]
             if int(np.prod(src.shape)) * 4 > BLOCK_BYTES:
-                module.forward = lambda x, src=src, m=module: _blocked_linear(x, src, m.bias)
+                module.forward = lambda x, src=src, m=module: _blocked_linear(x, src, m.bias, dtype)
                 return lambda: module.__dict__.pop("forward", None)
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
 
         def load(mod, args):
             for attr, i in large:
                 mod._parameters[attr] = nn.Parameter(torch.from_numpy(
-                    np.array(self.sources[i].load(), dtype=np.float32)), requires_grad=False)
+                    np.array(self.sources[i].load(), dtype=np_dtype)), requires_grad=False)
 
         def drop(mod, args, out):
             for attr, i in large:
@@ -290,15 +295,15 @@ def _gather_rows(src, ids: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(rows)[inverse]
 
 
-def _blocked_linear(x: torch.Tensor, src, bias) -> torch.Tensor:
-    """y = x Wᵀ (+ b) with W read BLOCK_BYTES of rows at a time (an LM head larger than a block)."""
+def _blocked_linear(x: torch.Tensor, src, bias, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """y = x Wᵀ (+ b) at `dtype` with W read BLOCK_BYTES of rows at a time (an LM head larger than a block)."""
     out_features, in_features = src.shape
     rows = max(1, BLOCK_BYTES // (4 * in_features))
     parts = []
     for r0 in range(0, out_features, rows):
         r1 = min(out_features, r0 + rows)
-        w = torch.from_numpy(np.asarray(src.read(r0 * in_features, (r1 - r0) * in_features),
+        w = torch.from_numpy(np.array(src.read(r0 * in_features, (r1 - r0) * in_features),
                                         dtype=np.float32).reshape(r1 - r0, in_features))
-        parts.append(F.linear(x.float(), w))
+        parts.append(F.linear(x.to(dtype), w.to(dtype)))
     y = torch.cat(parts, dim=-1)
-    return y if bias is None else y + bias.float()
+    return y if bias is None else y + bias.to(dtype)

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-__all__ = ["ArrayTensor", "BLOCK_BYTES", "FileTensor", "SafetensorsIndex", "DataFile", "StreamedWeight"]
+__all__ = ["ArrayTensor", "BLOCK_BYTES", "DerivedWeight", "FileTensor", "SafetensorsIndex", "DataFile", "Shared",
+           "StreamedWeight"]
 
 BLOCK_BYTES = 64 << 20
 ALIGN = 4096            # page-aligned offsets for tensors of ALIGN_FROM bytes and more: ONNX Runtime
@@ -219,6 +220,65 @@ class StreamedWeight(LazyValues):
 
     def __repr__(self) -> str:  # graphsurgeon prints values in its logs: never load for that
         return f"StreamedWeight({self.shape}, {self.dtype}, of {self.source.ident[-1]})"
+
+
+class Shared:
+    """One computation with several outputs that are written as separate tensors (an INT8 weight and
+    its scales): computed at the first read of any output and kept until each output was read once,
+    so that a write computes it once and nothing stays held afterwards."""
+
+    def __init__(self, fn: Callable[[], tuple]):
+        self.fn, self.value, self.unread = fn, None, set()
+
+    def part(self, i: int) -> np.ndarray:
+        if i not in self.unread:  # a new round (first read, or an output read again)
+            self.value = self.fn()
+            self.unread = set(range(len(self.value)))
+        out = self.value[i]
+        self.unread.discard(i)
+        if not self.unread:
+            self.value = None
+        return out
+
+
+class DerivedWeight(StreamedWeight):
+    """Values computed from other weights when they are written (quantized weights and their scales):
+    one tensor's work at a time, nothing held between writes. `compute()` returns the array;
+    `key` names the computation (equal keys: one copy in the data file)."""
+
+    def __init__(self, compute: Callable[[], np.ndarray], shape: tuple, dtype, key: tuple):
+        self.compute, self.key = compute, key
+        self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.transpose, self.tied = None, False
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.location, self.offset = PENDING, 0
+
+    @property
+    def ident(self) -> tuple:
+        return ("derived", *self.key)
+
+    def transposed(self):
+        return None
+
+    def reshaped(self, shape):
+        raise ValueError("a derived weight is not reshaped")
+
+    def cast(self, dtype):
+        raise ValueError("a derived weight is not cast")
+
+    def load(self) -> np.ndarray:
+        value = np.ascontiguousarray(self.compute(), dtype=self.dtype)
+        if value.shape != self.shape:
+            raise ValueError(f"derived weight {self.key}: computed {value.shape}, declared {self.shape}")
+        return value
+
+    def write(self, fd: int, offset: int) -> None:
+        flat = self.load().reshape(-1).view(np.uint8)
+        for first in range(0, flat.size, BLOCK_BYTES):
+            os.pwrite(fd, flat[first:first + BLOCK_BYTES].tobytes(), offset + first)
+
+    def __repr__(self) -> str:
+        return f"DerivedWeight({self.shape}, {self.dtype}, {self.key[0]})"
 
 
 class DataFile:
