@@ -9,8 +9,9 @@ checkpoint module by module, so calibration holds one module's weights at a time
 model's size, as GPTQ-style tools calibrate. Prompts run as right-padded batches (a causal model's
 real positions never see the padding; an encoder gets the attention mask) and only real tokens'
 rows are kept, in prompt order, which is the order `choose_scale` splits into fitted and held-out
-halves. A tensor's rows go to `done` as soon as it has `rows` of them (usually within the first
-batch), so each tensor's scale is chosen and its rows dropped while the forward goes on.
+halves. A tensor's rows go to `done` as soon as it has `rows` of them, or in the last batch, so each
+tensor's scale is chosen and its rows dropped while the forward goes on; rows of earlier batches
+wait in a temporary file per tensor, not in memory.
 
 A graph linear is matched to its module by where its weight comes from: a streamed weight by its
 checkpoint tensor (and orientation), a small inline one by its values.
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -125,49 +128,70 @@ def _forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, lm_head: b
         model(**kwargs)
 
 
+class _Rows:
+    """Each target tensor's captured rows, appended batch by batch to a file of its own (a float32
+    (R, K) matrix): rows held in memory are one batch of one tensor, whatever the model's depth."""
+
+    def __init__(self, folder: Path, names: list[str]):
+        self.paths = {name: folder / f"{i}.rows" for i, name in enumerate(names)}
+        self.count = dict.fromkeys(names, 0)
+        self.width: dict[str, int] = {}
+
+    def add(self, name: str, x: np.ndarray) -> int:
+        with open(self.paths[name], "ab") as f:
+            f.write(np.ascontiguousarray(x, np.float32).tobytes())
+        self.width[name] = x.shape[1]
+        self.count[name] += x.shape[0]
+        return self.count[name]
+
+    def take(self, name: str, rows: int) -> np.ndarray:
+        """The first `rows` rows of `name`, read back once; its file is removed."""
+        path = self.paths.pop(name)
+        x = np.fromfile(path, np.float32, count=min(rows, self.count[name]) * self.width[name])
+        path.unlink()
+        return x.reshape(-1, self.width[name])
+
+
 def capture(model: nn.Module, targets: dict[str, nn.Module], prompts: list[list[int]], rows: int,
             done: Callable[[str, np.ndarray], None], lm_head: bool = False,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Run `prompts` (token ids) through `model`; hand each target tensor's first `rows` real-token
-    rows (R, K) float32 to `done(name, rows)`, once. Returns how many prompts ran. `lm_head`: the LM head's input is a target (its
-    logits are computed for every position, so batches are cut to LOGIT_BYTES of them)."""
+    rows (R, K) float32 to `done(name, rows)`, once: as soon as it has them, else after the last
+    batch. Returns how many prompts ran. `lm_head`: the LM head's input is a target (its logits are
+    computed for every position, so batches are cut to LOGIT_BYTES of them)."""
     tokens = BATCH_TOKENS
     if lm_head:
         vocab = model.get_output_embeddings().weight.shape[0]
         tokens = max(1, min(tokens, LOGIT_BYTES // (4 * vocab)))
-    kept: dict[str, list] = {name: [] for name in targets}
-    count = {name: 0 for name in targets}
+    batches = _batches(prompts, rows, tokens)
     real = {}  # the current batch's real-token mask, flattened
 
-    def hook(name):
-        def pre(module, args):
-            if name not in kept:  # already handed over
-                return
-            x = args[0].detach().float()
-            x = x.reshape(-1, x.shape[-1])
-            if x.shape[0] == real["mask"].numel():
-                x = x[real["mask"]]
-            kept[name].append(x.numpy().copy())
-            count[name] += x.shape[0]
-            if count[name] >= rows:
-                done(name, np.concatenate(kept.pop(name))[:rows])
-        return pre
+    with tempfile.TemporaryDirectory(prefix="phm-calib-") as folder:
+        kept = _Rows(Path(folder), list(targets))
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in targets.items()]
-    batches = _batches(prompts, rows, tokens)
-    try:
-        for i, batch in enumerate(batches):
-            ids, mask = _padded(batch)
-            real["mask"] = mask.reshape(-1).bool()
-            _forward(model, ids, mask, lm_head)
-            if progress is not None:
-                progress(i + 1, len(batches))
-    finally:
-        for h in handles:
-            h.remove()
-    for name in list(kept):
-        if count[name]:
-            done(name, np.concatenate(kept.pop(name))[:rows])
-        else:
-            raise ValueError(f"INT8 calibration: the model never ran the linear reading {name}")
+        def hook(name):
+            def pre(module, args):
+                if name not in kept.paths:  # already handed over
+                    return
+                x = args[0].detach().float()
+                x = x.reshape(-1, x.shape[-1])
+                if x.shape[0] == real["mask"].numel():
+                    x = x[real["mask"]]
+                if kept.add(name, x.numpy()) >= rows or real["last"]:
+                    done(name, kept.take(name, rows))
+            return pre
+
+        handles = [m.register_forward_pre_hook(hook(name)) for name, m in targets.items()]
+        try:
+            for i, batch in enumerate(batches):
+                ids, mask = _padded(batch)
+                real.update(mask=mask.reshape(-1).bool(), last=i == len(batches) - 1)
+                _forward(model, ids, mask, lm_head)
+                if progress is not None:
+                    progress(i + 1, len(batches))
+        finally:
+            for h in handles:
+                h.remove()
+        if kept.paths:
+            raise ValueError(f"INT8 calibration: the model never ran the linear reading {next(iter(kept.paths))}")
     return sum(map(len, batches))

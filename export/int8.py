@@ -17,7 +17,10 @@ calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same 
 logit cosine, top-1 agreement and perplexity of the real next tokens (a VLM decoder gets the text's
 embeddings). A VLM's report adds the answer agreement on image+prompt pairs (`--report-data`, else
 the calibration data's images; vlm_answers.py). An encoder's report compares token hidden states and
-mean-pooled sentence embeddings on held-out sentences instead (report.encoder_metrics).
+mean-pooled sentence embeddings on held-out sentences instead (report.encoder_metrics). A PHM
+checkpoint that names its dense teacher (phm_config.json "teacher", written by the trainer) gets the
+teacher's FP32 row first, measured against the student's FP32 on the same text: a student's
+perplexity is read against its teacher's.
 With `Int8Config(activations=False)` every linear is INT8 weight-only and the INT8 row is labelled "int8-wo".
 """
 
@@ -33,6 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
+from phm.trainer.checkpoint import read_phm_config
 from phm.trainer.data import read_samples
 
 from . import io_names as io
@@ -43,6 +47,7 @@ from .precision import tensor_types
 from .quantize import MAX_ROWS, Int8Plan, choose_scale, input_weights, log_scales, ort_options, plan_int8, quantize_graph
 from .reference import attach_functions
 from .report import ReportRow, encoder_metrics, metrics, write_report
+from .source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,10 @@ __all__ = ["CALIB_TOKENS", "Int8Stage", "heldout_sentences", "heldout_windows", 
 
 CALIB_TOKENS = 128   # tokens per calibration prompt (longer ones are cut)
 WINDOW = 128         # tokens per held-out evaluation window
+
+_TEACHER_NOTE = ("The teacher (dense) row is the dense model the checkpoint was made from (phm_config.json "
+                 "\"teacher\"), FP32 PyTorch on the same text: its cosine and top-1 agreement are against the "
+                 "student's FP32, its perplexity is its own.")
 
 
 def _tokenizer(model_dir: Path):
@@ -230,8 +239,9 @@ class Int8Stage:
         decoder = graphs["decoder"]
         first_input = decoder["io"]["inputs"][0]["name"]
         windows = heldout_windows(self.tokenizer, self.vocab, self.config.int8.report_tokens)
-        torch_logits = self._torch_runs(lambda model: np.concatenate(
-            [model(input_ids=torch.from_numpy(ids)).logits[0, :-1].float().numpy() for ids in windows]))
+        logits = lambda model: np.concatenate(  # noqa: E731 - the same forward for student and teacher
+            [model(input_ids=torch.from_numpy(ids)).logits[0, :-1].float().numpy() for ids in windows])
+        torch_logits = self._torch_runs(logits)
         float_np = np.float16 if self.config.fp16 else np.float32
         with self.source.streaming():  # a VLM decoder's feeds are the text's embeddings
             feeds = [self._feed("decoder", first_input, ids, float_np) for ids in windows]
@@ -240,6 +250,7 @@ class Int8Stage:
         del sess
         ref, half, labels = torch_logits["fp32"], torch_logits["fp16"], np.concatenate([ids[0, 1:] for ids in windows])
         rows = self._rows(name, [metrics(ref, v, labels) for v in (ref, half, int8)], params, int8_bytes)
+        teacher = self._teacher_row(logits, lambda t: metrics(ref, t, labels))
         twice = "; a VLM keeps the table in embed.onnx and the head in decoder.onnx, so a tied one twice"
         note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
                 f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); INT8: "
@@ -250,6 +261,8 @@ class Int8Stage:
         if "vision" in graphs:
             rows, answers_note = self._answers(art_dir, graphs["vision"], rows)
             note += "\n\n" + answers_note
+        if teacher:
+            rows, note = teacher + rows, f"{note}\n\n{_TEACHER_NOTE}"
         for r in rows:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)
@@ -263,6 +276,30 @@ class Int8Stage:
             with self.source.streaming(dtype) as model, torch.no_grad():
                 out[name] = fn(model)
         return out
+
+    def _teacher(self) -> ModelSource | None:
+        """The dense teacher the checkpoint names, streamed from its files; None (warned) when it
+        names none or the dir cannot be read (the report goes on without the row)."""
+        doc = read_phm_config(self.model_dir)
+        path = (doc or {}).get("teacher")
+        if not path:
+            return None
+        try:
+            return ModelSource.from_files(Path(path))
+        except (OSError, ValueError) as e:
+            log.warning("INT8 report: no teacher row: %s (named by phm_config.json) cannot be read: %s", path, e)
+            return None
+
+    def _teacher_row(self, fn: Callable, score: Callable) -> list[ReportRow]:
+        """[the teacher's FP32 row] (score(its outputs)), or [] without a readable teacher."""
+        teacher = self._teacher()
+        if teacher is None:
+            return []
+        self.stage("accuracy report: the dense teacher (FP32, PyTorch)")
+        with teacher.streaming() as model, torch.no_grad():
+            outputs = fn(model)
+        params = sum(p.numel() for p in teacher.model.parameters())
+        return [ReportRow("teacher (dense)", "fp32", score(outputs), params * 4)]
 
     def _rows(self, name: str, fp32_fp16_int8: list, params: int, int8_bytes: int) -> list[ReportRow]:
         """The three report rows of one model from its FP32, FP16 and INT8 metrics (in that order)."""
@@ -279,14 +316,16 @@ class Int8Stage:
         self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out sentences")
         sentences = heldout_sentences(self.tokenizer, self.vocab, self.config.int8.report_tokens)
         total = sum(ids.shape[1] for ids in sentences)
-        outs = self._torch_runs(lambda model: [
+        hidden = lambda model: [  # noqa: E731 - the same forward for student and teacher
             model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.int64))
-            .last_hidden_state[0].float().numpy() for ids in sentences])
+            .last_hidden_state[0].float().numpy() for ids in sentences]
+        outs = self._torch_runs(hidden)
         sess = ort.InferenceSession(str(art_dir / encoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
         outs["int8"] = [sess.run([io.LAST_HIDDEN_STATE], self._feed("encoder", io.INPUT_IDS, ids, np.float32))[0][0]
                         .astype(np.float32) for ids in sentences]
         del sess
         rows = self._rows(name, [encoder_metrics(outs["fp32"], v) for v in outs.values()], params, int8_bytes)
+        rows = self._teacher_row(hidden, lambda t: encoder_metrics(outs["fp32"], t)) + rows
         for r in rows:
             log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)
@@ -294,7 +333,8 @@ class Int8Stage:
                 f"time. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); INT8: {encoder['file']} in "
                 f"ONNX Runtime (CPU), activations {self.config.activations}, {self._recipe()}. "
                 f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
-                f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file.")
+                f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file."
+                + (f"\n\n{_TEACHER_NOTE}" if len(rows) > 3 else ""))
         return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
 
     def _answers(self, art_dir: Path, vision_entry: dict, rows: list) -> tuple[list, str]:

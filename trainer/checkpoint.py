@@ -39,10 +39,14 @@ WEIGHTS_NAME = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
 
 
-def phm_config_doc(config: PHMConfig, targets: list[PHMTarget], blocks: list) -> dict:
-    """The content of phm_config.json: the PHM settings, the replaced layers and the MLP blocks."""
-    return {"format_version": CONFIG_FORMAT_VERSION, "phm": config.to_dict(),
-            "layers": [asdict(t) for t in targets], "blocks": [asdict(b) for b in blocks]}
+def phm_config_doc(config: PHMConfig, targets: list[PHMTarget], blocks: list, teacher: str | None = None) -> dict:
+    """The content of phm_config.json: the PHM settings, the replaced layers, the MLP blocks and,
+    when known, the dense model dir the checkpoint was made from (its teacher: reports show its row)."""
+    doc = {"format_version": CONFIG_FORMAT_VERSION, "phm": config.to_dict(),
+           "layers": [asdict(t) for t in targets], "blocks": [asdict(b) for b in blocks]}
+    if teacher is not None:
+        doc["teacher"] = teacher
+    return doc
 
 
 def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTarget], out_dir: str | Path,
@@ -50,7 +54,8 @@ def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTa
                         extra_files: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Path:
     """Write a PHM-only model (call drop_dense first; merge LoRA first) as a checkpoint dir.
 
-    Non-weight files of `source_dir` (tokenizer, processor, chat template …) are copied along.
+    Non-weight files of `source_dir` (tokenizer, processor, chat template …) are copied along, and
+    phm_config.json names it as the checkpoint's teacher (its absolute path).
     `extra_files` ({name: text}) are written beside them (e.g. distill_config.json); entries of an
     existing `out_dir` named in `keep` (e.g. the trainer's train_state/) are carried over.
     """
@@ -70,7 +75,8 @@ def save_phm_checkpoint(model: nn.Module, config: PHMConfig, targets: list[PHMTa
                 and model.can_generate():
             model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / PHM_CONFIG_NAME).write_text(json.dumps(phm_config_doc(config, targets, blocks), indent=2,
+        teacher = str(Path(source_dir).resolve()) if source_dir is not None else None
+        (tmp / PHM_CONFIG_NAME).write_text(json.dumps(phm_config_doc(config, targets, blocks, teacher), indent=2,
                                                       sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -94,6 +100,7 @@ MODEL_CONFIG_SCHEMA = {"model_type": str, "architectures": opt([str]), **_DIMS,
 PHM_CONFIG_SCHEMA = {
     "format_version": int,
     "phm": {"n": positive(int), "num_bases": positive(int), "bases": opt(str)},
+    "teacher": opt(str),
     "layers": [{"name": str, "block": str, "tower": str, "layer": int, "role": str, "num_bases": positive(int),
                 "in_features": positive(int), "out_features": positive(int), "bias": bool, "transposed": bool}],
 }

@@ -54,9 +54,14 @@ def _feed(model, ids: list[int]) -> dict:
     return feed
 
 
-def test_captured_rows_are_the_graph_tensors(wide, tmp_path):
-    """The rows capture() hands over for each W8A8 input (padded batches, streamed weights) are the
-    values of that graph tensor when ONNX Runtime runs the float graph on the prompts one by one."""
+@pytest.mark.parametrize("batch_tokens", [4096, 8])
+def test_captured_rows_are_the_graph_tensors(wide, tmp_path, monkeypatch, batch_tokens):
+    """The rows capture() hands over for each W8A8 input (padded batches, streamed weights; one batch,
+    or one per prompt with rows waiting on disk) are the values of that graph tensor when ONNX Runtime
+    runs the float graph on the prompts one by one."""
+    from phm.export import capture as capture_mod
+
+    monkeypatch.setattr(capture_mod, "BATCH_TOKENS", batch_tokens)
     src = ModelSource.from_files(wide)
     spec, graph = _bound_graph(src, tmp_path)
     plan = plan_int8(graph)
@@ -66,9 +71,12 @@ def test_captured_rows_are_the_graph_tensors(wide, tmp_path):
     targets = match_modules(plan, src.model, src)
     assert sorted(type(m).__name__ for m in targets.values()) == ["Linear"] * 4
     got = {}
+    batches = []
     with src.streaming() as model:
-        ran = capture(model, targets, PROMPTS, rows=1000, done=lambda name, x: got.setdefault(name, x))
+        ran = capture(model, targets, PROMPTS, rows=1000, done=lambda name, x: got.setdefault(name, x),
+                      progress=lambda i, n: batches.append(n))
     assert ran == len(PROMPTS) and set(got) == set(names)
+    assert batches[-1] == (1 if batch_tokens == 4096 else len(PROMPTS))
     # the ORT reference runs the same graph with its weights loaded
     for t in graph.tensors().values():
         if isinstance(getattr(t, "_values", None), StreamedWeight):
@@ -149,3 +157,48 @@ def test_derived_weights_compute_once_per_write(tmp_path):
     assert raw[:6] == bytes(range(6))
     with pytest.raises(ValueError):
         DerivedWeight(lambda: np.zeros(3), (2,), np.float32, ("bad",)).load()
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_report_shows_the_teacher(tmp_path, arch, caplog):
+    """A checkpoint made from a dense model names it (phm_config.json "teacher"); the INT8 report puts
+    the teacher's FP32 row first: a decoder's perplexity is the dense model's own on the same text.
+    A teacher that is gone is a warning and no row."""
+    import shutil
+
+    from phm.export.int8 import heldout_windows
+    from phm.export.report import perplexity
+    from phm.trainer import PHMConfig, drop_dense, inject_phm, load, save_phm_checkpoint, set_lambda
+    from phm.trainer.checkpoint import read_phm_config
+    from tinymodels import save_tiny_model
+
+    dense = save_tiny_model(arch, tmp_path / "dense")
+    model = load(dense)
+    config = PHMConfig()
+    targets = inject_phm(model, config)
+    set_lambda(model, 1.0)
+    drop_dense(model)
+    with torch.no_grad():  # a student that is not the projection of its teacher
+        for name, p in model.named_parameters():
+            if name.endswith(".cores"):
+                p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    ckpt = save_phm_checkpoint(model, config, targets, tmp_path / "phm", source_dir=dense)
+    assert read_phm_config(ckpt)["teacher"] == str(dense.resolve())
+    int8 = ExportConfig(int8=Int8Config(report_tokens=64))
+    rows = json.loads((export_model(ckpt, int8, tmp_path / "art") / "report.json").read_text())
+    assert [(r["model"], r["precision"]) for r in rows][0] == ("teacher (dense)", "fp32")
+    assert [r["model"] for r in rows[1:]] == ["PHM"] * 3
+    if arch == "llama":
+        teacher = load(dense)
+        vocab = teacher.config.vocab_size
+        windows = heldout_windows(None, vocab, 64)
+        with torch.no_grad():
+            logits = np.concatenate([teacher(input_ids=torch.from_numpy(w)).logits[0, :-1].numpy() for w in windows])
+        want = perplexity(logits, np.concatenate([w[0, 1:] for w in windows]))
+        assert rows[0]["metrics"]["perplexity"] == pytest.approx(want, rel=1e-4)
+        assert rows[0]["metrics"]["logit_cosine"] < 0.999  # against the student's FP32, not itself
+        assert rows[1]["metrics"]["perplexity"] != pytest.approx(want, rel=1e-3)
+    shutil.rmtree(dense)
+    rows = json.loads((export_model(ckpt, int8, tmp_path / "art2") / "report.json").read_text())
+    assert [r["model"] for r in rows] == ["PHM"] * 3
+    assert "no teacher row" in caplog.text
