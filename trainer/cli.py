@@ -25,7 +25,7 @@ def _csv(choices):
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model_dir")
-@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint dir to write.")
+@click.option("--out", "out_dir", default=None, type=click.Path(), help="Checkpoint dir to write (required unless --plan).")
 @click.option("--data", default=None, help="JSONL/TXT file, image+caption folder, or 'chatterbot'. "
               "Without it: data-free KD on text sampled from the teacher.")
 @click.option("--data-free-samples", default=256, show_default=True, type=click.IntRange(1), help="Texts to sample.")
@@ -67,11 +67,16 @@ def _csv(choices):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
+@click.option("--plan", is_flag=True, help="Print the run's memory plan (per item and stage, from the config on the "
+              "meta device: no weight is read) and exit.")
+@click.option("--device-gib", type=FiniteFloatRange(0, min_open=True), default=None,
+              help="Memory of the training device: a run whose planned peak exceeds it is refused before any weight "
+              "is loaded (--plan: the verdict).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
 def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds, bases, n, top_k_b3, towers,
          projections, init, steps, epochs, batch_size, max_length, pack, group_by_length, lr, core_lr, local_epochs,
          local_batches, hidden_weight, recon_weight, schedule, lora_r, checkpoint_every, log_every, device, seed, resume,
-         verbose):
+         plan, device_gib, verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -80,6 +85,8 @@ def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds
     transformers.utils.logging.disable_progress_bar()  # our own bar is the progress; keep errors one line
     if steps is not None and epochs is not None:
         raise click.ClickException("--steps and --epochs conflict: give one of them")
+    if out_dir is None and not plan:
+        raise click.ClickException("Missing option '--out' (the checkpoint dir to write)")
     try:
         phm = PHMConfig(n=n, num_bases=bases, towers=towers, projections=projections, top_k_b3=top_k_b3,
                         init="random" if init == "random" else "projection")
@@ -89,8 +96,14 @@ def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds
                             schedule=schedule, lora_r=lora_r,
                             calibrate_init=init == "calibrated", checkpoint_every=checkpoint_every,
                             log_every=log_every, device=device, seed=seed)
+        if plan:
+            from .models import resolve_model_dir
+            from .plan import plan_training
+
+            click.echo(plan_training(resolve_model_dir(model_dir), phm, cfg, device_gib).table())
+            return
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,
-                    epochs=epochs, augment_lm=augment_lm, augment_rounds=augment_rounds)
+                    epochs=epochs, augment_lm=augment_lm, augment_rounds=augment_rounds, device_gib=device_gib)
     except (ValueError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # disk full, file too large, permissions: nothing half-written (atomic writes)

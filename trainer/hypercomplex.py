@@ -278,7 +278,8 @@ class PHMLinear(nn.Module):
     def reset_parameters(self) -> None:
         # Match nn.Linear's weight scale: each W entry sums B_eff = mean_ij Σ_b H_b[i,j]² core
         # entries, so divide the uniform bound by sqrt(B_eff).
-        b_eff = float((self.bases.double() ** 2).sum(0).mean())
+        bases = self.bases if not self.bases.is_meta else basis_family(self.n, self.num_bases, self.basis_family_name)
+        b_eff = float((bases.double() ** 2).sum(0).mean())  # (a model planned on the meta device: its CPU twin)
         bound = 1.0 / math.sqrt(self.in_features) / math.sqrt(max(b_eff, 1e-12))
         nn.init.uniform_(self.cores, -bound, bound)
         if self.bias is not None:

@@ -57,6 +57,16 @@ def _augment(texts: list[str], out_dir: Path, lm_dir: Path, rounds: int, seed: i
     return texts + replies
 
 
+def _check_plan(model_dir: Path, phm_config: PHMConfig, config: DistillConfig, device_gib: float) -> None:
+    from .plan import plan_training
+
+    _check_architecture(model_dir)
+    plan = plan_training(model_dir, phm_config, config, device_gib)
+    log.info("memory plan:\n%s", plan.table())
+    if plan.verdict == "does-not-fit":
+        raise ValueError(f"--device-gib: {plan.refusal()}")
+
+
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path {out_dir} exists and is not a directory; choose another --out")
@@ -117,9 +127,12 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
 
 def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, config: DistillConfig,
           data: str | None = None, data_free_samples: int = 256, resume: bool = False,
-          epochs: float | None = None, augment_lm: str | None = None, augment_rounds: int = 1) -> Path:
+          epochs: float | None = None, augment_lm: str | None = None, augment_rounds: int = 1,
+          device_gib: float | None = None) -> Path:
     """Load `model_dir`, inject PHM, distill, and write the PHM checkpoint dir `out_dir`.
 
+    `device_gib`: the run's memory plan (plan.py) is made first and a run that does not fit is
+    refused (ValueError with the numbers) before any weight is loaded.
     `epochs` (if given) overrides config.steps with epochs × batches per epoch. `augment_lm` (a chat LM's
     model dir): add its sampled replies to the text data (`augment_rounds` per text). Raises ValueError
     with one clear line on bad input (missing dir, unsupported architecture, empty data, …).
@@ -131,6 +144,8 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
             raise ValueError(f"augment rounds must be ≥ 1, got {augment_rounds}")
     data_path = Path(data) if data is not None and Path(data).exists() else None  # not 'chatterbot'
     check_apart(out_dir, {"model dir": model_dir, "training data": data_path, "--augment-lm dir": augment_lm})
+    if device_gib is not None:
+        _check_plan(model_dir, phm_config, config, device_gib)
     with output_lock(out_dir):  # one writer per run dir, for the whole run
         _check_out_dir(out_dir, resume)
         created = not out_dir.exists()

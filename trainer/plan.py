@@ -1,0 +1,181 @@
+"""Training memory plan from the config alone: what one `phm-train` run holds at its peak.
+
+    plan = plan_training("Qwen2-7B/", PHMConfig(num_bases=2), DistillConfig(batch_size=8, max_length=512))
+    print(plan.table())                # bytes per item and per stage, the peak, the verdict
+    plan.refusal()                     # one line with the numbers when it does not fit device_gib
+
+The model is built on the meta device (trainer.empty_model: no weight is read), PHM is injected
+and LoRA added as `distill` does, and one training forward runs on meta tensors with autograd's
+saved-tensor hooks counting what the backward would keep: the activations are the model's own,
+measured, not a formula (attention counted as eager attention computes it, with its probabilities
+saved; SDPA's fused kernels, which the trainer runs, saved between 8 % less and 0.3 % more on the
+test architectures). The rest is what the trainer holds, as it holds it:
+
+  weights          every frozen parameter in fp32 (the dense teacher weights stay beside the cores)
+  trainable        PHM cores and biases, LoRA (fp32)
+  gradients        one fp32 per trainable parameter
+  AdamW            two fp32 moments per trainable parameter
+  activations      tensors the student's forward saves for the backward (batch × max_length)
+  teacher outputs  the teacher's logits (or last hidden state) and, with hidden_weight > 0, every
+                   layer's hidden state, kept for the loss
+  temporaries      estimated, not counted: the KD loss's four logits-sized tensors (log-softmax and
+                   softmax of student and teacher) and twice the largest layer's saved activations
+                   (the backward's working set)
+  calibration      --init calibrated: Σ x xᵀ in float64 for every PHM linear's input, all at once
+  local stage      --local-epochs: the student's and teacher's layer inputs and the layer targets
+                   of every cached batch (3 × batches × batch × length × hidden, fp32)
+
+Stages run one after the other (calibrated init, local stage, KD loop), so the peak is the largest
+stage plus what every stage holds (weights, trainable). The plan is for one process on one device
+and a text batch (image batches add the vision tower's activations). Measured against a real run
+(docs/trainer.md § Memory plan) it is below the peak RSS by about 13 %: the allocator's own overhead
+and temporaries it does not count, hence the near-limit margin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import empty_model
+from .distill import DistillConfig, _add_lora, _forward, _objective, _trainable
+from .inject import PHMConfig, inject_phm, phm_wrappers, teacher_mode
+
+__all__ = ["TrainPlan", "plan_training", "step_bytes"]
+
+GiB = 1024 ** 3
+NEAR_LIMIT = 0.8
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    items: dict             # name → bytes (module doc)
+    stages: dict            # stage → bytes held during it (items it adds to weights + trainable)
+    params: dict            # total / trainable / frozen parameter counts
+    batch: tuple            # (batch_size, max_length) the activations were measured for
+    device_gib: float | None = None
+
+    @property
+    def peak(self) -> int:
+        return max(self.stages.values())
+
+    @property
+    def verdict(self) -> str:
+        if self.device_gib is None:
+            return "no device size given"
+        fraction = self.peak / (self.device_gib * GiB)
+        return "does-not-fit" if fraction > 1 else "near-limit" if fraction > NEAR_LIMIT else "fits"
+
+    def table(self) -> str:
+        lines = [f"training memory plan (one device; batch {self.batch[0]} × {self.batch[1]} tokens; "
+                 f"{self.params['total'] / 1e9:.3f} B parameters, {self.params['trainable'] / 1e6:.1f} M trainable)",
+                 f"{'item':<18}{'GiB':>10}"]
+        lines += [f"{name:<18}{value / GiB:>10.3f}" for name, value in self.items.items() if value]
+        lines.append(f"{'stage':<18}{'GiB':>10}")
+        lines += [f"{name:<18}{value / GiB:>10.3f}" for name, value in self.stages.items()]
+        device = "" if self.device_gib is None else f" of {self.device_gib:g} GiB"
+        lines.append(f"peak {self.peak / GiB:.2f} GiB{device}: {self.verdict}")
+        return "\n".join(lines)
+
+    def refusal(self) -> str:
+        worst = max(self.stages, key=self.stages.get)
+        top = sorted(self.items.items(), key=lambda kv: -kv[1])[:3]
+        return (f"the run needs {self.peak / GiB:.1f} GiB at its peak ({worst}) and the device has "
+                f"{self.device_gib:g} GiB; largest items: "
+                + ", ".join(f"{name} {value / GiB:.1f} GiB" for name, value in top)
+                + " (phm-train --plan shows all)")
+
+
+def _unique_numel(params) -> int:
+    seen, total = set(), 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _nbytes(t) -> int:
+    if isinstance(t, torch.Tensor):
+        return t.numel() * t.element_size()
+    if isinstance(t, (tuple, list)):
+        return sum(_nbytes(x) for x in t)
+    return 0
+
+
+def step_bytes(model, objective: str, batch: int, length: int, hidden: bool,
+               device: str = "meta") -> tuple[int, int, int]:
+    """(bytes of the teacher's logits or last hidden state, of all its outputs kept for the loss, and
+    of what the student's forward saves for the backward) of one training step of `model` (PHM injected, LoRA added, trainable set) on a
+    (batch, length) text batch: every wrapper mid-fade (both paths computed and the reconstruction
+    recorded, the stage-A worst case). On meta tensors for the plan; on real ones the same count."""
+    ids = {"input_ids": torch.zeros((batch, length), dtype=torch.int64, device=device)}
+    with torch.no_grad(), teacher_mode(model):
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                teacher = _forward(model, ids, objective, hidden)
+        else:
+            teacher = _forward(model, ids, objective, hidden)
+    for _, w in phm_wrappers(model):
+        w.lam, w.record_recon = 0.5, True
+    saved: dict[int, int] = {}
+
+    def pack(t):  # one entry per storage: views of one tensor are one allocation
+        storage = t.untyped_storage()
+        saved[storage._cdata] = max(saved.get(storage._cdata, 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _forward(model, ids, objective, hidden)
+    return _nbytes(teacher[0]), _nbytes(teacher), sum(saved.values())
+
+
+def _temporaries(teacher_main: int, activations: int, layers: int) -> int:
+    return 4 * teacher_main + 2 * activations // max(layers, 1)
+
+
+def _calibration_bytes(targets) -> int:
+    return sum(t.in_features ** 2 * 8 for t in targets)
+
+
+def _local_bytes(model, targets, config: DistillConfig, batches: int) -> int:
+    if not config.local_epochs:
+        return 0
+    widths = {}  # per tower: the width of its layers' inputs (the MLP's gate/up/fc input)
+    for t in targets:
+        widths[t.tower] = max(widths.get(t.tower, 0), t.in_features if t.role != "down" else 0)
+    count = config.local_batches or batches
+    return sum(3 * count * config.batch_size * config.max_length * width * 4 for width in widths.values())
+
+
+def plan_training(model_dir: str | Path, phm: PHMConfig, config: DistillConfig, device_gib: float | None = None,
+                  data_batches: int = 64) -> TrainPlan:
+    """The plan of `phm-train model_dir` with these settings (module doc). `data_batches`: batches of
+    the training data, what --local-batches 0 caches."""
+    model = empty_model(model_dir).to("meta")
+    # meta tensors have no fused attention kernel: count eager attention, which saves the attention
+    # probabilities (b × heads × T² per layer); SDPA saves about as much or less (module doc)
+    model.set_attn_implementation("eager")
+    targets = inject_phm(model, dataclasses.replace(phm, init="random"))  # the init does not change memory
+    objective = _objective(model, config)
+    model = _add_lora(model, config)
+    trainable = sum(p.numel() for _, p in _trainable(model))
+    total = _unique_numel(model.parameters())
+    main, teacher, activations = step_bytes(model, objective, config.batch_size, config.max_length,
+                                            config.hidden_weight > 0)
+    layers = len({(t.tower, t.layer) for t in targets})
+    items = {"weights": (total - trainable) * 4, "trainable": trainable * 4, "gradients": trainable * 4,
+             "AdamW": trainable * 8, "activations": activations, "teacher outputs": teacher,
+             "temporaries": _temporaries(main, activations, layers),
+             "calibration": _calibration_bytes(targets) if config.calibrate_init else 0,
+             "local stage": _local_bytes(model, targets, config, data_batches)}
+    held = items["weights"] + items["trainable"]
+    stages = {"calibrated init": held + items["calibration"],
+              "local stage": held + items["local stage"],
+              "KD step": held + sum(items[k] for k in ("gradients", "AdamW", "activations", "teacher outputs",
+                                                       "temporaries"))}
+    return TrainPlan(items, stages, {"total": total, "trainable": trainable, "frozen": total - trainable},
+                     (config.batch_size, config.max_length), device_gib)
