@@ -15,12 +15,11 @@ test architectures). The rest is what the trainer holds, as it holds it:
   trainable        PHM cores and biases, LoRA (fp32)
   gradients        one fp32 per trainable parameter
   AdamW            two fp32 moments per trainable parameter
-  activations      tensors the student's forward saves for the backward (batch × max_length)
+  activations      tensors the student's forward and the loss save for the backward (batch × max_length)
   teacher outputs  the teacher's logits (or last hidden state) and, with hidden_weight > 0, every
                    layer's hidden state, kept for the loss
-  temporaries      estimated, not counted: the KD loss's four logits-sized tensors (log-softmax and
-                   softmax of student and teacher) and twice the largest layer's saved activations
-                   (the backward's working set)
+  temporaries      estimated, not counted: two logits-sized tensors (the loss's gradient and its
+                   input's) and twice one layer's saved activations (the backward's working set)
   calibration      --init calibrated: Σ x xᵀ in float64 for every PHM linear's input, all at once
   local stage      --local-epochs: the student's and teacher's layer inputs and the layer targets
                    of every cached batch (3 × batches × batch × length × hidden, fp32)
@@ -28,7 +27,7 @@ test architectures). The rest is what the trainer holds, as it holds it:
 Stages run one after the other (calibrated init, local stage, KD loop), so the peak is the largest
 stage plus what every stage holds (weights, trainable). The plan is for one process on one device
 and a text batch (image batches add the vision tower's activations). Measured against a real run
-(docs/trainer.md § Memory plan) it is below the peak RSS by about 13 %: the allocator's own overhead
+(benchmarks/bench_train_plan.py) it is below the peak RSS by about 15 %: the allocator's own overhead
 and temporaries it does not count, hence the near-limit margin.
 """
 
@@ -41,7 +40,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import empty_model
-from .distill import DistillConfig, _add_lora, _forward, _objective, _trainable
+from .distill import DistillConfig, _add_lora, _forward, _loss, _objective, _trainable
 from .inject import PHMConfig, inject_phm, phm_wrappers, teacher_mode
 
 __all__ = ["TrainPlan", "plan_training", "step_bytes"]
@@ -106,13 +105,14 @@ def _nbytes(t) -> int:
     return 0
 
 
-def step_bytes(model, objective: str, batch: int, length: int, hidden: bool,
-               device: str = "meta") -> tuple[int, int, int]:
+def step_bytes(model, objective: str, config: DistillConfig, device: str = "meta") -> tuple[int, int, int]:
     """(bytes of the teacher's logits or last hidden state, of all its outputs kept for the loss, and
-    of what the student's forward saves for the backward) of one training step of `model` (PHM injected, LoRA added, trainable set) on a
-    (batch, length) text batch: every wrapper mid-fade (both paths computed and the reconstruction
-    recorded, the stage-A worst case). On meta tensors for the plan; on real ones the same count."""
-    ids = {"input_ids": torch.zeros((batch, length), dtype=torch.int64, device=device)}
+    of what the student's forward and the loss save for the backward) of one training step of
+    `model` (PHM injected, LoRA added, trainable set) on a (batch_size, max_length) text batch:
+    every wrapper mid-fade (both paths computed and the reconstruction recorded, the stage-A worst
+    case). On meta tensors for the plan; on real ones the same count."""
+    hidden = config.hidden_weight > 0
+    ids = {"input_ids": torch.zeros((config.batch_size, config.max_length), dtype=torch.int64, device=device)}
     with torch.no_grad(), teacher_mode(model):
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
@@ -129,12 +129,16 @@ def step_bytes(model, objective: str, batch: int, length: int, hidden: bool,
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _forward(model, ids, objective, hidden)
+        student = _forward(model, ids, objective, hidden)
+        recons = [w.recon for _, w in phm_wrappers(model) if w.recon is not None]
+        recon = torch.stack(recons).mean() if recons and config.recon_weight > 0 else None
+        _loss(student, teacher, ids, objective, config, config.kd_weight, recon,
+              objective == "logits" and config.ce_weight > 0)
     return _nbytes(teacher[0]), _nbytes(teacher), sum(saved.values())
 
 
 def _temporaries(teacher_main: int, activations: int, layers: int) -> int:
-    return 4 * teacher_main + 2 * activations // max(layers, 1)
+    return 2 * teacher_main + 2 * activations // max(layers, 1)
 
 
 def _calibration_bytes(targets) -> int:
@@ -164,8 +168,7 @@ def plan_training(model_dir: str | Path, phm: PHMConfig, config: DistillConfig, 
     model = _add_lora(model, config)
     trainable = sum(p.numel() for _, p in _trainable(model))
     total = _unique_numel(model.parameters())
-    main, teacher, activations = step_bytes(model, objective, config.batch_size, config.max_length,
-                                            config.hidden_weight > 0)
+    main, teacher, activations = step_bytes(model, objective, config)
     layers = len({(t.tower, t.layer) for t in targets})
     items = {"weights": (total - trainable) * 4, "trainable": trainable * 4, "gradients": trainable * 4,
              "AdamW": trainable * 8, "activations": activations, "teacher outputs": teacher,

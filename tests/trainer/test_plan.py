@@ -31,7 +31,7 @@ def test_meta_plan_counts_what_a_real_step_holds(arch, tmp_path):
     objective = _objective(model, config)
     model = _add_lora(model, config)
     named = _trainable(model)
-    _, teacher, saved = step_bytes(model, objective, 3, 24, hidden=True, device="cpu")
+    _, teacher, saved = step_bytes(model, objective, config, device="cpu")
     assert (plan.items["activations"], plan.items["teacher outputs"]) == (saved, teacher)
     trainable = sum(p.numel() for _, p in named)
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
