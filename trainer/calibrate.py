@@ -75,26 +75,35 @@ def _collect(model: nn.Module, token_mask: dict):
 
 
 @torch.no_grad()
-def input_covariances(model: nn.Module, batches) -> dict[str, torch.Tensor]:
-    """Σ x xᵀ of every PHM wrapper's input over the real tokens of `batches` (teacher mode)."""
+def input_covariances(model: nn.Module, batches, progress: bool = False, total: int | None = None) -> dict[str, torch.Tensor]:
+    """Σ x xᵀ of every PHM wrapper's input over the real tokens of `batches` (teacher mode);
+    `progress`: a bar over the batches (`total` of them, when the caller knows)."""
+    from tqdm.auto import tqdm
+
     token_mask: dict = {}
     with teacher_mode(model), _collect(model, token_mask) as covs:
-        for batch in batches:
+        for batch in tqdm(batches, total=total, desc="calibration: activations", unit="batch", disable=not progress,
+                          dynamic_ncols=True):
             token_mask["mask"] = batch.get("attention_mask")
             model(**batch)
     return covs
 
 
 @torch.no_grad()
-def calibrate_phm(model: nn.Module, batches, ridge: float = 1e-2) -> int:
+def calibrate_phm(model: nn.Module, batches, ridge: float = 1e-2, progress: bool = False,
+                  total: int | None = None) -> int:
     """Refit every PHM wrapper's cores to the activations of `batches`; returns the layer count.
 
     `batches`: iterable of model keyword dicts (input_ids, attention_mask, …). Call right after
-    inject_phm (projection init), before training. Biases stay the dense ones.
+    inject_phm (projection init), before training. Biases stay the dense ones. `progress`: bars
+    over the batches (`total`) and over the layers fitted (the long part on large models).
     """
-    covs = input_covariances(model, batches)
+    from tqdm.auto import tqdm
+
+    covs = input_covariances(model, batches, progress, total)
     wrappers = dict(phm_wrappers(model))
-    for name, cov in covs.items():
+    for name, cov in tqdm(covs.items(), total=len(covs), desc="calibration: fitting cores", unit="layer",
+                          disable=not progress, dynamic_ncols=True):
         wrapper = wrappers[name]
         base = wrapper.base_layer
         weight = base.weight.t() if type(base).__name__ == "Conv1D" else base.weight

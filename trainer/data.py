@@ -155,17 +155,22 @@ def split_holdout(texts: list[str], fraction: float = 0.15, salt: str = "phm") -
 @torch.no_grad()
 def sample_teacher_texts(model, tokenizer, num: int, max_new_tokens: int = 64, seed: int = 0,
                          batch_size: int = 16, prompts: list[str] | None = None,
-                         temperature: float = 1.0, top_k: int = 50) -> list[str]:
+                         temperature: float = 1.0, top_k: int = 50, progress: bool = False) -> list[str]:
     """Data-free KD: `num` texts sampled from the (dense) teacher, from BOS or from `prompts`.
 
-    Deterministic for a given seed on a given device. Needs a language-model head.
+    Deterministic for a given seed on a given device. Needs a language-model head. `progress`: a
+    bar over the sampled tokens.
     """
+    from tqdm.auto import tqdm
+
     if model.get_output_embeddings() is None:
         raise ValueError("teacher-sampled data needs a language model head; pass --data for encoders")
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     texts = []
+    bar = tqdm(total=num * max_new_tokens, desc="teacher sampling", unit="token", disable=not progress,
+               dynamic_ncols=True)
     for first in range(0, num, batch_size):
         count = min(batch_size, num - first)
         if prompts:
@@ -183,7 +188,9 @@ def sample_teacher_texts(model, tokenizer, num: int, max_new_tokens: int = 64, s
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen).to(device)
             ids = torch.cat([ids, nxt], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            bar.update(count)
         texts += tokenizer.batch_decode(ids, skip_special_tokens=False)
+    bar.close()
     return texts
 
 

@@ -365,8 +365,9 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
     if config.calibrate_init and saved is None:
         from .calibrate import calibrate_phm
 
-        calibrate_phm(model, (_to(data.batch(i), device) for i in range(min(config.calib_batches, len(data)))),
-                      config.calib_ridge)
+        count = min(config.calib_batches, len(data))
+        calibrate_phm(model, (_to(data.batch(i), device) for i in range(count)), config.calib_ridge,
+                      progress=config.progress, total=count)
     if config.local_epochs and saved is None:
         count = min(config.local_batches or len(data), len(data))
         history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,

@@ -114,7 +114,8 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
         else:
             log.info("no --data: sampling %d texts from the teacher (data-free KD)", data_free_samples)
             texts = sample_teacher_texts(model, load_tokenizer(model_dir), data_free_samples,
-                                         max_new_tokens=min(config.max_length, 96), seed=config.seed)
+                                         max_new_tokens=min(config.max_length, 96), seed=config.seed,
+                                         progress=config.progress)
             atomic_write_text(cache, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     if augment_lm is not None:
         texts = _augment(texts, out_dir, augment_lm, augment_rounds, config.seed)

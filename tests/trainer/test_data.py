@@ -124,6 +124,24 @@ def test_teacher_sampled_texts_are_deterministic():
         sample_teacher_texts(tiny_model("bert"), _ByteTokenizer(), num=1)
 
 
+def test_long_stages_show_progress(capsys):
+    """Teacher sampling and the calibrated init (activations, then the per-layer fit that dominates on
+    large models) each draw a bar with their totals; progress=False draws none."""
+    from phm.trainer import PHMConfig, calibrate_phm, inject_phm
+
+    model = tiny_model("llama")
+    sample_teacher_texts(model, _ByteTokenizer(), num=3, max_new_tokens=4, seed=1, batch_size=2, progress=True)
+    inject_phm(model, PHMConfig(init="projection"))
+    batches = [{"input_ids": torch.randint(3, 200, (2, 8))} for _ in range(2)]
+    layers = calibrate_phm(model, iter(batches), progress=True, total=2)
+    err = capsys.readouterr().err
+    assert "teacher sampling" in err and "12/12" in err  # 3 texts × 4 tokens
+    assert "calibration: activations" in err and "2/2" in err
+    assert "calibration: fitting cores" in err and f"{layers}/{layers}" in err
+    calibrate_phm(model, iter(batches))
+    assert "calibration" not in capsys.readouterr().err
+
+
 def test_packed_batches_are_full_windows_of_the_joined_stream():
     texts = ["abc", "defgh", "ij"]
     data = TokenBatches.packed(_ByteTokenizer(), texts, batch_size=2, length=4)
