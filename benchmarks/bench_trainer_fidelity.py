@@ -44,9 +44,9 @@ log = logging.getLogger("bench")
 # Per-model settings of the runs recorded in docs/trainer.md. MiniLM: the training utterances plus two rounds of
 # SmolLM2's replies to them (~5k sentences), 2 epochs of layer-wise local distillation over all training batches,
 # then 1,400 KD steps on length-grouped batches: 14.1 wall-minutes of training with --threads 2 on the idle 2-core
-# development machine (session 8; 400 steps fitted before the batches were grouped); hidden-state weight 3 from
-# the short sweep there. SmolLM2: 2 local epochs over 32 batches. The rest are first guesses; the
-# acceptance thresholds were not reached with them on the CPU, see there.
+# development machine; hidden-state weight 3 from the short sweep in docs/trainer.md. SmolLM2: 2 local epochs
+# over 32 batches. The rest are first guesses; the acceptance thresholds were not reached with them on the CPU,
+# see there.
 SETTINGS = {
     "minilm": dict(load=load_minilm, objective="embedding", steps=1400, batch_size=32, max_length=64, augment_rounds=2,
                    distill=dict(core_lr=3e-3, lr=1e-4, recon_weight=0.5, hidden_weight=3.0, calib_batches=16,
@@ -177,7 +177,7 @@ def _print(result: dict, console: Console) -> None:
               "(0 = off; default: the model's setting, 0 with --quick).")
 @click.option("--group-by-length/--no-group-by-length", default=True, show_default=True,
               help="Batch texts of about one length (the trainer's default); off = the plain shuffled batches "
-              "of the runs recorded before session 8.")
+              "(the shuffled-batch runs in docs/trainer.md).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON.")
 def main(models, steps, quick, threads, schedules, no_step0, local_epochs, augment_rounds, group_by_length,
          json_path):
