@@ -117,7 +117,7 @@ DATA_FILE = "model.onnx.data"  # the external data of every graph of an export: 
 
 
 def _materialize(graph: gs.Graph) -> gs.Graph:
-    """Every streamed weight loaded (a graph the INT8 stage quantizes, or one small enough to inline)."""
+    """Every streamed weight loaded (a graph small enough to inline)."""
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and isinstance(t._values, StreamedWeight):
             t.values = t._values.load()

@@ -20,7 +20,6 @@ checkpoint tensor (and orientation), a small inline one by its values.
 from __future__ import annotations
 
 import inspect
-import logging
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -31,8 +30,6 @@ from torch import nn
 
 from .quantize import Int8Plan
 from .weights import StreamedWeight
-
-log = logging.getLogger(__name__)
 
 __all__ = ["BATCH_TOKENS", "capture", "match_modules"]
 

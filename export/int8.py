@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 import torch
 
@@ -325,7 +324,8 @@ class Int8Stage:
                         .astype(np.float32) for ids in sentences]
         del sess
         rows = self._rows(name, [encoder_metrics(outs["fp32"], v) for v in outs.values()], params, int8_bytes)
-        rows = self._teacher_row(hidden, lambda t: encoder_metrics(outs["fp32"], t)) + rows
+        teacher = self._teacher_row(hidden, lambda t: encoder_metrics(outs["fp32"], t))
+        rows = teacher + rows
         for r in rows:
             log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)
@@ -334,7 +334,7 @@ class Int8Stage:
                 f"ONNX Runtime (CPU), activations {self.config.activations}, {self._recipe()}. "
                 f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
                 f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file."
-                + (f"\n\n{_TEACHER_NOTE}" if len(rows) > 3 else ""))
+                + (f"\n\n{_TEACHER_NOTE}" if teacher else ""))
         return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
 
     def _answers(self, art_dir: Path, vision_entry: dict, rows: list) -> tuple[list, str]:

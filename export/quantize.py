@@ -1,13 +1,13 @@
 """INT8 explicit quantization of a rewritten graph (docs/design.md §3.4): what `phm-export --int8` adds.
 
     plan = plan_int8(graph, lm_head=False)                 # which MatMuls get what
-    acts = collect_activations(ort_model, plan.activation_tensors, feeds, types)   # ORT, float graph
+    acts = {name: rows for each name in plan.activation_tensors}   # capture.py: from the PyTorch model
     scales = choose_scales(plan, acts, "mse")              # rotation, (SmoothQuant α,) amax per tensor
     counts = quantize_graph(graph, plan, scales, types)     # Q/DQ + INT8 PHM cores, in place
 
-The export calibrates on the PyTorch model instead (capture.py: the rows each W8A8 linear reads,
-layer by layer from the mapped weights) and chooses each tensor's scale with `choose_scale` as soon
-as its rows are in. Weights are never loaded for the whole graph: a streamed weight (weights.py)
+The export calibrates layer by layer (capture.py: the rows each W8A8 linear reads, from the model
+streamed from the checkpoint) and chooses each tensor's scale with `choose_scale` as soon as its rows
+are in. Weights are never loaded for the whole graph: a streamed weight (weights.py)
 becomes INT8 values and scales that are computed when the data file is written, one tensor at a time
 (`DerivedWeight`); only small in-memory weights are quantized on the spot.
 
@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -64,8 +62,8 @@ from .weights import DerivedWeight, Shared, StreamedWeight
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ActScale", "DenseLinear", "Int8Plan", "choose_scale", "choose_scales", "collect_activations",
-           "input_weights", "log_scales", "ort_options", "plan_int8", "quantize_graph"]
+__all__ = ["ActScale", "DenseLinear", "Int8Plan", "choose_scale", "choose_scales", "input_weights", "log_scales",
+           "ort_options", "plan_int8", "quantize_graph"]
 
 _WALK = 64  # nodes a structural walk visits at most (attention: q → rope → Q·Kᵀ is ~10)
 _FLOAT, _HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -227,40 +225,6 @@ class ActScale:
     rotated: bool = False              # x·Q (rotate.py) is quantized, Qᵀ·W is the weight; amax/smooth are of x·Q
 
 
-def collect_activations(ort_model: onnx.ModelProto, names: list[str], feeds, types: dict[str, int],
-                        progress=None) -> dict[str, np.ndarray]:
-    """The float graph's view of calibration (what capture.py is checked against; the export
-    calibrates on the PyTorch model instead): (rows ≤ MAX_ROWS, K) float32 samples of each tensor in
-    `names`: the float model (PHM nodes
-    through their reference functions) runs in ONNX Runtime on every feed of `feeds`."""
-    import onnxruntime as ort
-
-    if not names:
-        return {}
-    model = onnx.ModelProto()
-    model.CopyFrom(ort_model)
-    known = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in known:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, _FLOAT), None))
-    rows: dict[str, list] = {name: [] for name in names}
-    opts = ort_options()
-    with tempfile.TemporaryDirectory(prefix="phm-calib-") as tmp:
-        if model.ByteSize() > (1 << 30):  # protobuf's 2 GiB limit: go through a file with external data
-            path = Path(tmp) / "calib.onnx"
-            onnx.save(model, str(path), save_as_external_data=True, location="calib.onnx.data")
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        else:
-            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        for feed in feeds:
-            outs = sess.run(names, feed)
-            for name, value in zip(names, outs):
-                rows[name].append(np.asarray(value, np.float32).reshape(-1, value.shape[-1]))
-            if progress is not None:
-                progress()
-    return {name: np.concatenate(v)[:MAX_ROWS] for name, v in rows.items()}
-
-
 def _fake_quant(x: np.ndarray, scale) -> np.ndarray:
     return quantize_symmetric(x, scale).astype(np.float32) * scale
 
@@ -274,9 +238,8 @@ def _amax(x: np.ndarray, method: str) -> float:
 
 def input_weights(plan: Int8Plan, name: str) -> np.ndarray:
     """The W8A8 weights that read the tensor `name`, side by side as one float32 (K, ΣN) matrix."""
-    ws = [_loaded(lin.weight) for lin in plan.readers(name)]
-    ws = [w.T if lin.channel_axis == 0 else w for lin, w in zip(plan.readers(name), ws)]   # each (K, N)
-    return np.concatenate(ws, axis=1)
+    return np.concatenate([_loaded(lin.weight).T if lin.channel_axis == 0 else _loaded(lin.weight)
+                           for lin in plan.readers(name)], axis=1)   # each (K, N)
 
 
 def choose_scales(plan: Int8Plan, acts: dict[str, np.ndarray], method: str, smooth: bool = True,

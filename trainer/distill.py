@@ -288,6 +288,21 @@ def _forward(model, batch, objective, hidden: bool):
     return main, (out.hidden_states[1:] if hidden else None)
 
 
+def _teacher_forward(model, batch, objective, hidden: bool):
+    """_forward of the teacher: the same model with λ = 0 and LoRA disabled, without gradients."""
+    with torch.no_grad(), teacher_mode(model):
+        if _is_peft(model):
+            with model.disable_adapter():
+                return _forward(model, batch, objective, hidden)
+        return _forward(model, batch, objective, hidden)
+
+
+def _recon_term(wrappers, config, stage_b: bool):
+    """The mean reconstruction error the wrappers recorded in this forward (None: not a stage-A loss term)."""
+    recons = [w.recon for w in wrappers if w.recon is not None]  # (unused towers stay None)
+    return torch.stack(recons).mean() if recons and config.recon_weight > 0 and not stage_b else None
+
+
 def _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce):
     """Weighted loss terms; student/teacher are _forward's (main, hidden states) pairs."""
     (s_main, s_hid), (t_main, t_hid) = student, teacher
@@ -407,16 +422,10 @@ def _step(run: _Run, data, step: int, bar) -> tuple[torch.Tensor, dict, list, fl
     batch = _to(data.batch(step), run.device)
     hidden = config.hidden_weight > 0
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and run.device.type == "cuda")
-    with torch.no_grad(), amp, teacher_mode(model):
-        if _is_peft(model):
-            with model.disable_adapter():
-                teacher = _forward(model, batch, run.objective, hidden)
-        else:
-            teacher = _forward(model, batch, run.objective, hidden)
     with amp:
+        teacher = _teacher_forward(model, batch, run.objective, hidden)
         student = _forward(model, batch, run.objective, hidden)
-        recons = [w.recon for w in run.wrappers.values() if w.recon is not None]  # (unused towers stay None)
-        recon = torch.stack(recons).mean() if recons and config.recon_weight > 0 and not run.stage_b else None
+        recon = _recon_term(run.wrappers.values(), config, run.stage_b)
         use_ce = run.objective == "logits" and config.ce_weight > 0
         loss, parts = _loss(student, teacher, batch, run.objective, config, kd_w, recon, use_ce)
     run.optimizer.zero_grad(set_to_none=True)

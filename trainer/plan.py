@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import empty_model
-from .distill import DistillConfig, _add_lora, _forward, _loss, _objective, _trainable
-from .inject import PHMConfig, inject_phm, phm_wrappers, teacher_mode
+from .distill import DistillConfig, _add_lora, _forward, _loss, _objective, _recon_term, _teacher_forward, _trainable
+from .inject import PHMConfig, inject_phm, phm_wrappers
 
 __all__ = ["TrainPlan", "plan_training", "step_bytes"]
 
@@ -88,15 +88,6 @@ class TrainPlan:
                 + " (phm-train --plan shows all)")
 
 
-def _unique_numel(params) -> int:
-    seen, total = set(), 0
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
 def _nbytes(t) -> int:
     if isinstance(t, torch.Tensor):
         return t.numel() * t.element_size()
@@ -113,12 +104,7 @@ def step_bytes(model, objective: str, config: DistillConfig, device: str = "meta
     case). On meta tensors for the plan; on real ones the same count."""
     hidden = config.hidden_weight > 0
     ids = {"input_ids": torch.zeros((config.batch_size, config.max_length), dtype=torch.int64, device=device)}
-    with torch.no_grad(), teacher_mode(model):
-        if hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                teacher = _forward(model, ids, objective, hidden)
-        else:
-            teacher = _forward(model, ids, objective, hidden)
+    teacher = _teacher_forward(model, ids, objective, hidden)
     for _, w in phm_wrappers(model):
         w.lam, w.record_recon = 0.5, True
     saved: dict[int, int] = {}
@@ -130,8 +116,7 @@ def step_bytes(model, objective: str, config: DistillConfig, device: str = "meta
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         student = _forward(model, ids, objective, hidden)
-        recons = [w.recon for _, w in phm_wrappers(model) if w.recon is not None]
-        recon = torch.stack(recons).mean() if recons and config.recon_weight > 0 else None
+        recon = _recon_term([w for _, w in phm_wrappers(model)], config, stage_b=False)
         _loss(student, teacher, ids, objective, config, config.kd_weight, recon,
               objective == "logits" and config.ce_weight > 0)
     return _nbytes(teacher[0]), _nbytes(teacher), sum(saved.values())
@@ -145,7 +130,7 @@ def _calibration_bytes(targets) -> int:
     return sum(t.in_features ** 2 * 8 for t in targets)
 
 
-def _local_bytes(model, targets, config: DistillConfig, batches: int) -> int:
+def _local_bytes(targets, config: DistillConfig, batches: int) -> int:
     if not config.local_epochs:
         return 0
     widths = {}  # per tower: the width of its layers' inputs (the MLP's gate/up/fc input)
@@ -167,14 +152,14 @@ def plan_training(model_dir: str | Path, phm: PHMConfig, config: DistillConfig, 
     objective = _objective(model, config)
     model = _add_lora(model, config)
     trainable = sum(p.numel() for _, p in _trainable(model))
-    total = _unique_numel(model.parameters())
+    total = sum(p.numel() for p in model.parameters())  # each shared (tied) parameter once
     main, teacher, activations = step_bytes(model, objective, config)
     layers = len({(t.tower, t.layer) for t in targets})
     items = {"weights": (total - trainable) * 4, "trainable": trainable * 4, "gradients": trainable * 4,
              "AdamW": trainable * 8, "activations": activations, "teacher outputs": teacher,
              "temporaries": _temporaries(main, activations, layers),
              "calibration": _calibration_bytes(targets) if config.calibrate_init else 0,
-             "local stage": _local_bytes(model, targets, config, data_batches)}
+             "local stage": _local_bytes(targets, config, data_batches)}
     held = items["weights"] + items["trainable"]
     stages = {"calibrated init": held + items["calibration"],
               "local stage": held + items["local stage"],

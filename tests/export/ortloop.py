@@ -69,3 +69,26 @@ def torch_greedy(model, ids: torch.Tensor, steps: int, **extra) -> list[int]:
     gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
                          min_new_tokens=steps, do_sample=False, **extra)
     return gen[0, ids.shape[1]:].tolist()
+
+
+def collect_activations(ort_model, names: list[str], feeds, types: dict[str, int]) -> dict[str, np.ndarray]:
+    """The float graph's view of calibration, the reference export/capture.py is checked against:
+    (rows ≤ MAX_ROWS, K) float32 values of each tensor in `names` when ONNX Runtime runs the float
+    model (PHM nodes through their reference functions) on every feed of `feeds`, in order."""
+    import onnx
+
+    from phm.export.quantize import MAX_ROWS, ort_options
+
+    model = onnx.ModelProto()
+    model.CopyFrom(ort_model)
+    known = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in known:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT),
+                                                                         None))
+    sess = ort.InferenceSession(model.SerializeToString(), ort_options(), providers=["CPUExecutionProvider"])
+    rows: dict[str, list] = {name: [] for name in names}
+    for feed in feeds:
+        for name, value in zip(names, sess.run(names, feed)):
+            rows[name].append(np.asarray(value, np.float32).reshape(-1, value.shape[-1]))
+    return {name: np.concatenate(v)[:MAX_ROWS] for name, v in rows.items()}

@@ -20,11 +20,12 @@ from phm.export.bind import bind_weights
 from phm.export.calibrate import per_channel_weight_scales, quantize_symmetric
 from phm.export.capture import capture, match_modules
 from phm.export.graphs import cache_geometry, export_graph, graph_specs
-from phm.export.quantize import collect_activations, plan_int8
+from phm.export.quantize import plan_int8
 from phm.export.source import ModelSource
 from phm.export.weights import ArrayTensor, DataFile, DerivedWeight, Shared, StreamedWeight
 
 from onnxkit import external_spans
+from ortloop import collect_activations
 from test_streaming import _wide_qwen2
 
 PROMPTS = [[5, 9, 14, 3, 22, 7, 7, 1], [30, 31], [4, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48]]

@@ -10,7 +10,9 @@ import pytest
 
 from phm.export import rotate
 from phm.export.calibrate import per_channel_weight_scales, quantize_symmetric
-from phm.export.quantize import _Builder, choose_scales, collect_activations, ort_options, plan_int8, quantize_graph
+from phm.export.quantize import _Builder, choose_scales, ort_options, plan_int8, quantize_graph
+
+from ortloop import collect_activations
 
 
 def _graph(w: np.ndarray, gemm: bool = False) -> gs.Graph:
