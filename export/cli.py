@@ -1,4 +1,4 @@
-"""`phm-export MODEL_DIR [--out DIR] [--fp16] [--int8] [--target T --context N] …`: checkpoint dir → artifacts dir."""
+"""`phm-export MODEL_DIR [--out DIR] [--fp16] [--int8 | --int4] [--target T --context N] …`: checkpoint dir → artifacts dir."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 
-from .config import CALIB_METHODS, TARGETS, ExportConfig, Int8Config
+from .config import CALIB_METHODS, INT4_GROUPS, INT4_METHODS, TARGETS, ExportConfig, Int4Config, Int8Config
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,12 +18,19 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig, Int8Config
               help="artifacts dir [default: MODEL_DIR-onnx]")
 @click.option("--fp16", is_flag=True, help="fp16 graph (norm/softmax statistics stay fp32)")
 @click.option("--int8", is_flag=True, help="INT8: Q/DQ attention matmuls + INT8 PHM cores; writes report.md")
+@click.option("--int4", is_flag=True, help="INT4 weight-only (W4A16): blocked INT4 dense linears + INT4 PHM cores; "
+              "writes report.md")
+@click.option("--int4-group", type=click.Choice([str(g) for g in INT4_GROUPS]), default=str(Int4Config.group),
+              show_default=True, help="with --int4, the block of input channels sharing a scale")
+@click.option("--int4-method", type=click.Choice(INT4_METHODS), default=Int4Config.method, show_default=True,
+              help="with --int4, rtn (round to nearest) or awq (activation-aware channel scales from --calib-data)")
+@click.option("--int4-lm-head", is_flag=True, help="with --int4, quantize the LM head too")
 @click.option("--calib-data", type=click.Path(), default=None,
-              help="calibration data for --int8: folder, .jsonl or .txt [default: the shipped prompts]")
+              help="calibration data for --int8/--int4: folder, .jsonl or .txt [default: the shipped prompts]")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=Int8Config.calib_method, show_default=True,
               help="activation calibrator for --int8")
 @click.option("--report-data", type=click.Path(), default=None,
-              help="with --int8 on a VLM: image+prompt pairs (folder or .jsonl) whose greedy answers the report "
+              help="with --int8/--int4 on a VLM: image+prompt pairs (folder or .jsonl) whose greedy answers the report "
                    "compares [default: the calibration data's images]")
 @click.option("--int8-lm-head", is_flag=True, help="with --int8, quantize the LM head too")
 @click.option("--int8-weights-only", is_flag=True,
@@ -50,7 +57,7 @@ from .config import CALIB_METHODS, TARGETS, ExportConfig, Int8Config
 @click.option("--verify", is_flag=True, help="instead of exporting: check that the artifacts dir MODEL_DIR (e.g. a "
               "copy) holds every file of its manifest.json with its size and sha256")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
-def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
+def main(model_dir, out_dir, fp16, int8, int4, int4_group, int4_method, int4_lm_head, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
          no_rotation, strict, target, context, device_gib, min_pixels, max_pixels, require_engine, overwrite,
          verify, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
@@ -64,16 +71,27 @@ def main(model_dir, out_dir, fp16, int8, calib_data, calib_method, report_data, 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
     try:
-        int8_flags = {"--calib-data": calib_data is not None, "--report-data": report_data is not None,
-                      "--int8-lm-head": int8_lm_head, "--int8-weights-only": int8_weights_only,
-                      "--no-int8-rotation": no_rotation}
-        unused = [flag for flag, given in int8_flags.items() if given and not int8]
-        if unused:
-            raise ValueError(f"{unused[0]} is only used with --int8")
-        quant = Int8Config(calib_data=calib_data, calib_method=calib_method, report_data=report_data,
-                           lm_head=int8_lm_head, activations=not int8_weights_only,
-                           rotate=not no_rotation) if int8 else None
-        config = ExportConfig(fp16=fp16, int8=quant, strict=strict, target=target,
+        if int8 and int4:
+            raise ValueError("--int8 and --int4 are exclusive: choose one weight precision")
+        ctx = click.get_current_context()
+        only = {"--int8": {"--int8-lm-head": int8_lm_head, "--int8-weights-only": int8_weights_only,
+                           "--no-int8-rotation": no_rotation,
+                           "--calib-method": ctx.get_parameter_source("calib_method").name != "DEFAULT"},
+                "--int4": {"--int4-lm-head": int4_lm_head,
+                           "--int4-group": ctx.get_parameter_source("int4_group").name != "DEFAULT",
+                           "--int4-method": ctx.get_parameter_source("int4_method").name != "DEFAULT"},
+                "--int8 or --int4": {"--calib-data": calib_data is not None, "--report-data": report_data is not None}}
+        chosen = {"--int8": int8, "--int4": int4, "--int8 or --int4": int8 or int4}
+        for mode, flags in only.items():
+            unused = [flag for flag, given in flags.items() if given and not chosen[mode]]
+            if unused:
+                raise ValueError(f"{unused[0]} is only used with {mode}")
+        quant8 = Int8Config(calib_data=calib_data, calib_method=calib_method, report_data=report_data,
+                            lm_head=int8_lm_head, activations=not int8_weights_only,
+                            rotate=not no_rotation) if int8 else None
+        quant4 = Int4Config(group=int(int4_group), method=int4_method, lm_head=int4_lm_head, calib_data=calib_data,
+                            report_data=report_data) if int4 else None
+        config = ExportConfig(fp16=fp16, int8=quant8, int4=quant4, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),
                               min_pixels=min_pixels, max_pixels=max_pixels,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .memory_plan import DEVICES
 
-__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "TARGETS", "ExportConfig", "Int8Config"]
+__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "INT4_GROUPS", "INT4_METHODS", "TARGETS", "ExportConfig",
+           "Int4Config", "Int8Config"]
 
 EXPORT_CONFIG_VERSION = 2  # 2: the INT8 settings are one nested object ("int8")
 
@@ -20,6 +21,8 @@ TARGETS = {name: device.sm for name, device in DEVICES.items()}
 # phm.export.calibrate.make_calibrator's, and "mse": the clip with the least output error of the
 # quantized linears (quantize.choose_scales; it needs the weights, so it is not an activation calibrator)
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
+INT4_GROUPS = (32, 64, 128)        # block sizes along the input dimension (MatMulNBits/TensorRT: powers of two)
+INT4_METHODS = ("rtn", "awq")      # round-to-nearest | activation-aware channel scales (awq.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,41 @@ class Int8Config:
         return (not self.rotate) if self.smooth is None else self.smooth
 
 
+@dataclass(frozen=True)
+class Int4Config:
+    """The settings of an INT4 weight-only export (`ExportConfig.int4`; export_config.json's "int4")."""
+
+    group: int = 128                 # INT4 block along the input dimension (quantize_int4.py)
+    lm_head: bool = False            # also INT4 the LM head (off: logits are the most sensitive matmul)
+    method: str = "rtn"              # rtn | awq (activation-aware scales from the calibration data)
+    calib_data: str | None = None    # calibration data for awq and the report; None: the shipped set
+    report_tokens: int = 512         # held-out tokens of the accuracy report (report.md)
+    report_data: str | None = None   # VLM report: image+prompt pairs for the answer agreement
+
+    def __post_init__(self):
+        if self.group not in INT4_GROUPS:
+            raise ValueError(f"int4.group must be one of {', '.join(map(str, INT4_GROUPS))}, got {self.group!r}")
+        if not isinstance(self.lm_head, bool):
+            raise ValueError(f"int4.lm_head must be a bool, got {self.lm_head!r}")
+        if self.method not in INT4_METHODS:
+            raise ValueError(f"int4.method must be one of {', '.join(INT4_METHODS)}, got {self.method!r}")
+        if not isinstance(self.report_tokens, int) or self.report_tokens < 1:
+            raise ValueError(f"int4.report_tokens must be a positive integer, got {self.report_tokens!r}")
+
+
+def _settings(name: str, value, cls):
+    """A quantization field as its settings object: True → defaults, False/None → None, a dict (JSON) → cls(**it)."""
+    if value is True:
+        return cls()
+    if value is False or value is None:
+        return None
+    if isinstance(value, dict):
+        return cls(**value)
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be an {cls.__name__}, a bool or None, got {value!r}")
+    return value
+
+
 @dataclass
 class ExportConfig:
     """Options of one export. Validated on construction (ValueError naming the field)."""
@@ -62,6 +100,8 @@ class ExportConfig:
     fp16: bool = False               # write an fp16 graph (norm/softmax statistics stay fp32)
     int8: Int8Config | None = None   # explicit Q/DQ (attention) + INT8 weight-only PHM cores (quantize.py);
                                      # True means Int8Config(), False None
+    int4: Int4Config | None = None   # INT4 weight-only dense linears + INT4 PHM cores (quantize_int4.py);
+                                     # exclusive with int8; True means Int4Config(), False None
     strict: bool = False             # any PHM-configured MLP not rewritten is an error
     target: str = "agx-orin"         # orin-nano | orin-nx | agx-orin (sm_87, TensorRT 10.3) | desktop (sm_90)
     device_gib: float | None = None  # the target's memory when not its table value (e.g. Orin Nano 4GB)
@@ -76,14 +116,10 @@ class ExportConfig:
     overwrite: bool = False          # replace an existing non-empty output dir
 
     def __post_init__(self):
-        if self.int8 is True:
-            self.int8 = Int8Config()
-        elif self.int8 is False:
-            self.int8 = None
-        elif isinstance(self.int8, dict):
-            self.int8 = Int8Config(**self.int8)
-        elif self.int8 is not None and not isinstance(self.int8, Int8Config):
-            raise ValueError(f"int8 must be an Int8Config, a bool or None, got {self.int8!r}")
+        self.int8 = _settings("int8", self.int8, Int8Config)
+        self.int4 = _settings("int4", self.int4, Int4Config)
+        if self.int4 and self.int8:
+            raise ValueError("int4 and int8 are exclusive: choose one weight precision")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         for name in ("max_batch", "max_sequence", "opt_sequence"):
@@ -109,17 +145,23 @@ class ExportConfig:
     @property
     def inputs(self) -> dict:
         """The files the export reads besides the model dir ({what: path or None})."""
-        return {"calibration data": self.int8.calib_data if self.int8 else None,
-                "report data": self.int8.report_data if self.int8 else None}
+        quant = self.quant
+        return {"calibration data": quant.calib_data if quant else None,
+                "report data": quant.report_data if quant else None}
+
+    @property
+    def quant(self) -> Int8Config | Int4Config | None:
+        """The quantized export's settings (int8 or int4), None for a float export."""
+        return self.int8 or self.int4
 
     @property
     def precision(self) -> str:
-        """Weight precision: "int8" (with fp32 or fp16 activations, see `activations`), "fp16", "fp32"."""
-        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+        """Weight precision: "int8"/"int4" (with fp32 or fp16 activations, see `activations`), "fp16", "fp32"."""
+        return "int8" if self.int8 else "int4" if self.int4 else "fp16" if self.fp16 else "fp32"
 
     @property
     def activations(self) -> str:
-        """Activation dtype of the graph ("fp16" with --fp16; INT8 PHM nodes always run fp16)."""
+        """Activation dtype of the graph ("fp16" with --fp16; INT8/INT4 PHM nodes always run fp16)."""
         return "fp16" if self.fp16 else "fp32"
 
     @property

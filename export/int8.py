@@ -1,18 +1,20 @@
-"""The --int8 stage of `export_model`: calibration feeds, quantizing one graph, the accuracy report.
+"""The --int8 / --int4 stage of `export_model`: calibration feeds, quantizing one graph, the accuracy report.
 
-    stage = Int8Stage(source, model_dir, config, on_stage)   # loads calibration data + tokenizer once
-    summary = stage.quantize(spec, graph)                    # rewritten float graph → INT8, in place
+    stage = QuantStage(source, model_dir, config, on_stage)  # loads calibration data + tokenizer once
+    summary = stage.quantize(spec, graph)                    # rewritten float graph → INT8 or INT4, in place
     stage.report(tmp, graphs, params, int8_bytes, "PHM")     # report.md/.json/.png of the staged graphs
 
 Text becomes token ids through the model dir's tokenizer; a model dir without one (the tiny test
 models) gets the UTF-8 bytes of the text modulo the vocabulary, with a warning. Calibration runs the
 PyTorch model (`source.streaming()`: weights read module by module from the checkpoint) on the
 calibration prompts, at most CALIB_TOKENS tokens each, and captures the rows every W8A8 linear reads
-(capture.py) until MAX_ROWS tokens; each tensor's scale is chosen as soon as its rows are in.
+(capture.py) until MAX_ROWS tokens; each tensor's scale is chosen as soon as its rows are in. --int4
+(quantize_int4.py) needs calibration rows only for `--int4-method awq` (the same capture, of the
+inputs of the INT4 linears).
 
 The report compares, on held-out real text (the held-out split of the chatterbot corpus, which the
 calibration prompts are not part of), FP32 = the PyTorch model, FP16 = the same model at fp16
-(PyTorch, CPU; both streamed from the checkpoint), INT8 = the exported ONNX graph in ONNX Runtime
+(PyTorch, CPU; both streamed from the checkpoint), INT8 (or INT4) = the exported ONNX graph in ONNX Runtime
 (CPU, basic graph optimizations: see `quantize.ort_options`), all against FP32's logits:
 logit cosine, top-1 agreement and perplexity of the real next tokens (a VLM decoder gets the text's
 embeddings). A VLM's report adds the answer agreement on image+prompt pairs (`--report-data`, else
@@ -37,20 +39,22 @@ import torch
 
 from phm.trainer.checkpoint import read_phm_config
 from phm.trainer.data import read_samples
+from phm.trt_plugins import spec as phm_spec
 
 from . import io_names as io
 from .calib_data import load_calibration_data
-from .capture import capture, match_modules
+from .capture import capture, match_modules, match_phm_modules
 from .graphs import MROPE_TYPES, VLM_TYPES, GraphSpec, cache_geometry, text_config
 from .precision import tensor_types
-from .quantize import MAX_ROWS, Int8Plan, choose_scale, input_weights, log_scales, ort_options, plan_int8, quantize_graph
+from .quantize_int4 import phm_group, phm_input_cores, plan_int4, quantize_graph_int4
+from .quantize import MAX_ROWS, Int8Plan, _loaded, choose_scale, input_weights, log_scales, ort_options, plan_int8, quantize_graph
 from .reference import attach_functions
 from .report import ReportRow, encoder_metrics, metrics, write_report
 from .source import ModelSource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALIB_TOKENS", "Int8Stage", "heldout_sentences", "heldout_windows", "text_to_ids"]
+__all__ = ["CALIB_TOKENS", "QuantStage", "heldout_sentences", "heldout_windows", "text_to_ids"]
 
 CALIB_TOKENS = 128   # tokens per calibration prompt (longer ones are cut)
 WINDOW = 128         # tokens per held-out evaluation window
@@ -109,13 +113,15 @@ def heldout_sentences(tokenizer, vocab: int, tokens: int, window: int = WINDOW) 
     return sentences
 
 
-class Int8Stage:
-    """Everything --int8 needs that does not change per graph (calibration data, tokenizer)."""
+class QuantStage:
+    """Everything --int8 / --int4 needs that does not change per graph (calibration data, tokenizer)."""
 
     def __init__(self, source, model_dir: Path, config, on_stage: Callable[[str], None]):
         self.source, self.model = source, source.model  # the exporter's ModelSource (source.py)
         self.model_dir, self.config, self.stage = model_dir, config, on_stage
-        self.samples = load_calibration_data(config.int8.calib_data)  # ValueError on empty/invalid data
+        self.quant = config.quant                # the Int8Config or Int4Config
+        self.label = config.precision.upper()    # "INT8" | "INT4"
+        self.samples = load_calibration_data(self.quant.calib_data)  # ValueError on empty/invalid data
         self.processor = None  # the VLM's image processor, loaded once by _answer_samples when answers are asked
         self.answer_samples = self._answer_samples()
         self.tokenizer = _tokenizer(model_dir)
@@ -135,22 +141,22 @@ class Int8Stage:
         from phm.runtime.vlm import image_processor
 
         vlm = self.model.config.model_type in VLM_TYPES
-        if self.config.int8.report_data is None:
+        if self.quant.report_data is None:
             samples = [s for s in self.samples if s.image is not None] if vlm else []
             try:
                 if samples:
                     self.processor = image_processor(self.model_dir)
             except ValueError as e:  # the answers are optional here: the report goes on without them
-                log.warning("INT8 report: no answer agreement on the calibration images: %s", e)
+                log.warning("%s report: no answer agreement on the calibration images: %s", self.label, e)
                 return []
             return samples
         if not vlm:
             raise ValueError(f"--report-data holds image+prompt pairs for VLM exports; "
                              f"{self.model.config.model_type} has no vision tower")
-        samples = [s for s in read_samples(self.config.int8.report_data, captions_required=False, what="report data")
+        samples = [s for s in read_samples(self.quant.report_data, captions_required=False, what="report data")
                    if s.image is not None]
         if not samples:
-            raise ValueError(f"report data {self.config.int8.report_data} holds no image")
+            raise ValueError(f"report data {self.quant.report_data} holds no image")
         self.processor = image_processor(self.model_dir)  # asked for explicitly: missing is an error before any work
         return samples
 
@@ -178,7 +184,10 @@ class Int8Stage:
 
     # -- quantization -------------------------------------------------------------------------
     def quantize(self, spec: GraphSpec, graph: gs.Graph) -> dict:
-        """Quantize one rewritten float graph in place (quantize.py), calibrated on the prompts; its summary."""
+        """Quantize one rewritten float graph in place (quantize.py, quantize_int4.py), calibrated on the
+        prompts; its summary."""
+        if self.config.int4:
+            return self._quantize_int4(spec, graph)
         plan = plan_int8(graph, lm_head=self.config.int8.lm_head)
         if spec.kind in ("vision", "embed") or not self.config.int8.activations:  # weights only (module doc)
             for lin in plan.linears:
@@ -190,6 +199,56 @@ class Int8Stage:
         summary["calib_method"] = self.config.int8.calib_method
         summary["calib_prompts"] = prompts
         return summary
+
+    def _quantize_int4(self, spec: GraphSpec, graph: gs.Graph) -> dict:
+        """--int4: every dense linear (and PHM node) of the graph INT4 weight-only, in place; its summary."""
+        int4 = self.config.int4
+        plan = plan_int4(graph, lm_head=int4.lm_head)
+        types = tensor_types(attach_functions(gs.export_onnx(graph)))
+        # AWQ needs the graph's inputs from the text prompts: a vision graph keeps round-to-nearest
+        awq = int4.method == "awq" and spec.kind not in ("vision", "embed")
+        smooth, prompts = self._awq(spec, graph, plan) if awq else ({}, 0)
+        summary = quantize_graph_int4(graph, plan, types, int4.group, smooth)
+        summary.update(method="awq" if awq else "rtn", calib_prompts=prompts)
+        return summary
+
+    def _awq(self, spec: GraphSpec, graph: gs.Graph, plan: Int8Plan) -> tuple[dict, int]:
+        """AWQ channel scales (awq.py) of every INT4 linear's input and every PHM node's, from the rows the
+        PyTorch model's modules read on the calibration prompts (capture.py); and how many prompts ran."""
+        from .awq import MAX_ROWS as AWQ_ROWS, dense_scale, phm_scale
+
+        group = self.config.int4.group
+        plan.calibrated = ("w4",)
+        nodes = {n.inputs[0].name: n for n in graph.nodes if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS
+                 and phm_group(n, group) is not None and phm_input_cores(n)}
+        try:
+            targets = match_modules(plan, self.model, self.source)
+            targets.update(match_phm_modules({x: phm_input_cores(n)[0] for x, n in nodes.items()}, self.model,
+                                             self.source))
+        except ValueError as e:
+            raise ValueError(f"{spec.kind} graph: {e}") from None
+        chosen = {}
+
+        def done(name: str, rows: np.ndarray) -> None:
+            self.stage(f"AWQ scales of the {spec.kind} graph: {len(chosen) + 1}/{len(targets)}")
+            if name in nodes:
+                node = nodes[name]
+                cores = [np.asarray(_loaded(c), np.float32) for c in phm_input_cores(node)]
+                chosen[name] = phm_scale(rows, cores, node.attrs["bases"], phm_group(node, group))
+            else:
+                chosen[name] = dense_scale(rows, input_weights(plan, name), group)
+
+        def progress(done_batches: int, batches: int) -> None:
+            self.stage(f"calibrating {spec.kind} for AWQ: batch {done_batches}/{batches}")
+
+        with self.source.streaming() as model:
+            prompts = capture(model, targets, self.ids, AWQ_ROWS, done, progress=progress)
+        if chosen:
+            log.info("AWQ: %d inputs, α %s, output error on calibration rows: round-to-nearest %.4f → %.4f (mean)",
+                     len(chosen), sorted({a.alpha for a in chosen.values()}),
+                     float(np.mean([a.rtn_error for a in chosen.values()])),
+                     float(np.mean([a.error for a in chosen.values()])))
+        return {name: a.s for name, a in chosen.items() if a.alpha > 0}, prompts
 
     def _calibrate(self, spec: GraphSpec, plan: Int8Plan) -> tuple[dict, int]:
         """ActScale per W8A8 input of the graph, from the PyTorch model's rows (capture.py); and how
@@ -216,6 +275,9 @@ class Int8Stage:
 
     def _recipe(self) -> str:
         """How the W8A8 inputs were calibrated, in words (stage messages and the report's note)."""
+        if self.config.int4:
+            return (f"INT4 weight-only, group {self.quant.group}, "
+                    + ("AWQ channel scales" if self.quant.method == "awq" else "round to nearest"))
         if not self.config.int8.activations:
             return "weights only (no activation quantization)"
         parts = [f"calibrator {self.config.int8.calib_method}"]
@@ -234,10 +296,10 @@ class Int8Stage:
 
         if "decoder" not in graphs:
             return self._encoder_report(art_dir, graphs["encoder"], params, int8_bytes, name)
-        self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out text")
+        self.stage(f"accuracy report: FP32 / FP16 (PyTorch) and {self.label} (ONNX Runtime) on held-out text")
         decoder = graphs["decoder"]
         first_input = decoder["io"]["inputs"][0]["name"]
-        windows = heldout_windows(self.tokenizer, self.vocab, self.config.int8.report_tokens)
+        windows = heldout_windows(self.tokenizer, self.vocab, self.quant.report_tokens)
         logits = lambda model: np.concatenate(  # noqa: E731 - the same forward for student and teacher
             [model(input_ids=torch.from_numpy(ids)).logits[0, :-1].float().numpy() for ids in windows])
         torch_logits = self._torch_runs(logits)
@@ -252,10 +314,10 @@ class Int8Stage:
         teacher = self._teacher_row(logits, lambda t: metrics(ref, t, labels))
         twice = "; a VLM keeps the table in embed.onnx and the head in decoder.onnx, so a tied one twice"
         note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
-                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); INT8: "
+                f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); {self.label}: "
                 f"{decoder['file']} in ONNX Runtime (CPU), activations {self.config.activations}, "
                 f"{self._recipe()}. Metrics against FP32's logits. Sizes: FP32/FP16 = "
-                f"parameters × 4/2 bytes; INT8 = the exported graph files (a float LM head and embedding table "
+                f"parameters × 4/2 bytes; {self.label} = the exported graph files (a float LM head and embedding table "
                 f"included{twice if 'vision' in graphs else ''}).")
         if "vision" in graphs:
             rows, answers_note = self._answers(art_dir, graphs["vision"], rows)
@@ -265,7 +327,7 @@ class Int8Stage:
         for r in rows:
             log.info("%s %s: cosine %.4f, top-1 %.2f%%, ppl %.3f", r.model, r.precision, r.metrics.logit_cosine,
                      100 * r.metrics.top1_agreement, r.metrics.perplexity)
-        return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
+        return write_report(rows, art_dir, title=f"{self.label} accuracy report: {name}", note=note)
 
     def _torch_runs(self, fn: Callable) -> dict[str, list]:
         """{"fp32": fn(model), "fp16": fn(model at fp16)}: the PyTorch model streamed from the checkpoint
@@ -286,7 +348,7 @@ class Int8Stage:
         try:
             return ModelSource.from_files(Path(path))
         except (OSError, ValueError) as e:
-            log.warning("INT8 report: no teacher row: %s (named by phm_config.json) cannot be read: %s", path, e)
+            log.warning("%s report: no teacher row: %s (named by phm_config.json) cannot be read: %s", self.label, path, e)
             return None
 
     def _teacher_row(self, fn: Callable, score: Callable) -> list[ReportRow]:
@@ -302,7 +364,7 @@ class Int8Stage:
 
     def _rows(self, name: str, fp32_fp16_int8: list, params: int, int8_bytes: int) -> list[ReportRow]:
         """The three report rows of one model from its FP32, FP16 and INT8 metrics (in that order)."""
-        labels = ("fp32", "fp16", "int8" if self.config.int8.activations else "int8-wo")
+        labels = ("fp32", "fp16", "int4" if self.config.int4 else "int8" if self.quant.activations else "int8-wo")
         sizes = (params * 4, params * 2, int8_bytes)
         return [ReportRow(name, p, m, size) for p, m, size in zip(labels, fp32_fp16_int8, sizes)]
 
@@ -312,8 +374,8 @@ class Int8Stage:
         sentence embeddings to FP32's."""
         import onnxruntime as ort
 
-        self.stage("accuracy report: FP32 / FP16 (PyTorch) and INT8 (ONNX Runtime) on held-out sentences")
-        sentences = heldout_sentences(self.tokenizer, self.vocab, self.config.int8.report_tokens)
+        self.stage(f"accuracy report: FP32 / FP16 (PyTorch) and {self.label} (ONNX Runtime) on held-out sentences")
+        sentences = heldout_sentences(self.tokenizer, self.vocab, self.quant.report_tokens)
         total = sum(ids.shape[1] for ids in sentences)
         hidden = lambda model: [  # noqa: E731 - the same forward for student and teacher
             model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.int64))
@@ -330,12 +392,12 @@ class Int8Stage:
             log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)
         note = (f"{len(sentences)} held-out sentences ({total} tokens; chatterbot corpus, held-out split), one at a "
-                f"time. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); INT8: {encoder['file']} in "
+                f"time. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); {self.label}: {encoder['file']} in "
                 f"ONNX Runtime (CPU), activations {self.config.activations}, {self._recipe()}. "
                 f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
-                f"Sizes: FP32/FP16 = parameters × 4/2 bytes; INT8 = the exported graph file."
+                f"Sizes: FP32/FP16 = parameters × 4/2 bytes; {self.label} = the exported graph file."
                 + (f"\n\n{_TEACHER_NOTE}" if teacher else ""))
-        return write_report(rows, art_dir, title=f"INT8 accuracy report: {name}", note=note)
+        return write_report(rows, art_dir, title=f"{self.label} accuracy report: {name}", note=note)
 
     def _answers(self, art_dir: Path, vision_entry: dict, rows: list) -> tuple[list, str]:
         """The rows with their answer agreement filled in, and the note's paragraph (the answers themselves)."""
@@ -343,14 +405,14 @@ class Int8Stage:
 
         n = len(self.answer_samples)
         if not n:
-            log.warning("INT8 report: no image+prompt pairs, so no answer agreement (pass --report-data)")
+            log.warning("%s report: no image+prompt pairs, so no answer agreement (pass --report-data)", self.label)
             return rows, ("Answer agreement: not measured (no usable image+prompt pairs in the calibration data, "
                           "or no image processor in the model dir; pass --report-data).")
         done = [0]
 
         def tick():
             done[0] += 1
-            self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{3 * n} (FP32, FP16, INT8)")
+            self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{3 * n} (FP32, FP16, {self.label})")
 
         answers = greedy_answers(self.source, self.model_dir, art_dir, vision_entry, self.answer_samples,
                                  self.tokenizer, self.vocab, on_sample=tick, processor=self.processor)
@@ -360,10 +422,10 @@ class Int8Stage:
         decode = ((lambda t: self.tokenizer.decode(t, skip_special_tokens=True).strip().replace("|", "\\|"))
                   if self.tokenizer is not None else str)
         lines = [f"Answer agreement: greedy answers (≤ {ANSWER_TOKENS} tokens) to {n} image+prompt pairs "
-                 f"({'--report-data' if self.config.int8.report_data else 'the calibration images'}) equal to FP32's "
-                 "token for token; FP32/FP16 run the PyTorch model, INT8 the exported vision, embed and decoder "
+                 f"({'--report-data' if self.quant.report_data else 'the calibration images'}) equal to FP32's "
+                 f"token for token; FP32/FP16 run the PyTorch model, {self.label} the exported vision, embed and decoder "
                  "graphs in ONNX Runtime (as phm-run runs them).", "",
-                 "| # | FP32 answer | INT8 answer | same |", "|---:|---|---|---|"]
+                 f"| # | FP32 answer | {self.label} answer | same |", "|---:|---|---|---|"]
         for i, (a, b) in enumerate(zip(answers["fp32"][:8], answers["int8"][:8])):
             lines.append(f"| {i} | {decode(a)} | {decode(b)} | {'yes' if a == b else 'no'} |")
         return rows, "\n".join(lines)

@@ -23,8 +23,11 @@ This pass rewrites, in memory, each float-core node into what the node actually 
 
 The lowering reads no weight values (shapes and types only, biases reshaped in the graph too), so
 the lowered graph shares every weight initializer with the graph it came from: exported with
-external data, the ONNX Runtime graph and its twins reference one copy of each tensor. Nodes with
-quantized cores (weight_format ≠ "float") are left to the reference functions. The result is
+external data, the ONNX Runtime graph and its twins reference one copy of each tensor. INT4 cores
+(weight_format "int4", opset ≥ 18 graphs) become ONNX Runtime's weight-only kernel instead of the
+MatMul: `com.microsoft::MatMulNBits` reads A_cat's (m, B·k) rows in groups along k, which is the
+spec's INT4 layout byte for byte, only with unsigned nibbles (`_matmul_nbits`). INT8 cores are
+left to the reference functions. The result is
 checked against the reference graph (tests/export/test_lower.py) and by the runtime's
 token-for-token tests against torch.
 """
@@ -55,6 +58,7 @@ class _Lowering:
         self.new_inits: list[onnx.TensorProto] = []
         self.cache: dict = {}
         self.count = 0
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         inferred = onnx.shape_inference.infer_shapes(_rank_skeleton(model))
         self.rank = {v.name: len(v.type.tensor_type.shape.dim) for v in
                      [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
@@ -75,6 +79,21 @@ class _Lowering:
         if init is None:
             return None
         return tuple(init.dims), helper.tensor_dtype_to_np_dtype(init.data_type)
+
+    def reinterpret(self, name: str, data_type: int, dims: tuple) -> str:
+        """A new initializer over the same bytes as the initializer `name` (inline or external data),
+        read as another type and shape (its values are not read)."""
+        key = ("reinterpret", name, data_type, dims)
+        if key not in self.cache:
+            t = onnx.TensorProto()
+            t.CopyFrom(self.inits[name])
+            t.name = self.name(f"{name}_as")
+            t.data_type = data_type
+            del t.dims[:]
+            t.dims.extend(dims)
+            self.new_inits.append(t)
+            self.cache[key] = t.name
+        return self.cache[key]
 
     def shape(self, rank: int, *tail: int) -> str:
         """A Reshape target keeping the first rank-1 dims of x (0 = copy) and ending in `tail`."""
@@ -122,10 +141,17 @@ def _activation(nodes: list, lw: _Lowering, v: str, activation: str, dtype) -> s
     raise ValueError(f"no lowering for activation {activation!r}")
 
 
+def _nbits_ok(attrs: dict, opset: int) -> bool:
+    """Whether MatMulNBits can run an INT4 node: a power-of-two group ≥ 16, BitwiseXor (opset 18)."""
+    g = int(attrs.get("group_size", 0))
+    return opset >= 18 and g >= 16 and g & (g - 1) == 0
+
+
 def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     """Standard-op replacement of one PHM node, or None to keep it (quantized cores, unknown rank)."""
     a = _attrs(node)
-    if a.get("weight_format", "float") != "float":
+    fmt = a.get("weight_format", "float")
+    if fmt not in ("float", "int4") or (fmt == "int4" and not _nbits_ok(a, lw.opset)):
         return None
     n, num_bases = int(a["n"]), int(a["num_bases"])
     x, rank = node.input[spec.X], lw.rank.get(node.input[spec.X])
@@ -137,9 +163,10 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     weights = [lw.weight(node.input[f]) for f in firsts]
     if any(w is None for w in weights):
         return None  # cores computed at run time (not an initializer): the reference handles it
-    cores = [dims for dims, _ in weights]  # (m, B, k) each
+    # (m, B, k) each (INT4: k/2 bytes per row, two values each); quantized cores take fp16 x (spec.py)
+    cores = [(m, b, 2 * k if fmt == "int4" else k) for (m, b, k), _ in weights]
     names = [node.input[f] for f in firsts]
-    dtype = weights[0][1]
+    dtype = weights[0][1] if fmt == "float" else np.float16
     bases = torch.tensor(np.asarray(a["bases"], np.float32)).reshape(num_bases, n, n)
     mix = lw.const(f"{node.name}_mix", mixing_matrix(bases).numpy().astype(dtype))
     has_bias = int(a.get("has_bias", 0))
@@ -155,6 +182,13 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         """(…, n·k) or (…, n, k) → z (…, n, B·k)."""
         xb = op("Reshape", v, lw.shape(rank, n, k))
         return op("Reshape", op("MatMul", mix, xb), lw.shape(rank, n, num_bases * k))
+
+    def gemm(z: str, *which: int) -> str:
+        """z @ A_catᵀ of the cores `which`, side by side along the output."""
+        if fmt == "float":
+            return op("MatMul", z, a_cat_t(*which))
+        return _matmul_nbits(nodes, lw, node, z, [names[i] for i in which], [node.input[firsts[i] + 1] for i in which],
+                             [cores[i] for i in which], int(a["group_size"]))
 
     def a_cat_t(*which: int) -> str:
         """A_catᵀ (B·k, m) of the cores `which`, side by side: graph ops on the shared initializers."""
@@ -173,27 +207,52 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
 
     k_in = cores[0][2]
     if not is_ffn:
-        y = add_bias(op("MatMul", mixed(x, k_in), a_cat_t(0)), biases[0])
+        y = add_bias(gemm(mixed(x, k_in), 0), biases[0])
         y = op("Reshape", y, lw.shape(rank, n * cores[0][0]))
         out = _activation(nodes, lw, y, a.get("activation", "none"), dtype)
     else:
         z = mixed(x, k_in)
         if len(cores) == 3:  # swiglu: gate and up in one GEMM, split in the block layout
             m = cores[0][0]
-            gu = op("MatMul", z, a_cat_t(0, 1))
+            gu = gemm(z, 0, 1)
             gate_out, up_out = lw.name(f"{node.name}_gate"), lw.name(f"{node.name}_up")
             nodes.append(helper.make_node("Split", [gu, lw.const("phm_split", np.array([m, m], np.int64))],
                                           [gate_out, up_out], axis=-1, name=gate_out))
             gate, up = add_bias(gate_out, biases[0]), add_bias(up_out, biases[1])
             h = op("Mul", _activation(nodes, lw, gate, a["activation"], dtype), up)
         else:
-            up = add_bias(op("MatMul", z, a_cat_t(0)), biases[0])
+            up = add_bias(gemm(z, 0), biases[0])
             h = _activation(nodes, lw, up, a["activation"], dtype)
         down = cores[-1]
-        y = add_bias(op("MatMul", mixed(h, down[2]), a_cat_t(len(cores) - 1)), biases[-1])
+        y = add_bias(gemm(mixed(h, down[2]), len(cores) - 1), biases[-1])
         out = op("Reshape", y, lw.shape(rank, n * down[0]))
     nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=lw.name(f"{node.name}_out")))
     return nodes
+
+
+def _matmul_nbits(nodes: list, lw: _Lowering, node: onnx.NodeProto, z: str, cores: list[str], scales: list[str],
+                  shapes: list[tuple], group: int) -> str:
+    """z (…, B·k) @ A_catᵀ of INT4 cores as one com.microsoft::MatMulNBits: its B input (N, K/G, G/2)
+    is the cores' own bytes read as uint8 (a second initializer over the same data) with each nibble's
+    sign bit flipped (BitwiseXor 0x88: MatMulNBits stores q + 8), its scales the cores' (m·B·k/G,) at
+    x's dtype. ONNX Runtime folds the XOR, Concat and Cast once at load and prepacks the result."""
+    def op(op_type, *inputs, domain=None, **attrs):
+        out = lw.name(f"{node.name}_{op_type.lower()}")
+        nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, domain=domain, **attrs))
+        return out
+
+    raw, flat = [], []
+    for name, s, (m, b, k) in zip(cores, scales, shapes):
+        raw.append(lw.reinterpret(name, onnx.TensorProto.UINT8, (m, b * k // group, group // 2)))
+        flat.append(op("Reshape", s, lw.const("phm_flat", np.array([-1], np.int64))))
+    if "xor88" not in lw.cache:
+        lw.cache["xor88"] = lw.const("phm_xor88", np.array([0x88], np.uint8))
+    packed = raw[0] if len(raw) == 1 else op("Concat", *raw, axis=0)
+    scale = flat[0] if len(flat) == 1 else op("Concat", *flat, axis=0)
+    m_total, (_, b, k) = sum(s[0] for s in shapes), shapes[0]
+    return op("MatMulNBits", z, op("BitwiseXor", packed, lw.cache["xor88"]),
+              op("Cast", scale, to=onnx.TensorProto.FLOAT16), domain="com.microsoft", K=b * k, N=m_total, bits=4,
+              block_size=group)
 
 
 def lower_phm(model: onnx.ModelProto) -> int:
@@ -215,6 +274,9 @@ def lower_phm(model: onnx.ModelProto) -> int:
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep + lw.new_inits)
+    if any(nd.domain == "com.microsoft" for nd in model.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     if lowered and not any(nd.domain == spec.DOMAIN for nd in model.graph.node):
         del model.functions[:]  # nothing calls the reference functions any more
     log.info("lowered %d PHM nodes to standard ops", lowered)

@@ -143,6 +143,13 @@ def precision_note(config: ExportConfig) -> list[str]:
             "# 11.x (no --int8/--fp16 flags: a strongly typed network rejects them). A weakly typed 10.x build",
             "# (drop --stronglyTyped) needs --int8 --fp16 instead; no calibration cache is involved either way.",
         ]
+    if config.int4:
+        lines += [
+            f"# INT4 is weight-only (W4A16): opset 21 DequantizeLinear of INT4 weights in blocks of {config.int4.group}",
+            "# input channels (block_size; smaller where a dimension needs it) into each dense MatMul, which",
+            "# TensorRT >= 10 builds into weight-only INT4 GEMMs with --stronglyTyped, and INT4 PHM cores",
+            "# (fp16 in/out of the plugins). No --int4 flag and no calibration cache.",
+        ]
     return lines
 
 

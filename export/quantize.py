@@ -81,19 +81,20 @@ class DenseLinear:
 @dataclass
 class Int8Plan:
     linears: list = field(default_factory=list)
+    calibrated: tuple = ("w8a8",)   # the modes whose inputs are calibrated (INT4 with AWQ: "w4")
 
     @property
     def activation_tensors(self) -> list[str]:
-        """Input tensors that need a calibrated per-tensor scale (W8A8 linears), first-use order."""
+        """Input tensors that need calibration rows (W8A8 linears: a per-tensor scale), first-use order."""
         names = []
         for lin in self.linears:
-            if lin.mode == "w8a8" and lin.node.inputs[0].name not in names:
+            if lin.mode in self.calibrated and lin.node.inputs[0].name not in names:
                 names.append(lin.node.inputs[0].name)
         return names
 
     def readers(self, name: str) -> list[DenseLinear]:
-        """The W8A8 linears whose input is the tensor `name` (q/k/v share theirs)."""
-        return [lin for lin in self.linears if lin.mode == "w8a8" and lin.node.inputs[0].name == name]
+        """The calibrated linears whose input is the tensor `name` (q/k/v share theirs)."""
+        return [lin for lin in self.linears if lin.mode in self.calibrated and lin.node.inputs[0].name == name]
 
     def counts(self) -> dict:
         out = {}
@@ -435,8 +436,14 @@ def _projections(node: gs.Node) -> list[int]:
     return [spec.GATE_CORES, spec.UP_CORES, spec.DOWN_CORES]
 
 
-def _int8_cores(node: gs.Node, first: int, done: dict) -> None:
-    """Replace one projection's float cores/placeholder scales by INT8 cores + per-row scales."""
+def _int8_quantizer(cores: torch.Tensor, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    q, s = quantize_cores_int8(cores)
+    return q.numpy(), s.numpy()
+
+
+def _quantized_cores(node: gs.Node, first: int, done: dict, fmt: str, quantizer) -> None:
+    """Replace one projection's float cores/placeholder scales by `fmt` cores + their scales:
+    `quantizer(float32 cores (m, B, k), first)` → (cores, scales) arrays in spec.py's layout."""
     cores = node.inputs[first]
     if id(cores) in done:
         node.inputs[first], node.inputs[first + 1] = done[id(cores)]
@@ -446,15 +453,18 @@ def _int8_cores(node: gs.Node, first: int, done: dict) -> None:
         raise ValueError(f"{node.name}: cores are not a constant; cannot quantize")
     prefix = cores.name or f"{node.name}.{first}"
     if value.ndim != 3:  # placeholder (gate of a plain MLP): an int8 placeholder, float32 scales
-        pair = (gs.Constant(f"{prefix}.int8", np.zeros((1,), np.int8)),
+        pair = (gs.Constant(f"{prefix}.{fmt}", np.zeros((1,), np.int8)),
                 gs.Constant(f"{prefix}.scales", np.ones((1,), np.float32)))
     else:
-        def quantized(value=value) -> tuple[np.ndarray, np.ndarray]:
-            q, s = quantize_cores_int8(torch.from_numpy(np.array(_loaded(value))))
-            return q.numpy(), s.numpy()
+        m, nb, k = value.shape
+        group = node.attrs.get("group_size", 0)
+        shapes = {"int8": [((m, nb, k), np.int8), ((m,), np.float32)],
+                  "int4": [((m, nb, k // 2), np.int8), ((m, nb, k // max(group, 1)), np.float32)]}[fmt]
 
-        pair = tuple(_outputs([f"{prefix}.int8", f"{prefix}.int8_scales"], quantized,
-                              [(value.shape, np.int8), ((value.shape[0],), np.float32)],
+        def quantized(value=value) -> tuple[np.ndarray, np.ndarray]:
+            return quantizer(torch.from_numpy(np.array(_loaded(value))), first)
+
+        pair = tuple(_outputs([f"{prefix}.{fmt}", f"{prefix}.{fmt}_scales"], quantized, shapes,
                               isinstance(value, StreamedWeight)))
     done[id(cores)] = pair
     node.inputs[first], node.inputs[first + 1] = pair
@@ -467,15 +477,19 @@ def _fp16_bias(node: gs.Node, first: int) -> None:
         node.inputs[first + 2] = _cast_constant(f"{bias.name or node.name}.fp16", value, np.float16)
 
 
-def _quantize_phm(b: _Builder, node: gs.Node, types: dict, done: dict) -> None:
+def _quantize_phm_cores(b: _Builder, node: gs.Node, types: dict, done: dict, fmt: str, quantizer,
+                        group_size: int = 0) -> None:
+    """A PHM node's cores in `fmt` ("int8" | "int4", quantizer: see _quantized_cores); in an fp32
+    graph the node becomes an fp16 island (quantized cores take fp16 activations: spec.py)."""
+    node.attrs["weight_format"] = fmt
+    if group_size:
+        node.attrs["group_size"] = group_size
     for first in _projections(node):
-        _int8_cores(node, first, done)
-    node.attrs["weight_format"] = "int8"
+        _quantized_cores(node, first, done, fmt, quantizer)
     spec.check_fields(node.op, node.attrs)
     x, y = node.inputs[spec.X], node.outputs[0]
     if types.get(x.name, _FLOAT) == _HALF:
         return
-    # fp32 graph: INT8 cores take fp16 activations (spec.py), so the node becomes an fp16 island
     for first in _projections(node):
         _fp16_bias(node, first)
     node.inputs[spec.X] = b.cast(x, _HALF, node.name)
@@ -495,7 +509,7 @@ def quantize_graph(graph: gs.Graph, plan: Int8Plan, scales: dict[str, ActScale],
     done: dict = {}
     phm = [n for n in graph.nodes if _is_phm(n)]
     for node in phm:
-        _quantize_phm(b, node, types, done)
+        _quantize_phm_cores(b, node, types, done, "int8", _int8_quantizer)
     graph.cleanup().toposort()
     counts = {**plan.counts(), "activation_qdq": len(shared), "phm_int8_nodes": len(phm),
               "smoothed": sum(1 for a in scales.values() if a.smooth is not None),

@@ -13,8 +13,8 @@ its shape or B:
 
 String attributes are turned into numbers with ai.onnx.ml LabelEncoder (standard ONNX-ML), the
 activation is a one-hot blend of the spec's activations (exact: weights are 0 or 1). Cores are
-`weight_format="float"` or `"int8"` (dequantised in the body: Cast to float32 · per-row scales);
-the exporter writes no INT4 cores, and the body has no INT4 unpacking.
+`weight_format="float"`, `"int8"` (dequantised in the body: Cast to float32 · per-row scales) or
+`"int4"` (nibbles unpacked with float arithmetic, times the group scales; an If picks the branch).
 
 TensorRT ≤ 10.6 would import such a function instead of our plugin, so the TensorRT file is written
 without `model.functions` (`strip_functions`); both come from the same rewritten graph.
@@ -99,17 +99,55 @@ def _attr_names(op: spec.OpSpec) -> list[str]:
 
 
 def _dequantized_cores(b: _Body, cores: str, scales: str, like: str) -> str:
-    """Cores as x's dtype, by weight_format: "float" as stored; "int8" q (m, B, k) · scales (m,) in
-    float32 (the layout of phm.trt_plugins.quant), then cast. One blend serves both formats (the
-    float case multiplies by 1: its scales input is the (1,) placeholder, never read)."""
-    is_int8 = b.op("Cast", b.code("weight_format", ("int8",), scales)["int8"], to=TensorProto.FLOAT)
-    s = b.op("Reshape", scales, b.ints(-1, 1, 1))                                 # (m, 1, 1) | (1, 1, 1)
+    """Cores as x's dtype, by weight_format (the layouts of phm.trt_plugins.quant): an If picks the
+    INT4 unpacking or the float/INT8 blend (the INT4 shapes differ, so they cannot share a blend)."""
+    codes = b.code("weight_format", ("int4", "int8"), scales)   # attribute references stay in the body
+    is_int4 = b.op("Cast", codes["int4"], to=TensorProto.BOOL)
+    is_int8 = b.op("Cast", codes["int8"], to=TensorProto.FLOAT)
+    branches = []
+    for name, body in (("int4", _int4_body), ("int8_or_float", _int8_or_float_body)):
+        sub = _Body(f"{cores}_{name}_")
+        out = body(sub, cores, scales, like, is_int8)
+        sub.nodes.append(helper.make_node("Identity", [out], [f"{cores}_{name}_out"]))
+        branches.append(helper.make_graph(sub.nodes, name, [], [onnx.ValueInfoProto(name=f"{cores}_{name}_out")]))
+    return b.op("If", is_int4, then_branch=branches[0], else_branch=branches[1])
+
+
+def _int8_or_float_body(b: _Body, cores: str, scales: str, like: str, is_int8: str) -> str:
+    """"float" as stored; "int8" q (m, B, k) · scales (m,) in float32, then cast. One blend serves both
+    formats (the float case multiplies by 1: its scales input is the (1,) placeholder, never read)."""
+    # (m, 1, 1) | (1, 1, 1). The first m scales: the same for int8 (and the float placeholder), and a
+    # shape shape inference can match to any cores when this branch is inferred for an INT4 node
+    first_m = b.op("Slice", b.op("Reshape", scales, b.ints(-1)), b.ints(0),
+                   b.op("Slice", b.op("Shape", cores), b.ints(0), b.ints(1)))
+    s = b.op("Reshape", first_m, b.ints(-1, 1, 1))
     one = b.op("Constant", value_float=1.0)
     factor = b.op("Add", b.op("Mul", is_int8, s), b.op("Sub", one, is_int8))
     return b.op("CastLike", b.op("Mul", b.op("Cast", cores, to=TensorProto.FLOAT), factor), like)
 
 
-def phm_linear_function() -> onnx.FunctionProto:
+def _int4_body(b: _Body, cores: str, scales: str, like: str, is_int8: str) -> str:
+    """"int4": bytes (m, B, k/2) → signed nibbles (low nibble = element 2c) in float32 arithmetic
+    (opset 17 has no bitwise ops), times scales (m, B, k/G) broadcast over their groups, then cast."""
+    f = lambda v: b.op("Constant", value_float=v)  # noqa: E731
+    p = b.op("Cast", cores, to=TensorProto.FLOAT)                                 # -128..127
+    u = b.op("Where", b.op("Less", p, f(0.0)), b.op("Add", p, f(256.0)), p)       # the byte 0..255
+    hi = b.op("Floor", b.op("Div", u, f(16.0)))
+    lo = b.op("Sub", u, b.op("Mul", hi, f(16.0)))
+
+    def signed(v: str) -> str:
+        return b.op("Where", b.op("GreaterOrEqual", v, f(8.0)), b.op("Sub", v, f(16.0)), v)
+
+    axis = b.ints(-1)
+    pairs = b.op("Concat", b.op("Unsqueeze", signed(lo), axis), b.op("Unsqueeze", signed(hi), axis), axis=-1)
+    groups = b.op("Reshape", pairs, b.op("Concat", b.op("Shape", scales), b.ints(-1), axis=0))   # (m, B, k/G, G)
+    scaled = b.op("Mul", groups, b.op("Unsqueeze", b.op("Cast", scales, to=TensorProto.FLOAT), axis))
+    full = b.op("Reshape", scaled, b.op("Concat", b.op("Slice", b.op("Shape", cores), b.ints(0), b.ints(2)),
+                                        b.ints(-1), axis=0))                         # (m, B, k)
+    return b.op("CastLike", full, like)
+
+
+def phm_linear_function(opset: int = OPSET) -> onnx.FunctionProto:
     op = spec.PHM_LINEAR
     x, cores, scales, bias = op.input_names
     b = _Body("l")
@@ -120,13 +158,14 @@ def phm_linear_function() -> onnx.FunctionProto:
     mix_f = b.op("Reshape", b.op("Transpose", h, perm=[1, 0, 2]),
                  b.op("Concat", b.op("Mul", n1, b1), n1, axis=0))                 # (n·B, n)
     mix = b.op("CastLike", mix_f, x)
-    cshape = b.op("Shape", cores)                                                 # [m, B, k]
+    deq = _dequantized_cores(b, cores, scales, x)                                 # (m, B, k), x's dtype
+    cshape = b.op("Shape", deq)                                                   # [m, B, k]
     m1 = b.op("Slice", cshape, b.ints(0), b.ints(1))
     k1 = b.op("Slice", cshape, b.ints(2), b.ints(3))
     bk = b.op("Mul", b1, k1)
     xb = b.op("Reshape", x, b.op("Concat", b.ints(-1), n1, k1, axis=0))           # (T, n, k)
     z = b.op("Reshape", b.op("MatMul", mix, xb), b.op("Concat", b.ints(-1), bk, axis=0))  # (T·n, B·k)
-    a_cat_t = b.op("Transpose", b.op("Reshape", _dequantized_cores(b, cores, scales, x), b.op("Concat", m1, bk, axis=0)),
+    a_cat_t = b.op("Transpose", b.op("Reshape", deq, b.op("Concat", m1, bk, axis=0)),
                    perm=[1, 0])                                                   # (B·k, m)
     lead = b.op("Slice", b.op("Shape", x), b.ints(0), b.ints(-1))
     y = b.op("Reshape", b.op("MatMul", z, a_cat_t), b.op("Concat", lead, b.op("Mul", n1, m1), axis=0))
@@ -135,11 +174,11 @@ def phm_linear_function() -> onnx.FunctionProto:
     out = _activation(b, y, x)
     b.nodes.append(helper.make_node("Identity", [out], ["y"]))
     return helper.make_function(spec.DOMAIN, op.op_type, list(op.input_names), ["y"], b.nodes,
-                                [helper.make_opsetid("", OPSET), helper.make_opsetid(*ONNX_ML)],
+                                [helper.make_opsetid("", opset), helper.make_opsetid(*ONNX_ML)],
                                 attributes=_attr_names(op), doc_string=op.doc)
 
 
-def phm_ffn_function() -> onnx.FunctionProto:
+def phm_ffn_function(opset: int = OPSET) -> onnx.FunctionProto:
     """PHMFFN through three PHMLinear calls; an If picks gate (swiglu) or up (plain) as the
     activation's input, so the placeholder gate of a plain MLP is never read."""
     op = spec.PHM_FFN
@@ -171,13 +210,15 @@ def phm_ffn_function() -> onnx.FunctionProto:
     y = linear(h, spec.DOWN_CORES)
     b.nodes.append(helper.make_node("Identity", [y], ["y"]))
     return helper.make_function(spec.DOMAIN, op.op_type, list(names), ["y"], b.nodes,
-                                [helper.make_opsetid("", OPSET), helper.make_opsetid(*ONNX_ML),
+                                [helper.make_opsetid("", opset), helper.make_opsetid(*ONNX_ML),
                                  helper.make_opsetid(spec.DOMAIN, 1)],
                                 attributes=_attr_names(op), doc_string=op.doc)
 
 
-def phm_functions() -> list[onnx.FunctionProto]:
-    return [phm_linear_function(), phm_ffn_function()]
+def phm_functions(opset: int = OPSET) -> list[onnx.FunctionProto]:
+    """The reference functions, their bodies at the model's default-domain opset (ONNX requires the
+    two to agree; the bodies' ops mean the same from opset 17 to 21)."""
+    return [phm_linear_function(opset), phm_ffn_function(opset)]
 
 
 def _ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
@@ -190,7 +231,8 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.functions[:]
-    out.functions.extend(phm_functions())
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    out.functions.extend(phm_functions(opset))
     _ensure_opset(out, spec.DOMAIN, 1)
     _ensure_opset(out, *ONNX_ML)
     return out

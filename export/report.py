@@ -4,7 +4,9 @@
     write_report(rows, out_dir)   # report.md, report.png, report.json (atomic writes)
 
 Metrics compare a variant's logits with the FP32 model's on the same held-out tokens: mean cosine
-of the logit vectors, top-1 agreement, and perplexity of the real next tokens (labels). Encoders
+of the logit vectors, top-1 agreement (with its binomial standard error), the mean KL divergence of
+the variant's next-token distribution from FP32's (with its standard error over positions), and
+perplexity of the real next tokens (labels). Encoders
 (BERT, e.g. all-MiniLM-L6-v2) have no logits: their rows hold the cosine of the token hidden states
 and of the mean-pooled sentence embeddings (`encoder_metrics`), and the table and plot show those.
 """
@@ -30,9 +32,27 @@ class Metrics:
     perplexity: float | None       # exp(mean NLL of the real next tokens) under the variant (None: encoder)
     answer_agreement: float | None = None  # VLMs: greedy answers on image+prompt pairs equal to FP32's
     embedding_cosine: float | None = None  # encoders: mean cos of the mean-pooled sentence embeddings
+    kl: float | None = None          # mean KL(ref ‖ test) of the next-token distributions, nats per position
+    kl_se: float | None = None       # its standard error over positions
+    top1_se: float | None = None     # standard error of top1_agreement, √(p(1 − p)/N)
 
 
 ROWS = 32  # positions per block: a vocabulary of 152k is 39 MB of float64 per block, not GBs for the whole text
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _kl(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """KL(softmax(ref) ‖ softmax(test)) per position, float64, ROWS positions at a time."""
+    out = np.empty(len(ref))
+    for i in range(0, len(ref), ROWS):
+        lp, lq = _log_softmax(ref[i:i + ROWS]), _log_softmax(test[i:i + ROWS])
+        out[i:i + ROWS] = (np.exp(lp) * (lp - lq)).sum(-1)
+    return out
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -58,8 +78,12 @@ def metrics(ref: np.ndarray, test: np.ndarray, labels: np.ndarray) -> Metrics:
     """ref/test logits (N, V) for the same N positions; labels (N,) the real next tokens."""
     ref, test = ref.reshape(-1, ref.shape[-1]), test.reshape(-1, test.shape[-1])
     cos = np.concatenate([_cosines(ref[i:i + ROWS], test[i:i + ROWS]) for i in range(0, len(ref), ROWS)])
-    agree = (ref.argmax(-1) == test.argmax(-1)).mean()
-    return Metrics(float(cos.mean()), float(agree), perplexity(test, labels.reshape(-1)))
+    agree = float((ref.argmax(-1) == test.argmax(-1)).mean())
+    kl = _kl(ref, test)
+    n = len(ref)
+    return Metrics(float(cos.mean()), agree, perplexity(test, labels.reshape(-1)), kl=float(kl.mean()),
+                   kl_se=float(kl.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
+                   top1_se=float(np.sqrt(agree * (1 - agree) / n)))
 
 
 def _cosines(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -94,13 +118,15 @@ def _table(rows: list[ReportRow]) -> str:
                   f"{r.size_bytes / 1e6:.1f} |" for r in rows]
         return "\n".join(lines)
     answers = any(r.metrics.answer_agreement is not None for r in rows)  # the column only for VLM reports
-    lines = ["| model | precision | logit cosine | top-1 agreement | perplexity |"
+    lines = ["| model | precision | logit cosine | top-1 agreement | KL to FP32 (nats) | perplexity |"
              + (" answer agreement |" if answers else "") + " size (MB) |",
-             "|---|---|---:|---:|---:|" + ("---:|" if answers else "") + "---:|"]
+             "|---|---|---:|---:|---:|---:|" + ("---:|" if answers else "") + "---:|"]
     for r in rows:
         m = r.metrics
         answer = "–" if m.answer_agreement is None else f"{m.answer_agreement:.2%}"
-        lines.append(f"| {r.model} | {r.precision} | {m.logit_cosine:.4f} | {m.top1_agreement:.2%} | "
+        top1 = f"{m.top1_agreement:.2%}" + (f" ± {m.top1_se:.2%}" if m.top1_se else "")
+        kl = "–" if m.kl is None else f"{m.kl:.4f}" + (f" ± {m.kl_se:.4f}" if m.kl_se else "")
+        lines.append(f"| {r.model} | {r.precision} | {m.logit_cosine:.4f} | {top1} | {kl} | "
                      f"{m.perplexity:.3f} |" + (f" {answer} |" if answers else "") + f" {r.size_bytes / 1e6:.1f} |")
     return "\n".join(lines)
 

@@ -37,18 +37,22 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _is_quantized(path: Path) -> bool:
-    """Whether the graph holds Q/DQ nodes (an --int8 export); reads the graph without its weights."""
+def _is_quantized(path: Path) -> str | None:
+    """"int8" where the graph holds INT8 DequantizeLinear nodes (an --int8 export), "int4" where its
+    DequantizeLinear nodes are blocked (an --int4 export), else None; reads the graph without its weights."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError …: one line
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    if not dq and not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        return None
+    return "int4" if all(any(a.name == "block_size" for a in n.attribute) for n in dq) else "int8"
 
 
-def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: bool,
+def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: str | None,
              prepack: bool = True):
     """An InferenceSession of the file exactly as exported (phm-export prepared it: ort_graph.py).
     ONNX Runtime maps the external weights file; `prepack` lets it repack every MatMul weight into
@@ -60,8 +64,13 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     opts.log_severity_level = 3  # errors only: fp16 graphs make the CPU constant folder warn per node
     # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
     # DequantizeLinear -> MatMul into a kernel that also quantizes the activations (phm.export.quantize).
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if quantized
+    # INT4 graphs need the extended ones: they fuse each blocked INT4 DequantizeLinear -> MatMul into
+    # MatMulNBits, at accuracy level 1 (fp32 arithmetic on the dequantized weights, what the graph
+    # says; ORT's default level 4 would quantize the activations to INT8 as well).
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if quantized == "int8"
                                      else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if quantized == "int4":
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     # The memory pattern is planned per input shape, and every decode step has a new past length:
     # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
     opts.enable_mem_pattern = False
@@ -81,13 +90,13 @@ class OrtBackend:
     name = "ort"
 
     def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 vision: VisionSpec | None = None, quantized: bool | None = None,
+                 vision: VisionSpec | None = None, quantized: str | None = None,
                  embed_path: str | Path | None = None, vision_path: str | Path | None = None,
                  prepack: bool = True):
         """`onnx_path`: the decoder graph, loaded as it is (from_artifacts picks the file phm-export
         prepared for ONNX Runtime). `vision`: the VLM's image spec; `embed_path`/`vision_path` its
-        other graphs (default: embed.onnx / vision.onnx beside the decoder). `quantized`: whether the
-        graphs hold Q/DQ nodes (None: read from the decoder graph). `prepack`: False keeps the weights
+        other graphs (default: embed.onnx / vision.onnx beside the decoder). `quantized`: "int8" or "int4"
+        where the graphs hold Q/DQ nodes, "" where they hold none (None: read from the decoder graph). `prepack`: False keeps the weights
         memory-mapped as they are (_session)."""
         import onnxruntime as ort
 
@@ -141,7 +150,7 @@ class OrtBackend:
             raise BackendError(f"{artifacts} holds no decoder graph")
         path = {kind: artifacts / g["ort_file"] for kind, g in graphs.items()}
         return cls(path["decoder"], providers, threads, VisionSpec.from_artifacts(artifacts, manifest),
-                   quantized=manifest.get("precision") == "int8", embed_path=path.get("embed"),
+                   quantized=manifest.get("precision") if manifest.get("precision") in ("int8", "int4") else "", embed_path=path.get("embed"),
                    vision_path=path.get("vision"), prepack=prepack)
 
     def reset(self) -> None:

@@ -8,6 +8,13 @@ Tensors per case `<name>`: `<name>.x` (T, d_in), `<name>.bases` (B, n, n), `<nam
 (B, d_out/n, d_in/n) — A_b = cores[b], the spec's stacked form —, `<name>.bias` (d_out,) when the
 case has one, `<name>.y` (T, d_out). All float32. Fixed seed: rerunning gives identical bytes.
 
+INT4 cores per case, in the layout of the PHM op (trt_plugins/spec.py) and drawn independently of
+the float cores: `<name>.int4_cores` (d_out/n, B, k/2) int8 — two signed nibbles per byte along
+k = d_in/n, element 2c in the low nibble, values over the whole range -8..7 —, `<name>.int4_scales`
+(d_out/n, B, k/G) float32 with G = the case's "int4_group" (the largest of 16, 8, 4, 2 dividing k),
+and `<name>.y_int4` (T, d_out) = x·Wᵀ (+ bias) for A_b[r, c] = q[r, b, c]·scales[r, b, c // G], the
+nibbles decoded here with integer arithmetic, the product again with torch.kron in float64.
+
     python tests/golden/make_golden.py          # rewrite
     python tests/golden/make_golden.py --check  # exit 1 if the files on disk differ
 """
@@ -50,8 +57,41 @@ def case_name(n, num_bases, d_in, d_out, t, bias):
     return f"n{n}_b{num_bases}_i{d_in}_o{d_out}_t{t}" + ("_bias" if bias else "")
 
 
+def int4_group(k: int) -> int:
+    return next(g for g in (16, 8, 4, 2) if k % g == 0)
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(…, k) integers in -8..7 → (…, k/2) int8 bytes, element 2c in the low nibble (two's complement)."""
+    byte = (q[..., 0::2] % 16) + 16 * (q[..., 1::2] % 16)            # 0..255
+    return torch.where(byte > 127, byte - 256, byte).to(torch.int8)
+
+
+def _decode_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of _pack_nibbles, as float64."""
+    byte = packed.to(torch.int64) % 256
+    lo, hi = byte % 16, byte // 16
+    lo, hi = torch.where(lo > 7, lo - 16, lo), torch.where(hi > 7, hi - 16, hi)
+    return torch.stack((lo, hi), dim=-1).flatten(-2).double()
+
+
+def int4_case(gen: torch.Generator, n: int, num_bases: int, d_in: int, d_out: int, x, bases, b) -> dict:
+    """Random INT4 cores + scales of one case and the exact output they give (module doc)."""
+    m, k = d_out // n, d_in // n
+    g = int4_group(k)
+    q = torch.randint(-8, 8, (m, num_bases, k), generator=gen, dtype=torch.int64)
+    scales = (0.5 + torch.rand(m, num_bases, k // g, generator=gen, dtype=torch.float64)) / (7 * d_in ** 0.5)
+    scales = scales.float().double()
+    packed = _pack_nibbles(q)
+    a = _decode_nibbles(packed) * scales.repeat_interleave(g, dim=-1)          # (m, B, k)
+    w = sum(torch.kron(bases[i], a[:, i, :]) for i in range(num_bases))
+    y = x @ w.T + (b if b is not None else 0.0)
+    return {"int4_cores": packed, "int4_scales": scales.float(), "y_int4": y.float()}, g
+
+
 def build():
     gen = torch.Generator().manual_seed(SEED)
+    gen4 = torch.Generator().manual_seed(SEED + 4)  # its own stream: the float cases keep their bytes
     tensors, index = {}, []
     for n, num_bases, d_in, d_out, t, bias in CASES:
         name = case_name(n, num_bases, d_in, d_out, t, bias)
@@ -71,9 +111,11 @@ def build():
         tensors[f"{name}.y"] = y.float()
         if b is not None:
             tensors[f"{name}.bias"] = b.float()
+        int4, group = int4_case(gen4, n, num_bases, d_in, d_out, x, bases, b)
+        tensors.update({f"{name}.{key}": value for key, value in int4.items()})
         index.append({"name": name, "n": n, "num_bases": num_bases, "d_in": d_in, "d_out": d_out,
                       "T": t, "bias": bias, "basis_family": "default",
-                      "basis_names": basis_names(n, num_bases)})
+                      "basis_names": basis_names(n, num_bases), "int4_group": group})
     return tensors, {"format_version": 1, "seed": SEED, "cases": index}
 
 

@@ -130,6 +130,24 @@ def test_quantized_every_config(fmt, n, num_bases, dtype, device):
         assert err <= TOL[dtype], f"{fmt} {name}: {err:.2e}"
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_int4_golden_every_config(case, device):
+    """The golden INT4 cores (packed bytes, group scales) through every kernel specialisation, fp16
+    activations: the golden float64 output, and the exact math on the fp16-rounded input."""
+    g, bias = case["int4_group"], case["bias_tensor"]
+    deq = quant.dequantize_cores_int4(case["int4_cores"], case["int4_scales"], g)
+    x16 = case["x"].half()
+    for name, cfg in all_configs(case["n"]).items():
+        if cfg.mix_w and case["num_bases"] <= case["n"] and name != "prefill_mixw":
+            continue
+        y = phm_linear(x16.to(device), case["int4_cores"].to(device), case["bases"].to(device),
+                       None if bias is None else bias.half().to(device), case["int4_scales"].to(device), "int4", g,
+                       config=cfg)
+        assert rel_err(y, case["y_int4"]) <= TOL[torch.float16], name
+        exact = ref_linear(x16, deq, case["bases"], None if bias is None else bias.half())
+        assert rel_err(y, exact) <= 2e-3, name
+
+
 def test_quantized_matches_float_model_within_quant_error(device):
     torch.manual_seed(7)
     layer = PHMLinear(64, 48, n=2, num_bases=2)

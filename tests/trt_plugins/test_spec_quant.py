@@ -61,3 +61,21 @@ def test_int4_roundtrip_and_errors():
         quant.quantize_cores_int4(cores, group_size=6)
     with pytest.raises(ValueError):
         quant.quantize_cores_int8(torch.zeros(3, 3, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("case", __import__("golden.loader", fromlist=["golden_cases"]).golden_cases(),
+                         ids=lambda c: c["name"])
+def test_int4_golden_layout_and_torch_reference(case):
+    """The golden INT4 set: quant's unpacking reads its bytes as documented (-8..7, low nibble first),
+    and torch's phm_forward on the dequantised cores gives its output to fp32 rounding."""
+    from phm.trainer.hypercomplex import phm_forward
+
+    packed, scales, g = case["int4_cores"], case["int4_scales"], case["int4_group"]
+    q = quant.unpack_int4(packed)
+    assert q.shape[-1] == 2 * packed.shape[-1] and int(q.min()) >= -8 and int(q.max()) <= 7
+    assert torch.equal(quant.pack_int4(q), packed)                      # packing is its exact inverse
+    cores = quant.dequantize_cores_int4(packed, scales, g)
+    y = phm_forward(case["x"].double(), cores.double(), case["bases"].double(),
+                    None if case["bias_tensor"] is None else case["bias_tensor"].double())
+    ref = case["y_int4"].double()
+    assert float((y - ref).abs().max()) <= 1e-5 * float(ref.abs().max())

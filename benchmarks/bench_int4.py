@@ -1,0 +1,161 @@
+"""INT4 stability, dense vs PHM, on the real SmolLM2-135M-Instruct (CPU): does the hypercomplex
+student lose less to 4-bit weights than the dense model it came from, and which rounding does best?
+
+    python benchmarks/bench_int4.py --student DIR [--tokens 2048] [--docs docs/int4.md]
+    (without --student it trains the B=2 student of benchmarks/bench_int8.py's recipe first, ~35 min)
+
+1. dense: the bundled SmolLM2-135M-Instruct; PHM: its B=2 student (calibrated init, local stage, KD);
+2. each exported with `phm-export --int4` by every method (rtn, awq; group 128), and with weight-only
+   INT8 everywhere (`--int8 --int8-weights-only`, row "int8-wo") as the 8-bit reference; each export
+   writes its report (FP32 PyTorch vs the quantized graph in ONNX Runtime, on the held-out split of
+   the chatterbot corpus, which neither calibration nor training saw): top-1 agreement with the
+   model's own FP32 and the KL divergence from it, with standard errors, and perplexity;
+3. the sizes: the PHM student's --int4 --fp16 export against its fp32 export;
+4. one table (printed; JSON in benchmarks/results/int4_smollm2_cpu.json; docs/int4.md with --docs) and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from phm.export import ExportConfig, Int4Config, Int8Config, export_model
+from phm.export.report import Metrics, ReportRow, write_report
+from phm.trainer.models import smollm2_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_int8 import _phm_checkpoint, _replace_section, _run_fields, _setup, _student_config  # noqa: E402 - its student recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # label → export config (report rows of the quantized graph carry the precision label)
+    "int4-rtn": lambda tokens: ExportConfig(int4=Int4Config(method="rtn", report_tokens=tokens)),
+    "int4-awq": lambda tokens: ExportConfig(int4=Int4Config(method="awq", report_tokens=tokens)),
+    "int8-wo": lambda tokens: ExportConfig(int8=Int8Config(activations=False, report_tokens=tokens)),
+}
+
+
+def _rows(art: Path) -> list[ReportRow]:
+    rows = json.loads((art / "report.json").read_text())
+    return [ReportRow(r["model"], r["precision"], Metrics(**r["metrics"]), r["size_bytes"]) for r in rows]
+
+
+def _table(res: dict) -> str:
+    """Metric rows × (model, variant) columns, ± one standard error where the metric has one."""
+    cols = [(m, v) for m in res for v in VARIANTS]
+    lines = ["| metric | " + " | ".join(f"{m} {v}" for m, v in cols) + " |", "|---|" + "---:|" * len(cols)]
+
+    def cell(r: ReportRow, key: str) -> str:
+        m = r.metrics
+        if key == "top1":
+            return f"{100 * m.top1_agreement:.2f} ± {100 * m.top1_se:.2f} %"
+        if key == "kl":
+            return f"{m.kl:.4f} ± {m.kl_se:.4f}"
+        if key == "ppl":
+            return f"{m.perplexity:.2f}"
+        return f"{r.size_bytes / 1e6:.1f}"
+
+    for label, key in (("top-1 agreement with own FP32", "top1"), ("KL(FP32 ‖ quantized), nats/token", "kl"),
+                       ("perplexity (held-out)", "ppl"), ("graph files (MB)", "size")):
+        lines.append(f"| {label} | " + " | ".join(cell(res[m][v], key) for m, v in cols) + " |")
+    fp32 = " / ".join(f"{m} {res[m]['fp32'].metrics.perplexity:.2f}" for m in res)
+    return "\n".join(lines) + f"\n\nFP32 perplexity: {fp32}."
+
+
+@click.command()
+@click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/phm-bench-int4"), show_default=True)
+@click.option("--student", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="the PHM checkpoint to compare (default: train bench_int8.py's student into --work)")
+@click.option("--tokens", default=2048, show_default=True, type=click.IntRange(16), help="held-out tokens")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              default=ROOT / "benchmarks" / "results" / "int4_smollm2_cpu.json", show_default=True)
+@click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None,
+              help="also write the '## Measured' section of this markdown file (docs/int4.md)")
+def main(work, student, tokens, threads, json_path, docs_path):
+    console = _setup(work, threads, logging.WARNING)
+    t0 = time.time()
+    dense = smollm2_dir()
+    phm = student or _phm_checkpoint(dense, work, _student_config(40, 8, 0, "abrupt"), console)
+    walls = {"student": round(time.time() - t0, 1)}
+    res, rows = {}, []
+    for name, model_dir in (("dense", dense), ("PHM", phm)):
+        res[name] = {}
+        for variant, config in VARIANTS.items():
+            t = time.time()
+            art = work / f"{name.lower()}-{variant}"
+            console.print(f"exporting {name} {variant} → {art}")
+            export_model(model_dir, replace(config(tokens), overwrite=True), art)
+            got = _rows(art)
+            fp32 = next(r for r in got if r.precision == "fp32" and r.model != "teacher (dense)")
+            res[name].setdefault("fp32", fp32)
+            res[name][variant] = got[-1]
+            rows.append(ReportRow(fp32.model, variant, got[-1].metrics, got[-1].size_bytes))
+            walls[f"{name} {variant}"] = round(time.time() - t, 1)
+            shutil.copy2(art / "report.md", work / f"report-{name.lower()}-{variant}.md")
+    sizes = {}
+    for tag, config in (("fp32", ExportConfig(overwrite=True)),
+                        ("int4-fp16", ExportConfig(fp16=True, int4=Int4Config(), overwrite=True))):
+        t = time.time()
+        art = work / f"phm-size-{tag}"
+        console.print(f"exporting PHM {tag} for its size → {art}")
+        export_model(phm, config, art)
+        sizes[tag] = json.loads((art / "manifest.json").read_text())["onnx_bytes"]
+        walls[f"PHM size {tag}"] = round(time.time() - t, 1)
+    write_report([res[m]["fp32"] for m in res] + rows, work / "combined",
+                 title="INT4 and INT8 weights: dense vs PHM (SmolLM2-135M-Instruct)")
+    loss = {m: {v: 1.0 - res[m][v].metrics.top1_agreement for v in VARIANTS} for m in res}
+    best = {m: min(("int4-rtn", "int4-awq"), key=lambda v: loss[m][v]) for m in res}
+    table = _table(res)
+    result = {
+        **_run_fields(threads),
+        "phm_student": str(phm) if student else "bench_int8.py's recipe (B=2, calibrated init + 8 local epochs "
+                                                "+ 40 abrupt KD steps)",
+        "heldout_tokens_requested": tokens, "group": Int4Config.group,
+        "rows": [{"model": m, "precision": v, **res[m][v].metrics.__dict__, "size_bytes": res[m][v].size_bytes}
+                 for m in res for v in ("fp32", *VARIANTS)],
+        "top1_loss": loss, "best_int4_method": best,
+        "claim": "holds" if loss["PHM"][best["PHM"]] <= loss["dense"][best["dense"]] else "does not hold",
+        "phm_sizes": {**sizes, "int4_fp16_over_fp32": round(sizes["int4-fp16"] / sizes["fp32"], 4)},
+        "wall_s": walls,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(table)
+    console.print(f"top-1 loss at 4 bits (best method): dense {100 * loss['dense'][best['dense']]:.2f} % "
+                  f"({best['dense']}), PHM {100 * loss['PHM'][best['PHM']]:.2f} % ({best['PHM']}); "
+                  f"PHM --int4 --fp16 / fp32 bytes {result['phm_sizes']['int4_fp16_over_fp32']:.3f}")
+    if docs_path is not None:
+        _write_docs(docs_path, result, table, work / "combined" / "report.png")
+    return 0
+
+
+def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
+    """Replace the '## Measured' section of `path` (up to the next '## ' heading) with this run's figures."""
+    marker = "## Measured"
+    png = path.with_name("int4_smollm2.png")
+    shutil.copy2(plot, png)
+    loss, best = result["top1_loss"], result["best_int4_method"]
+    body = (f"{marker}\n\n"
+            f"Run: `python benchmarks/bench_int4.py --tokens {result['heldout_tokens_requested']}` "
+            f"(`--student` the checkpoint below) on {result['date']}; machine: {result['machine']}.\n\n"
+            f"- model: {result['model']}\n- PHM student: {result['phm_student']}\n"
+            f"- INT4: group {result['group']}, weight-only, fp32 activations; int8-wo: `--int8 --int8-weights-only`\n"
+            f"- wall time (s): {result['wall_s']}\n\n{table}\n\n"
+            f"Top-1 loss at 4 bits, best method each: dense {100 * loss['dense'][best['dense']]:.2f} % "
+            f"({best['dense']}), PHM {100 * loss['PHM'][best['PHM']]:.2f} % ({best['PHM']}): PHM loses "
+            f"{'no more' if result['claim'] == 'holds' else 'more'} than the dense model here. "
+            f"Sizes: the PHM student's `--int4 --fp16` files are {result['phm_sizes']['int4_fp16_over_fp32']:.3f}× "
+            f"its fp32 export's ({result['phm_sizes']['int4-fp16'] / 1e6:.1f} MB vs "
+            f"{result['phm_sizes']['fp32'] / 1e6:.1f} MB).\n\n![INT4 vs INT8, dense vs PHM]({png.name})\n\n")
+    _replace_section(path, marker, body, "INT4")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
