@@ -1,7 +1,8 @@
 """Decode benchmark: PHM artifacts vs the dense artifacts of the same model, ONNX Runtime CPU fp32.
 
     python benchmarks/bench_decode.py [--threads 1 2] [--rounds 7] [--new-tokens 64] [--prompt-tokens 32]
-                                      [--work DIR] [--phm-b2 CKPT] [--phm-b1 CKPT] [--no-plain] [--docs docs/runtime.md]
+                                      [--work DIR] [--phm-b2 CKPT] [--phm-b1 CKPT] [--no-plain] [--quant]
+                                      [--docs docs/runtime.md]
 
 SmolLM2-135M (trainer/models.py `load_smollm2`) is exported three times with phm-export's
 `export_model`: dense, PHM B=2 and PHM B=1 (every MLP projection, n = 2). The PHM checkpoints are
@@ -19,7 +20,9 @@ One more variant, "phm B=2 generic", runs the same B=2 file on its generic refer
 "dense plain" and "phm B=2 plain" run dense and B=2 without the lean pass (the traced shape
 arithmetic left as exported, phm.export.lean), to show what that buys (`--no-plain` leaves them
 out). These variants are written beside the artifacts by `variant_graph`, from the portable
-`decoder.onnx` with phm.export's own passes; their ratios are paired with "dense plain". The table gives the median over rounds and
+`decoder.onnx` with phm.export's own passes; their ratios are paired with "dense plain". `--quant`
+adds dense and B=2 exported with `--int4` (their ratios paired with "dense int4": what PHM stacks
+with at 4 bits) and with `--int8` (paired with the fp32 dense). The table gives the median over rounds and
 the spread (min–max); ratios to dense are paired per round (the variants of one round ran back
 to back under about the same load) and summarised by their median and quartiles (decode tokens/s; prefill: dense ms / PHM ms). Results go to
 benchmarks/results/decode_smollm2_cpu.json and, with --docs, into the measured-figures block of
@@ -60,15 +63,17 @@ def phm_checkpoint(dense_dir: Path, num_bases: int, out: Path) -> Path:
     return save_phm_checkpoint(model, config, targets, out, source_dir=dense_dir, overwrite=True)
 
 
-def exported(model_dir: Path, out: Path) -> Path:
-    from phm.export import ExportConfig, export_model
+def exported(model_dir: Path, out: Path, weights: str = "float") -> Path:
+    """The artifacts of `model_dir` (weights "float", "int4" or "int8": phm-export's --int4 / --int8)."""
+    from phm.export import ExportConfig, Int4Config, Int8Config, export_model
 
     from phm.common.artifacts import MANIFEST_VERSION
 
     manifest = out / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("format_version") == MANIFEST_VERSION:
         return out  # reused; artifacts of an older format are exported again
-    return export_model(model_dir, ExportConfig(overwrite=True), out)
+    quant = {"float": {}, "int4": {"int4": Int4Config()}, "int8": {"int8": Int8Config()}}[weights]
+    return export_model(model_dir, ExportConfig(overwrite=True, **quant), out)
 
 
 def run_once(backend, ids: np.ndarray, new_tokens: int):
@@ -99,6 +104,8 @@ def main():
     ap.add_argument("--no-b1", action="store_true", help="leave out B=1")
     ap.add_argument("--no-generic", action="store_true", help="leave out B=2 on the unlowered reference functions")
     ap.add_argument("--no-plain", action="store_true", help="leave out dense and B=2 without the lean pass")
+    ap.add_argument("--quant", action="store_true",
+                    help="add dense and B=2 exported with --int4 (rows 'int4', paired with 'dense int4') and --int8")
     ap.add_argument("--docs", type=Path, default=None, help="fill the measured block of this markdown file")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "decode_smollm2_cpu.json")
     args = ap.parse_args()
@@ -119,6 +126,12 @@ def main():
     for name, ckpt in variants.items():
         console.log(f"export {name} ({ckpt})")
         arts[name] = exported(ckpt, work / f"art-{name.replace(' ', '').replace('=', '')}")
+    if args.quant:
+        for name in ("dense", "phm B=2"):
+            for weights in ("int4", "int8"):
+                console.log(f"export {name} --{weights}")
+                arts[f"{name} {weights}"] = exported(variants[name], work / f"art-{name.replace(' ', '').replace('=', '')}-"
+                                                     f"{weights}", weights)
 
     tok = load_tokenizer(dense_dir)
     text = "The quick brown fox jumps over the lazy dog. " * 16
@@ -151,7 +164,7 @@ def main():
                  f"prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens (greedy); {args.rounds} interleaved "
                  "rounds. tok/s and ms: median (min–max). × dense: median of the per-round ratios to dense "
                  "(quartiles); prefill × dense = dense ms / variant ms; the plain rows are paired with "
-                 "\"dense plain\".", "",
+                 "\"dense plain\", the int4 rows with \"dense int4\".", "",
                  "| threads | variant | params | decode tok/s | decode × dense | prefill ms | prefill × dense |",
                  "|---:|---|---:|---:|---:|---:|---:|"]
         for row in rows:
@@ -213,7 +226,8 @@ def measure(runs: dict, ids: np.ndarray, threads: int, args, console, params: di
         d, p = samples[n]["decode_tok_s"], samples[n]["prefill_ms"]
         # Paired per round (the variants of a round ran back to back under about the same load):
         # median of the per-round ratios, and their quartiles as the noise figure.
-        ref = "dense plain" if n.endswith(" plain") else "dense"  # plain rows: ratio to the plain dense graph
+        # plain rows: ratio to the plain dense graph; int4 rows: to dense int4 (what PHM stacks with)
+        ref = "dense plain" if n.endswith(" plain") else "dense int4" if n.endswith(" int4") else "dense"
         paired = [x / y for x, y in zip(d, samples[ref]["decode_tok_s"])]
         q1, dec_ratio, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
         pre_ratio = statistics.median(y / x for x, y in zip(p, samples[ref]["prefill_ms"]))  # > 1: faster

@@ -306,7 +306,7 @@ class QuantStage:
         float_np = np.float16 if self.config.fp16 else np.float32
         with self.source.streaming():  # a VLM decoder's feeds are the text's embeddings
             feeds = [self._feed("decoder", first_input, ids, float_np) for ids in windows]
-        sess = ort.InferenceSession(str(art_dir / decoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(art_dir / decoder["ort_file"]), ort_options(), providers=["CPUExecutionProvider"])
         int8 = np.concatenate([sess.run([io.LOGITS], feed)[0][0, :-1].astype(np.float32) for feed in feeds])
         del sess
         ref, half, labels = torch_logits["fp32"], torch_logits["fp16"], np.concatenate([ids[0, 1:] for ids in windows])
@@ -315,12 +315,12 @@ class QuantStage:
         twice = "; a VLM keeps the table in embed.onnx and the head in decoder.onnx, so a tied one twice"
         note = (f"{len(labels)} held-out next-token positions (chatterbot corpus, held-out split) in windows of "
                 f"≤ {WINDOW} tokens. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); {self.label}: "
-                f"{decoder['file']} in ONNX Runtime (CPU), activations {self.config.activations}, "
+                f"{decoder['ort_file']} in ONNX Runtime (CPU), activations {self.config.activations}, "
                 f"{self._recipe()}. Metrics against FP32's logits. Sizes: FP32/FP16 = "
                 f"parameters × 4/2 bytes; {self.label} = the exported graph files (a float LM head and embedding table "
                 f"included{twice if 'vision' in graphs else ''}).")
         if "vision" in graphs:
-            rows, answers_note = self._answers(art_dir, graphs["vision"], rows)
+            rows, answers_note = self._answers(art_dir, graphs, rows)
             note += "\n\n" + answers_note
         if teacher:
             rows, note = teacher + rows, f"{note}\n\n{_TEACHER_NOTE}"
@@ -381,7 +381,7 @@ class QuantStage:
             model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.int64))
             .last_hidden_state[0].float().numpy() for ids in sentences]
         outs = self._torch_runs(hidden)
-        sess = ort.InferenceSession(str(art_dir / encoder["file"]), ort_options(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(art_dir / encoder["ort_file"]), ort_options(), providers=["CPUExecutionProvider"])
         outs["int8"] = [sess.run([io.LAST_HIDDEN_STATE], self._feed("encoder", io.INPUT_IDS, ids, np.float32))[0][0]
                         .astype(np.float32) for ids in sentences]
         del sess
@@ -392,14 +392,14 @@ class QuantStage:
             log.info("%s %s: sentence-embedding cosine %.4f, hidden-state cosine %.4f", r.model, r.precision,
                      r.metrics.embedding_cosine, r.metrics.logit_cosine)
         note = (f"{len(sentences)} held-out sentences ({total} tokens; chatterbot corpus, held-out split), one at a "
-                f"time. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); {self.label}: {encoder['file']} in "
+                f"time. FP32 and FP16: the PyTorch model (FP16: its weights at fp16, CPU); {self.label}: {encoder['ort_file']} in "
                 f"ONNX Runtime (CPU), activations {self.config.activations}, {self._recipe()}. "
                 f"Cosines to FP32's last hidden states: per token, and of the mean-pooled sentence embeddings. "
                 f"Sizes: FP32/FP16 = parameters × 4/2 bytes; {self.label} = the exported graph file."
                 + (f"\n\n{_TEACHER_NOTE}" if teacher else ""))
         return write_report(rows, art_dir, title=f"{self.label} accuracy report: {name}", note=note)
 
-    def _answers(self, art_dir: Path, vision_entry: dict, rows: list) -> tuple[list, str]:
+    def _answers(self, art_dir: Path, graphs: dict, rows: list) -> tuple[list, str]:
         """The rows with their answer agreement filled in, and the note's paragraph (the answers themselves)."""
         from .vlm_answers import ANSWER_TOKENS, answer_agreement, greedy_answers
 
@@ -414,7 +414,7 @@ class QuantStage:
             done[0] += 1
             self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{3 * n} (FP32, FP16, {self.label})")
 
-        answers = greedy_answers(self.source, self.model_dir, art_dir, vision_entry, self.answer_samples,
+        answers = greedy_answers(self.source, self.model_dir, art_dir, graphs, self.answer_samples,
                                  self.tokenizer, self.vocab, on_sample=tick, processor=self.processor)
         precision = {"fp32": "fp32", "fp16": "fp16", "int8": rows[-1].precision}
         by_precision = {precision[k]: answer_agreement(answers["fp32"], v) for k, v in answers.items()}

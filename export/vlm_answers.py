@@ -45,14 +45,15 @@ def _prompt_ids(spec: VisionSpec, text: str, tokenizer, vocab: int, grid) -> lis
     return spec.image_prompt(ids, grid)
 
 
-def greedy_answers(source, model_dir: Path, art_dir: Path, vision_entry: dict, samples: list, tokenizer,
+def greedy_answers(source, model_dir: Path, art_dir: Path, graphs: dict, samples: list, tokenizer,
                    vocab: int, max_new_tokens: int = ANSWER_TOKENS, on_sample=None,
                    processor=None) -> dict[str, list[list[int]]]:
     """{"fp32" | "fp16" | "int8": one greedy answer (token ids, stop token included) per image sample}.
-    `source`: the exporter's ModelSource; `vision_entry`: the vision graph's manifest entry (LLaVA:
-    image size and tokens; Qwen: pixel range); `processor`: the model dir's image processor if the
+    `source`: the exporter's ModelSource; `graphs`: the manifest's graph entries (the files phm-run
+    loads; the vision entry's LLaVA image size and tokens, Qwen pixel range); `processor`: the model dir's image processor if the
     caller already loaded it. One precision after the other (each holds its own weights)."""
-    spec = VisionSpec.from_config(json.loads((model_dir / "config.json").read_text()), vision_entry)
+    spec = VisionSpec.from_config(json.loads((model_dir / "config.json").read_text()), graphs["vision"])
+    ort = {kind: art_dir / entry["ort_file"] for kind, entry in graphs.items()}
     processor = processor or image_processor(model_dir)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=stop_ids(tokenizer, model_dir),
                            pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
@@ -63,7 +64,8 @@ def greedy_answers(source, model_dir: Path, art_dir: Path, vision_entry: dict, s
                                     images.get("image_grid_thw"))], np.int64)
         prompts.append((ids, images))
     backends = {"fp32": lambda: _torch(source.streaming()), "fp16": lambda: _torch(source.streaming(torch.float16)),
-                "int8": lambda: contextlib.nullcontext(OrtBackend(art_dir / "decoder.onnx", vision=spec))}
+                "int8": lambda: contextlib.nullcontext(OrtBackend(ort["decoder"], vision=spec, embed_path=ort.get("embed"),
+                                                                  vision_path=ort["vision"]))}
     out = {name: [] for name in backends}
     for name, backend in backends.items():
         with backend() as b:

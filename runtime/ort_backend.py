@@ -38,8 +38,9 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 
 def _is_quantized(path: Path) -> str | None:
-    """"int8" where the graph holds INT8 DequantizeLinear nodes (an --int8 export), "int4" where its
-    DequantizeLinear nodes are blocked (an --int4 export), else None; reads the graph without its weights."""
+    """"int8" where the graph holds INT8 DequantizeLinear nodes (an --int8 export: activation Q/DQ),
+    "int4" where its DequantizeLinear nodes are all blocked (an --int4 export) or it holds MatMulNBits
+    and no other DequantizeLinear, else None; reads the graph without its weights."""
     import onnx
 
     try:
