@@ -11,6 +11,8 @@ student lose less to 4-bit weights than the dense model it came from, and which 
    the chatterbot corpus, which neither calibration nor training saw): top-1 agreement with the
    model's own FP32 and the KL divergence from it, with standard errors, and perplexity;
 3. the sizes: the PHM student's --int4 --fp16 export against its fp32 export;
+   with --minilm (default) all-MiniLM-L6-v2 and its B=2 student the same way (sentence-embedding
+   cosine to their own FP32; bench_int8_encoder.py's student recipe);
 4. one table (printed; JSON in benchmarks/results/int4_smollm2_cpu.json; docs/int4.md with --docs) and a plot.
 """
 
@@ -46,6 +48,48 @@ def _rows(art: Path) -> list[ReportRow]:
     return [ReportRow(r["model"], r["precision"], Metrics(**r["metrics"]), r["size_bytes"]) for r in rows]
 
 
+def _export(model_dir: Path, config: ExportConfig, art: Path, walls: dict, key: str) -> None:
+    """export_model (its wall time into walls[key]), or nothing where `art` holds an export of the same
+    model dir with the same config (walls[key] = "reused": a rerun adding the MiniLM part keeps the
+    SmolLM2 exports)."""
+    done = art / "export_config.json"
+    if done.is_file() and done.read_text() == config.to_json() and \
+            json.loads((art / "manifest.json").read_text()).get("model_dir") == str(model_dir):
+        walls.setdefault(key, "reused")
+        return
+    t = time.time()
+    export_model(model_dir, config, art)
+    walls[key] = round(time.time() - t, 1)
+
+
+def _measure(models: dict, tokens: int, work: Path, console, walls: dict, tag: str = "") -> tuple[dict, list]:
+    """Every model exported with every VARIANT: ({model: {"fp32" | variant: its report row}}, the
+    quantized rows labelled by variant); export wall times into `walls`."""
+    res, rows = {}, []
+    for name, model_dir in models.items():
+        res[name] = {}
+        for variant, config in VARIANTS.items():
+            art = work / f"{tag}{name.lower()}-{variant}"
+            console.print(f"exporting {tag}{name} {variant} → {art}")
+            _export(model_dir, replace(config(tokens), overwrite=True), art, walls, f"{tag}{name} {variant}")
+            got = _rows(art)
+            fp32 = next(r for r in got if r.precision == "fp32" and r.model != "teacher (dense)")
+            res[name].setdefault("fp32", fp32)
+            res[name][variant] = got[-1]
+            rows.append(ReportRow(fp32.model, variant, got[-1].metrics, got[-1].size_bytes))
+            shutil.copy2(art / "report.md", work / f"report-{tag}{name.lower()}-{variant}.md")
+    return res, rows
+
+
+def _encoder_table(res: dict) -> str:
+    cols = [(m, v) for m in res for v in VARIANTS]
+    return "\n".join(["| metric | " + " | ".join(f"{m} {v}" for m, v in cols) + " |", "|---|" + "---:|" * len(cols),
+                      "| sentence-embedding cosine to own FP32 | "
+                      + " | ".join(f"{res[m][v].metrics.embedding_cosine:.5f}" for m, v in cols) + " |",
+                      "| token hidden-state cosine | "
+                      + " | ".join(f"{res[m][v].metrics.logit_cosine:.5f}" for m, v in cols) + " |"])
+
+
 def _table(res: dict) -> str:
     """Metric rows × (model, variant) columns, ± one standard error where the metric has one."""
     cols = [(m, v) for m in res for v in VARIANTS]
@@ -76,38 +120,41 @@ def _table(res: dict) -> str:
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               default=ROOT / "benchmarks" / "results" / "int4_smollm2_cpu.json", show_default=True)
+@click.option("--minilm/--no-minilm", default=True, show_default=True,
+              help="also all-MiniLM-L6-v2 and its B=2 student (bench_int8_encoder.py's recipe, trained into --work)")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None,
               help="also write the '## Measured' section of this markdown file (docs/int4.md)")
-def main(work, student, tokens, threads, json_path, docs_path):
+def main(work, student, tokens, threads, json_path, minilm, docs_path):
     console = _setup(work, threads, logging.WARNING)
     t0 = time.time()
     dense = smollm2_dir()
     phm = student or _phm_checkpoint(dense, work, _student_config(40, 8, 0, "abrupt"), console)
     walls = {"student": round(time.time() - t0, 1)}
-    res, rows = {}, []
-    for name, model_dir in (("dense", dense), ("PHM", phm)):
-        res[name] = {}
-        for variant, config in VARIANTS.items():
-            t = time.time()
-            art = work / f"{name.lower()}-{variant}"
-            console.print(f"exporting {name} {variant} → {art}")
-            export_model(model_dir, replace(config(tokens), overwrite=True), art)
-            got = _rows(art)
-            fp32 = next(r for r in got if r.precision == "fp32" and r.model != "teacher (dense)")
-            res[name].setdefault("fp32", fp32)
-            res[name][variant] = got[-1]
-            rows.append(ReportRow(fp32.model, variant, got[-1].metrics, got[-1].size_bytes))
-            walls[f"{name} {variant}"] = round(time.time() - t, 1)
-            shutil.copy2(art / "report.md", work / f"report-{name.lower()}-{variant}.md")
+    res, rows = _measure({"dense": dense, "PHM": phm}, tokens, work, console, walls)
     sizes = {}
     for tag, config in (("fp32", ExportConfig(overwrite=True)),
                         ("int4-fp16", ExportConfig(fp16=True, int4=Int4Config(), overwrite=True))):
-        t = time.time()
         art = work / f"phm-size-{tag}"
         console.print(f"exporting PHM {tag} for its size → {art}")
-        export_model(phm, config, art)
+        _export(phm, config, art, walls, f"PHM size {tag}")
         sizes[tag] = json.loads((art / "manifest.json").read_text())["onnx_bytes"]
-        walls[f"PHM size {tag}"] = round(time.time() - t, 1)
+    encoder = None
+    if minilm:
+        from bench_int8_encoder import _student as minilm_student
+
+        from phm.trainer.models import minilm_dir
+
+        t = time.time()
+        student_e = minilm_student(work, 60, 3, console)
+        walls["minilm student"] = round(time.time() - t, 1)
+        res_e, _ = _measure({"dense": minilm_dir(), "PHM": student_e}, tokens, work, console, walls, "minilm-")
+        encoder = {"table": _encoder_table(res_e), "student": "bench_int8_encoder.py's recipe (B=2, calibrated init "
+                                                             "+ 3 local epochs + 60 abrupt KD steps)",
+                   "rows": [{"model": m, "precision": v, **res_e[m][v].metrics.__dict__} for m in res_e
+                            for v in ("fp32", *VARIANTS)],
+                   "embedding_cosine_loss": {m: {v: 1 - res_e[m][v].metrics.embedding_cosine for v in VARIANTS}
+                                             for m in res_e}}
+        console.print(encoder["table"])
     write_report([res[m]["fp32"] for m in res] + rows, work / "combined",
                  title="INT4 and INT8 weights: dense vs PHM (SmolLM2-135M-Instruct)")
     loss = {m: {v: 1.0 - res[m][v].metrics.top1_agreement for v in VARIANTS} for m in res}
@@ -123,6 +170,7 @@ def main(work, student, tokens, threads, json_path, docs_path):
         "top1_loss": loss, "best_int4_method": best,
         "claim": "holds" if loss["PHM"][best["PHM"]] <= loss["dense"][best["dense"]] else "does not hold",
         "phm_sizes": {**sizes, "int4_fp16_over_fp32": round(sizes["int4-fp16"] / sizes["fp32"], 4)},
+        "minilm": encoder,
         "wall_s": walls,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +202,10 @@ def _write_docs(path: Path, result: dict, table: str, plot: Path) -> None:
             f"Sizes: the PHM student's `--int4 --fp16` files are {result['phm_sizes']['int4_fp16_over_fp32']:.3f}× "
             f"its fp32 export's ({result['phm_sizes']['int4-fp16'] / 1e6:.1f} MB vs "
             f"{result['phm_sizes']['fp32'] / 1e6:.1f} MB).\n\n![INT4 vs INT8, dense vs PHM]({png.name})\n\n")
+    if result["minilm"]:
+        enc = result["minilm"]
+        body += (f"all-MiniLM-L6-v2 and its student ({enc['student']}), held-out sentences, each against its own "
+                 f"FP32:\n\n{enc['table']}\n\n")
     _replace_section(path, marker, body, "INT4")
 
 

@@ -51,7 +51,7 @@ def main() -> None:
     for name, config in MODELS.items():
         for label, bases in (("dense", None), ("PHM B=2", 2)):
             fp = footprint(config, bases)
-            for precision in ("fp16", "int8"):
+            for precision in ("fp16", "int8", "int4"):
                 cells = []
                 for t in TARGETS:
                     p = plan_memory(fp, precision, t, context=args.context)

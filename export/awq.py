@@ -18,8 +18,11 @@ mixing matrix, z (…, n, B·k)), so the error is measured on z against A_catᵀ
 side by side for a PHMFFN). A scale that x can carry has to be one per column c ∈ [0, k), shared by
 x's n blocks — then z's column b·k + c is divided by s_c for every basis b, and each core A_b's
 column c is multiplied by s_c: the node computes exactly what it did before rounding. Its
-statistic is mean |z[:, b·k + c]| over rows and bases. A PHMFFN's down projection reads an
-internal tensor, so it keeps round-to-nearest.
+statistic is mean |z[:, b·k + c]| over rows and bases. A swiglu PHMFFN's down projection reads
+h = act(gate)·up inside the node: its scale (one per column of f/n, from the rows the down layer's
+module reads) is carried by up's core rows (divided: up's output column (i, c) is row c of every
+A_b) and down's core columns (multiplied), exactly as well (quantize_int4.down_scalable: not with
+biases, not for a plain MLP, whose activation would not commute).
 """
 
 from __future__ import annotations

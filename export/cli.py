@@ -23,7 +23,7 @@ from .config import CALIB_METHODS, INT4_GROUPS, INT4_METHODS, TARGETS, ExportCon
 @click.option("--int4-group", type=click.Choice([str(g) for g in INT4_GROUPS]), default=str(Int4Config.group),
               show_default=True, help="with --int4, the block of input channels sharing a scale")
 @click.option("--int4-method", type=click.Choice(INT4_METHODS), default=Int4Config.method, show_default=True,
-              help="with --int4, rtn (round to nearest) or awq (activation-aware channel scales from --calib-data)")
+              help="with --int4, awq (activation-aware channel scales from --calib-data) or rtn (round to nearest)")
 @click.option("--int4-lm-head", is_flag=True, help="with --int4, quantize the LM head too")
 @click.option("--calib-data", type=click.Path(), default=None,
               help="calibration data for --int8/--int4: folder, .jsonl or .txt [default: the shipped prompts]")

@@ -64,7 +64,8 @@ class Int4Config:
 
     group: int = 128                 # INT4 block along the input dimension (quantize_int4.py)
     lm_head: bool = False            # also INT4 the LM head (off: logits are the most sensitive matmul)
-    method: str = "rtn"              # rtn | awq (activation-aware scales from the calibration data)
+    method: str = "awq"              # awq (activation-aware scales from the calibration data) | rtn; awq:
+                                     # measured better on SmolLM2, dense and PHM (docs/int4.md)
     calib_data: str | None = None    # calibration data for awq and the report; None: the shipped set
     report_tokens: int = 512         # held-out tokens of the accuracy report (report.md)
     report_data: str | None = None   # VLM report: image+prompt pairs for the answer agreement

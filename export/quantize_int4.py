@@ -53,7 +53,8 @@ from .weights import StreamedWeight
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUPS", "INT4_OPSET", "PENDING_DOMAIN", "block_group", "dequantize_blocks", "finish_int4", "phm_group",
+__all__ = ["GROUPS", "INT4_OPSET", "PENDING_DOMAIN", "block_group", "dequantize_blocks", "down_key", "down_scalable",
+           "finish_int4", "phm_group",
            "phm_input_cores", "plan_int4", "quantize_blocks_int4", "quantize_graph_int4"]
 
 GROUPS = (32, 64, 128)        # --int4-group choices
@@ -178,14 +179,29 @@ def phm_input_cores(node: gs.Node) -> list:
     return [v for v in values if v is not None and v.ndim == 3]
 
 
+def down_key(node: gs.Node) -> str:
+    """The `smooth` key of a PHMFFN's down-projection input (a tensor inside the node, no graph name)."""
+    return f"{node.name}:down"
+
+
+def down_scalable(node: gs.Node) -> bool:
+    """Whether AWQ can scale a PHM node's down-projection input: a swiglu PHMFFN without biases, whose
+    h = act(gate)·up carries 1/s in up's rows exactly (a plain MLP's activation would not commute)."""
+    return (node.op == spec.PHM_FFN.op_type and node.attrs.get("mlp_type", "swiglu") == "swiglu"
+            and not node.attrs.get("has_bias", 0))
+
+
 def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], group: int = 128,
                         smooth: dict | None = None) -> dict:
     """Apply `plan` (plan_int4) to `graph` in place: blocked INT4 dense weights, INT4 PHM cores.
     `smooth`: {input tensor name: AWQ channel scales} (awq.py): (K,) for dense linears, (k,) for a
     PHM node (tiled over x's n blocks); the graph divides that tensor by them before its readers.
+    Under `down_key(node)`, the (f/n,) scales of a swiglu PHMFFN's down input: up's core rows are
+    divided by them and down's core columns multiplied, which the node computes exactly.
     Returns counts."""
     b, counts, smooth = _Builder(graph), _Counts(), smooth or {}
     scaled: dict = {}
+    scaled_down = 0
     for lin in plan.linears:
         if lin.mode != "w4":
             continue
@@ -213,11 +229,18 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
             inv = gs.Constant(f"{x.name}.awq_inv", np.tile(1.0 / s, n).astype(np.float16 if fp16 else np.float32))
             node.inputs[spec.X] = b.node("Mul", [x, inv], np.float16 if fp16 else np.float32, f"{node.name}/awq")
             scaled[x.name] = node.inputs[spec.X]
+            types = {**types, node.inputs[spec.X].name: types.get(x.name)}  # the node's x keeps its dtype
         inputs = _projections(node)[:-1] if node.op == spec.PHM_FFN.op_type else _projections(node)
+        s_down = smooth.get(down_key(node)) if down_scalable(node) else None
+        scaled_down += s_down is not None
 
-        def quantizer(cores, first, g=g, s=s, inputs=inputs):
+        def quantizer(cores, first, g=g, s=s, inputs=inputs, s_down=s_down):
             if s is not None and first in inputs:
                 cores = cores * torch.from_numpy(s)[None, None, :]
+            if s_down is not None and first == spec.UP_CORES:    # h = act(gate)·up: up's row c carries 1/s_c
+                cores = cores / torch.from_numpy(s_down)[:, None, None]
+            if s_down is not None and first == spec.DOWN_CORES:  # and down's column c s_c
+                cores = cores * torch.from_numpy(s_down)[None, None, :]
             return tuple(t.numpy() for t in quantize_cores_int4(cores, g))
 
         _quantize_phm_cores(b, node, types, done, "int4", quantizer, group_size=g)
@@ -225,7 +248,7 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
     graph.cleanup().toposort()
     out = {**{k.replace("w4", "int4"): v for k, v in plan.counts().items()}, "dense_int4": counts.dense,
            "phm_int4_nodes": counts.phm, "float_kept": counts.float_kept, "group": group,
-           "awq_scaled_inputs": len(scaled)}
+           "awq_scaled_inputs": len(scaled), "awq_scaled_down": scaled_down}
     log.info("quantize_graph_int4: %s", out)
     return out
 

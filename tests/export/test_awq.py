@@ -59,14 +59,35 @@ def test_phm_scale_is_exact_before_rounding():
     assert np.allclose((z @ a_cat.T).reshape(len(x), n * m), y.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("phm", [False, True], ids=["dense", "phm"])
-def test_awq_export(store, phm):
+def test_awq_export(store, phm, fp16):
     """--int4-method awq: inputs divided by their scales in the graph (one Mul per tensor), the method and
-    prompts in the manifest; the graph still tracks the float model (on random tiny weights AWQ's gain is
-    not measurable, benchmarks/bench_int4.py measures it on SmolLM2)."""
-    art = store.artifacts("llama", phm, int4=Int4Config(group=32, method="awq"))
+    prompts in the manifest; in an fp16 graph the scaled input keeps fp16 (the export's own ONNX Runtime
+    checks load it). On random tiny weights AWQ's gain is not measurable: benchmarks/bench_int4.py
+    measures it on SmolLM2."""
+    art = store.artifacts("llama", phm, fp16=fp16, int4=Int4Config(group=32, method="awq"))
     summary = json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]["int4"]
     assert summary["method"] == "awq" and summary["calib_prompts"] > 0
     trt = onnx.load(str(art / "decoder.trt.onnx"))
     muls = [n for n in trt.graph.node if n.op_type == "Mul" and any(i.endswith(".awq_inv") for i in n.input)]
     assert len(muls) == summary["awq_scaled_inputs"] > 0
+    assert summary["awq_scaled_down"] == (2 if phm else 0)  # each swiglu PHMFFN's down input too
+
+
+def test_down_scale_through_up_rows_is_exact():
+    """A swiglu PHM MLP with up's core rows divided by s and down's core columns multiplied by s computes
+    what it did: h = silu(gate)·up carries 1/s_c in its column (i, c) for every block i."""
+    n, nb, d, f = 2, 2, 16, 24
+    bases = basis_family(n, nb).double()
+    gen = torch.Generator().manual_seed(5)
+    gate, up = (torch.randn(f // n, nb, d // n, generator=gen, dtype=torch.float64) for _ in range(2))
+    down = torch.randn(d // n, nb, f // n, generator=gen, dtype=torch.float64)
+    s = torch.rand(f // n, generator=gen, dtype=torch.float64) + 0.5
+    x = torch.randn(5, d, generator=gen, dtype=torch.float64)
+
+    def mlp(up_cores, down_cores):
+        h = torch.nn.functional.silu(phm_forward(x, gate, bases)) * phm_forward(x, up_cores, bases)
+        return phm_forward(h, down_cores, bases)
+
+    assert torch.allclose(mlp(up, down), mlp(up / s[:, None, None], down * s[None, None, :]), rtol=1e-12, atol=1e-12)

@@ -54,7 +54,7 @@ def _graph_cores(art) -> tuple[set, set]:
     return packed, groups
 
 
-def dequantized_model(model_dir, art):
+def dequantized_model(model_dir, art, group: int = GROUP):
     """The checkpoint's model with every dense linear's weight (the LM head and embeddings excepted) and
     every PHM core replaced by its INT4 dequantization (the exporter's rounding), and PHM inputs and
     outputs rounded to fp16 (INT4 cores take fp16 activations: an fp16 island in an fp32 graph)."""
@@ -74,7 +74,7 @@ def dequantized_model(model_dir, art):
             elif module is not head and type(module).__name__ in ("Linear", "Conv1D"):
                 w = module.weight.detach().float()
                 kn = w.T.numpy() if type(module).__name__ == "Linear" else w.numpy()   # the MatMul's (K, N)
-                g = block_group(kn.shape[0], GROUP)
+                g = block_group(kn.shape[0], group)
                 deq = dequantize_blocks(*quantize_blocks_int4(kn, 0, g), kn.shape, 0, g)
                 module.weight.copy_(torch.from_numpy(deq.T.copy() if type(module).__name__ == "Linear" else deq))
     return model
@@ -83,7 +83,7 @@ def dequantized_model(model_dir, art):
 @pytest.fixture(scope="module")
 def int4_exports(store):
     def get(arch: str, phm: bool = True):
-        return store.checkpoint(arch, phm), store.artifacts(arch, phm, int4=Int4Config(group=GROUP))
+        return store.checkpoint(arch, phm), store.artifacts(arch, phm, int4=Int4Config(group=GROUP, method="rtn"))
     return get
 
 
@@ -160,7 +160,7 @@ def test_int4_graph_contents(int4_exports):
 
 def test_int4_fp16_export_size(store, int4_exports):
     """--int4 --fp16: fp16 scales into fp16 MatMuls, and the files far below the fp32 export's."""
-    art = store.artifacts("llama", True, fp16=True, int4=Int4Config(group=GROUP))
+    art = store.artifacts("llama", True, fp16=True, int4=Int4Config(group=GROUP, method="rtn"))
     trt = onnx.load(str(art / "decoder.trt.onnx"))
     scales = [_initializers(trt)[n.input[1]] for n in trt.graph.node if n.op_type == "DequantizeLinear"]
     assert scales and all(s.data_type == onnx.TensorProto.FLOAT16 for s in scales)
@@ -183,6 +183,7 @@ def test_cli_int4_flags(store, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "int4" and manifest["graphs"]["decoder"]["int4"]["group"] == 32
+    assert manifest["memory_plan"]["precision"] == "int4"  # the --target plan counts half a byte per weight
     assert (out / manifest["report"]).is_file() and "INT4 accuracy report" in (out / manifest["report"]).read_text()
     assert "INT4 is weight-only" in (out / "commands.sh").read_text()
 
@@ -215,3 +216,20 @@ def test_int4_greedy_tokens_equal_the_dequantized_model(int4_exports, arch):
     assert ours.tolist() == ref.tolist()
     ort_file = json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]["ort_file"]
     assert _is_quantized(art / ort_file) == "int4"  # the session options that fuse into MatMulNBits
+
+
+def test_smollm2_int4_graph_is_the_dequantized_model(tmp_path):
+    """The real SmolLM2-135M (30 layers, group 128 and 64 blocks) exported with --int4: its decoder graph
+    equals the PyTorch model holding the dequantized weights on the export's reference inputs."""
+    from phm.export import ExportConfig, export_model
+    from phm.trainer.models import smollm2_dir
+
+    art = export_model(smollm2_dir(), ExportConfig(int4=Int4Config(method="rtn", report_tokens=64)), tmp_path / "art")
+    graph = json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]
+    assert graph["int4"]["dense_int4"] == 210 and graph["int4"]["float_kept"] == 0  # 7 linears × 30 layers
+    model = dequantized_model(smollm2_dir(), art, group=128)
+    spec_ = next(s for s in graph_specs(model) if s.kind == "decoder")
+    feeds = [{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
+             for feed in load_json(str(art / graph["inputs"]))]
+    errors = _errors(art, "decoder", graph, run_torch(spec_, feeds))
+    assert max(errors.values()) <= 1e-4, errors

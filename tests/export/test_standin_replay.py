@@ -1,5 +1,5 @@
-"""TensorRT stand-in replay: every PHM node of real exported TensorRT twin graphs (fp32, fp16 and
-INT8 decoders; PHMFFN swiglu and plain; PHMLinear of a Qwen2-VL vision tower, PHMFFN swiglu with
+"""TensorRT stand-in replay: every PHM node of real exported TensorRT twin graphs (fp32, fp16, INT8
+and INT4 decoders, an INT4 fp16 vision tower; PHMFFN swiglu and plain; PHMLinear of a Qwen2-VL vision tower, PHMFFN swiglu with
 biases of a Qwen2.5-VL one in fp16) goes through what
 TensorRT's ONNX parser, builder and runtime do with it (creator lookup, fields from the node's
 attributes, capabilities, output types and dynamic shapes, format negotiation, configure, workspace,
@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from phm.export import Int4Config
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt_plugins"))
 from standin_kit import AVAILABLE, MISSING, build_standin, fake_libcuda, replay_host, write_replay  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=MISSING)
-TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "int8": 5e-3}  # of the output's max |reference|
+TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "int8": 5e-3, "int4": 5e-3}  # of the output's max |reference|
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,9 @@ def _replay(standin, description):
 
 CASES = [("llama", "decoder", {}, "fp32"), ("llama", "decoder", {"fp16": True}, "fp16"),
          ("llama", "decoder", {"int8": True}, "int8"), ("gpt2", "decoder", {}, "fp32"),
-         ("qwen2_vl", "vision", {}, "fp32"), ("qwen2_5_vl", "vision", {"fp16": True}, "fp16")]
+         ("qwen2_vl", "vision", {}, "fp32"), ("qwen2_5_vl", "vision", {"fp16": True}, "fp16"),
+         ("llama", "decoder", {"int4": Int4Config(group=32)}, "int4"),
+         ("qwen2_5_vl", "vision", {"fp16": True, "int4": Int4Config(group=32)}, "int4")]
 
 
 @pytest.mark.parametrize("arch,kind,cfg,precision", CASES, ids=[f"{a}-{k}-{p}" for a, k, _, p in CASES])
