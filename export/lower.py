@@ -1,5 +1,4 @@
-"""`lower_phm(model) -> int`: PHM nodes → lean standard ops specialised to each node (ONNX Runtime fast path);
-`lower_int8_matmuls(model) -> int`: INT8 weight DequantizeLinear → MatMul → MatMulNBits.
+"""`lower_phm(model) -> int`: PHM nodes → lean standard ops specialised to each node (ONNX Runtime fast path).
 
 The artifacts' `<kind>.onnx` runs its `com.phm` nodes through the generic reference functions
 (export/reference.py): one body for every node, reading n, B, bases, activation … by attribute
@@ -27,10 +26,9 @@ the lowered graph shares every weight initializer with the graph it came from: e
 external data, the ONNX Runtime graph and its twins reference one copy of each tensor. INT4 cores
 (weight_format "int4", opset ≥ 18 graphs) become ONNX Runtime's weight-only kernel instead of the
 MatMul: `com.microsoft::MatMulNBits` reads A_cat's (m, B·k) rows in groups along k, which is the
-spec's INT4 layout byte for byte, only with unsigned nibbles (`_matmul_nbits`). INT8 cores (one
-scale per row) become MatMulNBits with 8 bits, and so does every dense MatMul of an --int8 graph
-whose weight is a per-channel INT8 DequantizeLinear (`lower_int8_matmuls`): ONNX Runtime then reads
-one byte per weight instead of dequantizing the whole weight every step. The result is
+spec's INT4 layout byte for byte, only with unsigned nibbles (`_matmul_nbits`). INT8 cores are
+left to the reference functions: MatMulNBits' 8-bit kernel with fp32 arithmetic measured 13×
+slower than an fp32 MatMul here (docs/int4.md § ONNX Runtime speed). The result is
 checked against the reference graph (tests/export/test_lower.py) and by the runtime's
 token-for-token tests against torch.
 """
@@ -51,20 +49,17 @@ from .skeleton import shape_data, weightless
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lower_int8_matmuls", "lower_phm"]
+__all__ = ["lower_phm"]
 
 
 class _Lowering:
-    def __init__(self, model: onnx.ModelProto, ranks: bool = True, tag: str = "lw"):
+    def __init__(self, model: onnx.ModelProto):
         self.graph = model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.new_inits: list[onnx.TensorProto] = []
         self.cache: dict = {}
-        self.count, self.tag = 0, tag  # names `<base>__<tag><n>`: one tag per pass, so two passes never collide
+        self.count = 0
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self.rank: dict = {}
-        if not ranks:
-            return
         inferred = onnx.shape_inference.infer_shapes(_rank_skeleton(model))
         self.rank = {v.name: len(v.type.tensor_type.shape.dim) for v in
                      [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
@@ -72,7 +67,7 @@ class _Lowering:
 
     def name(self, base: str) -> str:
         self.count += 1
-        return f"{base}__{self.tag}{self.count}"
+        return f"{base}__lw{self.count}"
 
     def const(self, base: str, array: np.ndarray) -> str:
         name = self.name(base)
@@ -157,7 +152,7 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     """Standard-op replacement of one PHM node, or None to keep it (quantized cores, unknown rank)."""
     a = _attrs(node)
     fmt = a.get("weight_format", "float")
-    if fmt not in ("float", "int4", "int8") or (fmt == "int4" and not _nbits_ok(a, lw.opset)):
+    if fmt not in ("float", "int4") or (fmt == "int4" and not _nbits_ok(a, lw.opset)):
         return None
     n, num_bases = int(a["n"]), int(a["num_bases"])
     x, rank = node.input[spec.X], lw.rank.get(node.input[spec.X])
@@ -171,8 +166,6 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         return None  # cores computed at run time (not an initializer): the reference handles it
     # (m, B, k) each (INT4: k/2 bytes per row, two values each); quantized cores take fp16 x (spec.py)
     cores = [(m, b, 2 * k if fmt == "int4" else k) for (m, b, k), _ in weights]
-    if fmt == "int8" and any(_int8_block(b * k) is None for _, b, k in cores):
-        return None
     names = [node.input[f] for f in firsts]
     dtype = weights[0][1] if fmt == "float" else np.float16
     bases = torch.tensor(np.asarray(a["bases"], np.float32)).reshape(num_bases, n, n)
@@ -195,11 +188,9 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         """z @ A_catᵀ of the cores `which`, side by side along the output."""
         if fmt == "float":
             return op("MatMul", z, a_cat_t(*which))
-        shapes = [cores[i] for i in which]
-        group = int(a["group_size"]) if fmt == "int4" else _int8_block(shapes[0][1] * shapes[0][2])
         return _matmul_nbits(nodes, lw, node.name, z, [names[i] for i in which],
-                             [node.input[firsts[i] + 1] for i in which], shapes, group, 4 if fmt == "int4" else 8,
-                             onnx.TensorProto.FLOAT16)
+                             [node.input[firsts[i] + 1] for i in which], [cores[i] for i in which],
+                             int(a["group_size"]), onnx.TensorProto.FLOAT16)
 
     def a_cat_t(*which: int) -> str:
         """A_catᵀ (B·k, m) of the cores `which`, side by side: graph ops on the shared initializers."""
@@ -241,108 +232,29 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     return nodes
 
 
-def _int8_block(k: int) -> int | None:
-    """MatMulNBits' block for INT8 weights with one scale per output row: the largest power of two from
-    16 to 256 dividing k (the row's scale repeated per block), None where none does."""
-    return next((g for g in (256, 128, 64, 32, 16) if k % g == 0), None)
-
-
 def _matmul_nbits(nodes: list, lw: _Lowering, base: str, z: str, weights: list[str], scales: list[str],
-                  shapes: list[tuple], group: int, bits: int, dtype: int) -> str:
-    """z (…, K) @ Wᵀ as one com.microsoft::MatMulNBits over quantized rows W (N, K), several side by side
-    along N; `shapes` (m, B, k) with K = B·k (a dense weight: (N, 1, K)), `dtype` z's ONNX type.
-    INT4 (PHM cores): its B input (N, K/G, G/2) is the cores' own bytes read as uint8 (a second
-    initializer over the same data) with each nibble's sign bit flipped (BitwiseXor 0x88: MatMulNBits
-    stores q + 8), its scales the cores' (m·B·k/G,). INT8 (one scale per row): q + 128 as uint8 in
-    blocks of `group` (standard ops of opset 17), each row's scale repeated per block. ONNX Runtime folds
-    all of it once at load and prepacks the result."""
+                  shapes: list[tuple], group: int, dtype: int) -> str:
+    """z (…, B·k) @ A_catᵀ of INT4 cores (several side by side along the output) as one
+    com.microsoft::MatMulNBits, `dtype` z's ONNX type: its B input (N, K/G, G/2) is the cores' own
+    bytes read as uint8 (a second initializer over the same data) with each nibble's sign bit flipped
+    (BitwiseXor 0x88: MatMulNBits stores q + 8), its scales the cores' (m·B·k/G,). ONNX Runtime folds
+    the XOR, Concat and Cast once at load and prepacks the result."""
     def op(op_type, *inputs, domain=None, **attrs):
         out = lw.name(f"{base}_{op_type.lower()}")
         nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, domain=domain, **attrs))
         return out
 
     flat_shape = lw.const("phm_flat", np.array([-1], np.int64))
-    raw, flat = [], []
-    for name, s, (m, b, k) in zip(weights, scales, shapes):
-        blocks = b * k // group
-        if bits == 4:
-            raw.append(lw.reinterpret(name, onnx.TensorProto.UINT8, (m, blocks, group // 2)))
-            flat.append(op("Reshape", s, flat_shape))
-            continue
-        q = op("Reshape", name, lw.const("nbits_shape", np.array([m, blocks, group], np.int64)))
-        wide = op("Add", op("Cast", q, to=onnx.TensorProto.INT32), lw.const("nbits_128", np.array(128, np.int32)))
-        raw.append(op("Cast", wide, to=onnx.TensorProto.UINT8))
-        rows = op("Reshape", s, lw.const("nbits_rows", np.array([m, 1], np.int64)))
-        flat.append(op("Reshape", op("Expand", rows, lw.const("nbits_blocks", np.array([m, blocks], np.int64))),
-                       flat_shape))
-    packed = raw[0] if len(raw) == 1 else op("Concat", *raw, axis=0)
-    if bits == 4:
-        if "xor88" not in lw.cache:
-            lw.cache["xor88"] = lw.const("phm_xor88", np.array([0x88], np.uint8))
-        packed = op("BitwiseXor", packed, lw.cache["xor88"])
+    raw = [lw.reinterpret(name, onnx.TensorProto.UINT8, (m, b * k // group, group // 2)) for name, (m, b, k)
+           in zip(weights, shapes)]
+    flat = [op("Reshape", s, flat_shape) for s in scales]
+    if "xor88" not in lw.cache:
+        lw.cache["xor88"] = lw.const("phm_xor88", np.array([0x88], np.uint8))
+    packed = op("BitwiseXor", raw[0] if len(raw) == 1 else op("Concat", *raw, axis=0), lw.cache["xor88"])
     scale = flat[0] if len(flat) == 1 else op("Concat", *flat, axis=0)
     m_total, (_, b, k) = sum(s[0] for s in shapes), shapes[0]
     return op("MatMulNBits", z, packed, op("Cast", scale, to=dtype), domain="com.microsoft", K=b * k, N=m_total,
-              bits=bits, block_size=group)
-
-
-def lower_int8_matmuls(model: onnx.ModelProto) -> int:
-    """Every MatMul whose weight is DequantizeLinear(INT8 initializer (K, N), per-channel scales, axis 1)
-    — directly or through a Cast to fp16 — becomes MatMulNBits (8 bits, exact: fp32 arithmetic on the
-    dequantized weights), in place; returns how many. The weight is transposed and offset at load
-    (folded by ONNX Runtime). The activation's own Q/DQ (W8A8) stays in front of it."""
-    lw = _Lowering(model, ranks=False, tag="l8")
-    producer = {o: n for n in model.graph.node for o in n.output}
-    new_nodes, lowered = [], 0
-    for node in model.graph.node:
-        repl = _int8_matmul(node, producer, lw) if node.op_type == "MatMul" else None
-        if repl is None:
-            new_nodes.append(node)
-        else:
-            new_nodes.extend(repl)
-            lowered += 1
-    if lowered:
-        del model.graph.node[:]
-        model.graph.node.extend(_drop_unread(new_nodes, {o.name for o in model.graph.output}))
-        _finish(model, lw)
-    log.info("lowered %d INT8 MatMuls to MatMulNBits", lowered)
-    return lowered
-
-
-def _int8_matmul(node: onnx.NodeProto, producer: dict, lw: _Lowering) -> list | None:
-    w, dtype = node.input[1], onnx.TensorProto.FLOAT
-    src = producer.get(w)
-    if src is not None and src.op_type == "Cast":
-        dtype = _attrs(src)["to"]
-        src = producer.get(src.input[0])
-    if src is None or src.op_type != "DequantizeLinear" or _attrs(src).get("axis", 1) != 1:
-        return None
-    q, s = lw.inits.get(src.input[0]), lw.inits.get(src.input[1])
-    zero = lw.inits.get(src.input[2]) if len(src.input) > 2 and src.input[2] else None
-    if q is None or s is None or q.data_type != onnx.TensorProto.INT8 or len(q.dims) != 2 or len(s.dims) != 1:
-        return None
-    if zero is not None and (zero.data_location == onnx.TensorProto.EXTERNAL or numpy_helper.to_array(zero).any()):
-        return None
-    k, n = q.dims
-    group = _int8_block(k)
-    if group is None:
-        return None
-    nodes: list = []
-    wt = lw.name(f"{node.name}_wt")
-    nodes.append(helper.make_node("Transpose", [src.input[0]], [wt], name=wt, perm=[1, 0]))
-    out = _matmul_nbits(nodes, lw, node.name, node.input[0], [wt], [src.input[1]], [(n, 1, k)], group, 8, dtype)
-    nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=lw.name(f"{node.name}_out")))
-    return nodes
-
-
-def _drop_unread(nodes: list, outputs: set) -> list:
-    """`nodes` without those whose outputs nothing reads any more (repeatedly: DQ, then its Cast)."""
-    while True:
-        read = {i for n in nodes for i in n.input} | outputs
-        keep = [n for n in nodes if any(o in read for o in n.output)]
-        if len(keep) == len(nodes):
-            return keep
-        nodes = keep
+              bits=4, block_size=group)
 
 
 def _finish(model: onnx.ModelProto, lw: _Lowering) -> None:

@@ -3,8 +3,8 @@
 The artifacts' `<kind>.onnx` is the portable graph: PHM nodes with their reference functions, what
 polygraphy and any ONNX consumer can read. Run as it is, ONNX Runtime pays for the generic function
 bodies and the traced shape arithmetic on every step, so the exporter also writes `<kind>.ort.onnx`:
-PHM nodes lowered to specialised standard ops (lower.py; quantized cores and INT8 dense weights to
-ONNX Runtime's MatMulNBits) and the shape arithmetic folded into
+PHM nodes lowered to specialised standard ops (lower.py; INT4 cores to ONNX Runtime's MatMulNBits)
+and the shape arithmetic folded into
 constants (lean.py; not on Q/DQ graphs, where the fold is untested). phm-run loads that file as it is
 and rewrites nothing at start. Both passes read shapes only, never weight values, and every weight
 initializer stays shared: with external data all graphs of a kind reference one copy.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import onnx
 
 from .lean import lean_graph
-from .lower import lower_int8_matmuls, lower_phm
+from .lower import lower_phm
 
 __all__ = ["ORT_SUFFIX", "ort_graph"]
 
@@ -28,7 +28,6 @@ def ort_graph(model: onnx.ModelProto) -> onnx.ModelProto | None:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     changed = lower_phm(out) > 0
-    changed |= lower_int8_matmuls(out) > 0
     if not any(n.op_type == "DequantizeLinear" for n in out.graph.node):
         changed |= lean_graph(out) > 0
     return out if changed else None

@@ -56,34 +56,13 @@ def test_lowered_fp16_graph_equals_reference(store):
             np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
-def test_int8_graph_lowers_to_matmul_nbits(store, fp16):
-    """--int8: the INT8 PHM cores and every INT8-weight MatMul (weight-only and W8A8) of the ONNX Runtime
-    graph become 8-bit MatMulNBits (one byte per weight read, fp32 arithmetic), equal to the portable
-    graph, which dequantizes every step."""
-    from polygraphy.json import load_json
-
+def test_int8_cores_are_left_to_the_reference(store):
+    """INT8 cores keep their reference function in the ONNX Runtime graph (MatMulNBits' exact 8-bit
+    path is slower than the fp32 MatMul on the CPU: docs/int4.md), which still equals the portable one."""
     from phm.export import Int8Config
-    from phm.export.lower import lower_int8_matmuls
-    from phm.export.quantize import ort_options
 
-    art = store.artifacts("llama", True, fp16=fp16, int8=Int8Config())
+    art = store.artifacts("llama", True, int8=Int8Config())
     graph = manifest(art)["graphs"]["decoder"]
     lowered = onnx.load(str(art / graph["ort_file"]))
-    ops = [n.op_type for n in lowered.graph.node]
-    assert ops.count("MatMulNBits") == 2 * 2 + 8  # gate|up and down per PHM FFN, q/k/v/o of two layers
-    assert "PHMFFN" not in ops and all(n.op_type != "DequantizeLinear" or n.input[0].endswith("Q")
-                                       or "input" in n.input[0] for n in lowered.graph.node)
-    model = onnx.load(str(art / "decoder.onnx"))
-    lower_phm(model)
-    assert lower_int8_matmuls(model) == 8
-    tol = 2e-2 if fp16 else 1e-2  # PHM nodes run fp16 either way; W8A8 inputs may round a step apart
-    for feeds in load_json(str(art / graph["inputs"])):
-        feeds = {k: np.asarray(v) for k, v in feeds.items()}
-        want = ort.InferenceSession(str(art / "decoder.onnx"), ort_options(), providers=["CPUExecutionProvider"]).run(
-            None, feeds)
-        got = ort.InferenceSession(str(art / graph["ort_file"]), ort_options(),
-                                   providers=["CPUExecutionProvider"]).run(None, feeds)
-        for g, w in zip(got, want):
-            scale = float(np.abs(w.astype(np.float32)).max()) or 1.0
-            assert float(np.abs(g.astype(np.float32) - w.astype(np.float32)).max()) <= tol * scale
+    assert sum(n.domain == spec.DOMAIN for n in lowered.graph.node) == 2 and lowered.functions
+    assert "MatMulNBits" not in [n.op_type for n in lowered.graph.node]
