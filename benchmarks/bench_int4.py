@@ -29,11 +29,11 @@ from pathlib import Path
 import click
 
 from phm.export import ExportConfig, Int4Config, Int8Config, export_model
-from phm.export.report import Metrics, ReportRow, write_report
+from phm.export.report import ReportRow, write_report
 from phm.trainer.models import smollm2_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8 import _phm_checkpoint, _replace_section, _run_fields, _setup, _student_config  # noqa: E402 - its student recipe
+from bench_int8 import _phm_checkpoint, _replace_section, _rows, _run_fields, _setup, _student_config  # noqa: E402 - its student recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # label → export config (report rows of the quantized graph carry the precision label)
@@ -45,19 +45,14 @@ VARIANTS = {  # label → export config (report rows of the quantized graph carr
 }
 
 
-def _rows(art: Path) -> list[ReportRow]:
-    rows = json.loads((art / "report.json").read_text())
-    return [ReportRow(r["model"], r["precision"], Metrics(**r["metrics"]), r["size_bytes"]) for r in rows]
-
-
 def _export(model_dir: Path, config: ExportConfig, art: Path, walls: dict, key: str) -> None:
     """export_model (its wall time into walls[key]), or nothing where `art` holds an export of the same
     model dir with the same config (a rerun adding the MiniLM part keeps the SmolLM2 exports): then
-    walls[key] keeps the time the results JSON recorded for it, else "reused"."""
+    walls[key] keeps the time the results JSON recorded for it (`walls` starts from it), else "reused"."""
     done = art / "export_config.json"
     if done.is_file() and done.read_text() == config.to_json() and \
             json.loads((art / "manifest.json").read_text()).get("model_dir") == str(model_dir):
-        walls[key] = walls.get("_previous", {}).get(key, "reused")
+        walls.setdefault(key, "reused")
         return
     t = time.time()
     export_model(model_dir, config, art)
@@ -131,11 +126,13 @@ def main(work, student, tokens, threads, json_path, minilm, docs_path):
     t0 = time.time()
     dense = smollm2_dir()
     phm = student or _phm_checkpoint(dense, work, _student_config(40, 8, 0, "abrupt"), console)
-    walls = {"student": round(time.time() - t0, 1),
-             "_previous": json.loads(json_path.read_text()).get("wall_s", {}) if json_path.is_file() else {}}
+    # the recorded wall times of a previous run, for the exports this one reuses
+    walls = dict(json.loads(json_path.read_text()).get("wall_s", {})) if json_path.is_file() else {}
+    if not student:
+        walls["student"] = round(time.time() - t0, 1)
     res, rows = _measure({"dense": dense, "PHM": phm}, tokens, work, console, walls)
     if student:
-        walls["student"] = walls["_previous"].get("student", "given")
+        walls.setdefault("student", "given")
     sizes = {}
     for tag, config in (("fp32", ExportConfig(overwrite=True)),
                         ("int4-fp16", ExportConfig(fp16=True, int4=Int4Config(), overwrite=True))):
@@ -151,7 +148,7 @@ def main(work, student, tokens, threads, json_path, minilm, docs_path):
 
         t = time.time()
         student_e = minilm_student(work, 60, 3, console)
-        walls["minilm student"] = walls["_previous"].get("minilm student") or round(time.time() - t, 1)  # (reused)
+        walls.setdefault("minilm student", round(time.time() - t, 1))  # a reused student keeps its recorded time
         res_e, _ = _measure({"dense": minilm_dir(), "PHM": student_e}, tokens, work, console, walls, "minilm-")
         encoder = {"table": _encoder_table(res_e), "student": "bench_int8_encoder.py's recipe (B=2, calibrated init "
                                                              "+ 3 local epochs + 60 abrupt KD steps)",
@@ -176,7 +173,7 @@ def main(work, student, tokens, threads, json_path, minilm, docs_path):
         "claim": "holds" if loss["PHM"][best["PHM"]] <= loss["dense"][best["dense"]] else "does not hold",
         "phm_sizes": {**sizes, "int4_fp16_over_fp32": round(sizes["int4-fp16"] / sizes["fp32"], 4)},
         "minilm": encoder,
-        "wall_s": {k: v for k, v in walls.items() if k != "_previous"},
+        "wall_s": walls,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -27,16 +27,12 @@ biases, not for a plain MLP, whose activation would not commute).
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from phm.trainer.hypercomplex import mixing_matrix
 
 from .quantize_int4 import block_group, dequantize_blocks, quantize_blocks_int4
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ALPHAS", "MAX_ROWS", "AwqScale", "dense_scale", "mixed_rows", "phm_scale"]
 

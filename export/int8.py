@@ -46,10 +46,10 @@ from .calib_data import load_calibration_data
 from .capture import capture, match_modules, match_phm_modules
 from .graphs import MROPE_TYPES, VLM_TYPES, GraphSpec, cache_geometry, text_config
 from .precision import tensor_types
-from .quantize_int4 import down_key, down_scalable, phm_group, phm_input_cores, plan_int4, quantize_graph_int4
-from .rewrite import const_value
 from .quantize import MAX_ROWS, Int8Plan, _loaded, choose_scale, input_weights, log_scales, ort_options, plan_int8, quantize_graph
+from .quantize_int4 import down_key, down_scalable, phm_group, phm_input_cores, plan_int4, quantize_graph_int4
 from .reference import attach_functions
+from .rewrite import const_value
 from .report import ReportRow, encoder_metrics, metrics, write_report
 from .source import ModelSource
 
@@ -220,29 +220,28 @@ class QuantStage:
 
         group = self.config.int4.group
         plan.calibrated = ("w4",)
-        nodes = {n.inputs[0].name: n for n in graph.nodes if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS
-                 and phm_group(n, group) is not None and phm_input_cores(n)}
-        downs = {down_key(n): n for n in nodes.values() if down_scalable(n)}  # swiglu PHMFFN: down's input too
+        # the PHM inputs to scale: name → (node, the cores that read it); a swiglu PHMFFN's down input too
+        phm = {}
+        for n in graph.nodes:
+            if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS and phm_group(n, group) is not None:
+                if phm_input_cores(n):
+                    phm[n.inputs[0].name] = (n, phm_input_cores(n))
+                if down_scalable(n):
+                    phm[down_key(n)] = (n, [const_value(n.inputs[phm_spec.DOWN_CORES])])
         try:
             targets = match_modules(plan, self.model, self.source)
-            targets.update(match_phm_modules({x: phm_input_cores(n)[0] for x, n in nodes.items()}, self.model,
+            targets.update(match_phm_modules({name: cores[0] for name, (_, cores) in phm.items()}, self.model,
                                              self.source))
-            targets.update(match_phm_modules({key: const_value(n.inputs[phm_spec.DOWN_CORES])
-                                              for key, n in downs.items()}, self.model, self.source))
         except ValueError as e:
             raise ValueError(f"{spec.kind} graph: {e}") from None
         chosen = {}
 
         def done(name: str, rows: np.ndarray) -> None:
             self.stage(f"AWQ scales of the {spec.kind} graph: {len(chosen) + 1}/{len(targets)}")
-            if name in downs:
-                node = downs[name]
-                cores = [np.asarray(_loaded(const_value(node.inputs[phm_spec.DOWN_CORES])), np.float32)]
-                chosen[name] = phm_scale(rows, cores, node.attrs["bases"], phm_group(node, group))
-            elif name in nodes:
-                node = nodes[name]
-                cores = [np.asarray(_loaded(c), np.float32) for c in phm_input_cores(node)]
-                chosen[name] = phm_scale(rows, cores, node.attrs["bases"], phm_group(node, group))
+            if name in phm:
+                node, cores = phm[name]
+                chosen[name] = phm_scale(rows, [np.asarray(_loaded(c), np.float32) for c in cores],
+                                         node.attrs["bases"], phm_group(node, group))
             else:
                 chosen[name] = dense_scale(rows, input_weights(plan, name), group)
 

@@ -257,21 +257,9 @@ def _matmul_nbits(nodes: list, lw: _Lowering, base: str, z: str, weights: list[s
               bits=4, block_size=group)
 
 
-def _finish(model: onnx.ModelProto, lw: _Lowering) -> None:
-    """Initializers: those still read, plus the lowering's new ones; the contrib domain where used."""
-    used = {i for nd in model.graph.node for i in nd.input}
-    used |= {i for f in model.functions for nd in f.node for i in nd.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep + lw.new_inits)
-    if any(nd.domain == "com.microsoft" for nd in model.graph.node) and \
-            not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-
 def lower_phm(model: onnx.ModelProto) -> int:
-    """Rewrite the float-core PHM nodes of `model` (in place) into specialised standard ops; returns
-    how many were lowered. Initializers only the replaced nodes read are dropped."""
+    """Rewrite the float-core and INT4 PHM nodes of `model` (in place) into specialised standard ops
+    (INT4: MatMulNBits); returns how many were lowered. Initializers only the replaced nodes read are dropped."""
     lw = _Lowering(model)
     new_nodes, lowered = [], 0
     for node in model.graph.node:
@@ -283,7 +271,14 @@ def lower_phm(model: onnx.ModelProto) -> int:
             lowered += 1
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    _finish(model, lw)
+    used = {i for nd in model.graph.node for i in nd.input}
+    used |= {i for f in model.functions for nd in f.node for i in nd.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + lw.new_inits)
+    if any(nd.domain == "com.microsoft" for nd in model.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # MatMulNBits
     if lowered and not any(nd.domain == spec.DOMAIN for nd in model.graph.node):
         del model.functions[:]  # nothing calls the reference functions any more
     log.info("lowered %d PHM nodes to standard ops", lowered)

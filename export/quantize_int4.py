@@ -34,6 +34,7 @@ the INT4 tensor's, only its type and dims change.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ import torch
 from onnx import TensorProto, helper
 
 from phm.trt_plugins import spec
-from phm.trt_plugins.quant import pack_int4, quantize_cores_int4
+from phm.trt_plugins.quant import pack_int4, quantize_cores_int4, unpack_int4
 
 from . import io_names as io
 from .quantize import DenseLinear, Int8Plan, _Builder, _loaded, _outputs, _projections, _quantize_phm_cores, plan_int8
@@ -53,11 +54,10 @@ from .weights import StreamedWeight
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUPS", "INT4_OPSET", "PENDING_DOMAIN", "block_group", "dequantize_blocks", "down_key", "down_scalable",
+__all__ = ["INT4_OPSET", "PENDING_DOMAIN", "block_group", "dequantize_blocks", "down_key", "down_scalable",
            "finish_int4", "phm_group",
            "phm_input_cores", "plan_int4", "quantize_blocks_int4", "quantize_graph_int4"]
 
-GROUPS = (32, 64, 128)        # --int4-group choices
 MIN_GROUP = 16                # smallest block MatMulNBits and the INT4 kernels take (a power of two)
 INT4_OPSET = 21               # blocked INT4 DequantizeLinear
 PENDING_DOMAIN = "phm.int4"   # a blocked DequantizeLinear until finish_int4 makes it a standard one
@@ -90,15 +90,11 @@ def quantize_blocks_int4(w: np.ndarray, axis: int, group: int,
 def _quantize_rows(rows: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     """(C, K) → (values int8 (C, K) in [-7, 7], scales float32 (C, K/group)): quantize_cores_int4 with B = 1."""
     packed, s = quantize_cores_int4(torch.from_numpy(np.array(rows, np.float32))[:, None, :], group)
-    from phm.trt_plugins.quant import unpack_int4
-
     return unpack_int4(packed)[:, 0].numpy(), s[:, 0].numpy()
 
 
 def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, shape: tuple, axis: int, group: int) -> np.ndarray:
     """The float32 weight a blocked INT4 DequantizeLinear computes (the inverse of quantize_blocks_int4)."""
-    from phm.trt_plugins.quant import unpack_int4
-
     q = unpack_int4(torch.from_numpy(np.asarray(packed, np.int8)).reshape(-1)).numpy().reshape(shape)
     return q.astype(np.float32) * np.repeat(np.asarray(scales, np.float32), group, axis=axis)
 
@@ -159,24 +155,32 @@ def _dense_int4(b: _Builder, lin: DenseLinear, group: int, fp16: bool, counts: _
     counts.dense += 1
 
 
+def _cores(node: gs.Node, firsts: list[int]) -> list:
+    """The constant (m, B, k) cores of the projections `firsts` (placeholders and non-constants left out)."""
+    values = [const_value(node.inputs[f]) for f in firsts]
+    return [v for v in values if v is not None and v.ndim == 3]
+
+
 def phm_group(node: gs.Node, group: int) -> int | None:
-    """One group size for every projection of a PHM node (the op's group_size is shared)."""
-    ks = [const_value(node.inputs[f]).shape[2] for f in _projections(node)
-          if const_value(node.inputs[f]) is not None and const_value(node.inputs[f]).ndim == 3]
-    g = group
-    while g >= MIN_GROUP:
-        if all(k % g == 0 for k in ks):
-            return g
-        g //= 2
-    return None
+    """One group size for every projection of a PHM node (the op's group_size is shared): block_group
+    of the k they all have in common."""
+    return block_group(math.gcd(*(c.shape[2] for c in _cores(node, _projections(node)))), group)
+
+
+def _input_projections(node: gs.Node) -> list[int]:
+    """The projections that read a PHM node's input x: gate and up of a PHMFFN, the PHMLinear's own."""
+    return _projections(node)[:-1] if node.op == spec.PHM_FFN.op_type else _projections(node)
 
 
 def phm_input_cores(node: gs.Node) -> list:
-    """The cores (constant values) that multiply a PHM node's input x: gate and up of a PHMFFN
-    (up alone for a plain MLP), the PHMLinear's own."""
-    firsts = _projections(node)[:-1] if node.op == spec.PHM_FFN.op_type else _projections(node)
-    values = [const_value(node.inputs[f]) for f in firsts]
-    return [v for v in values if v is not None and v.ndim == 3]
+    """The cores (constant values) that multiply a PHM node's input x (up alone for a plain MLP)."""
+    return _cores(node, _input_projections(node))
+
+
+def _divided(b: _Builder, x: gs.Tensor, s: np.ndarray, fp16: bool, name: str) -> gs.Variable:
+    """x / s (AWQ: the input of the linears whose weights carry s), one Mul in x's dtype."""
+    dtype = np.float16 if fp16 else np.float32
+    return b.node("Mul", [x, gs.Constant(f"{x.name}.awq_inv", (1.0 / s).astype(dtype))], dtype, name)
 
 
 def down_key(node: gs.Node) -> str:
@@ -210,8 +214,7 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
         s = smooth.get(x.name)
         if s is not None:  # x / s once per tensor (q/k/v share theirs), diag(s)·W in each weight
             if x.name not in scaled:
-                inv = gs.Constant(f"{x.name}.awq_inv", (1.0 / s).astype(np.float16 if fp16 else np.float32))
-                scaled[x.name] = b.node("Mul", [x, inv], np.float16 if fp16 else np.float32, f"{lin.node.name}/awq")
+                scaled[x.name] = _divided(b, x, s, fp16, f"{lin.node.name}/awq")
             lin.node.inputs[0] = scaled[x.name]
         _dense_int4(b, lin, group, fp16, counts, s)
     done: dict = {}
@@ -224,13 +227,11 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
         s = smooth.get(node.inputs[spec.X].name)
         if s is not None:  # AWQ: x / tile(s, n) before the node, each input core's column c times s_c
             x = node.inputs[spec.X]
-            fp16 = types.get(x.name) == _HALF
-            n = node.attrs["n"]
-            inv = gs.Constant(f"{x.name}.awq_inv", np.tile(1.0 / s, n).astype(np.float16 if fp16 else np.float32))
-            node.inputs[spec.X] = b.node("Mul", [x, inv], np.float16 if fp16 else np.float32, f"{node.name}/awq")
+            node.inputs[spec.X] = _divided(b, x, np.tile(s, node.attrs["n"]), types.get(x.name) == _HALF,
+                                           f"{node.name}/awq")
             scaled[x.name] = node.inputs[spec.X]
             types = {**types, node.inputs[spec.X].name: types.get(x.name)}  # the node's x keeps its dtype
-        inputs = _projections(node)[:-1] if node.op == spec.PHM_FFN.op_type else _projections(node)
+        inputs = _input_projections(node)
         s_down = smooth.get(down_key(node)) if down_scalable(node) else None
         scaled_down += s_down is not None
 

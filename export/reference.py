@@ -105,9 +105,10 @@ def _dequantized_cores(b: _Body, cores: str, scales: str, like: str) -> str:
     is_int4 = b.op("Cast", codes["int4"], to=TensorProto.BOOL)
     is_int8 = b.op("Cast", codes["int8"], to=TensorProto.FLOAT)
     branches = []
-    for name, body in (("int4", _int4_body), ("int8_or_float", _int8_or_float_body)):
+    for name, body in (("int4", lambda sub: _int4_body(sub, cores, scales, like)),
+                       ("int8_or_float", lambda sub: _int8_or_float_body(sub, cores, scales, like, is_int8))):
         sub = _Body(f"{cores}_{name}_")
-        out = body(sub, cores, scales, like, is_int8)
+        out = body(sub)
         sub.nodes.append(helper.make_node("Identity", [out], [f"{cores}_{name}_out"]))
         branches.append(helper.make_graph(sub.nodes, name, [], [onnx.ValueInfoProto(name=f"{cores}_{name}_out")]))
     return b.op("If", is_int4, then_branch=branches[0], else_branch=branches[1])
@@ -117,7 +118,7 @@ def _int8_or_float_body(b: _Body, cores: str, scales: str, like: str, is_int8: s
     """"float" as stored; "int8" q (m, B, k) · scales (m,) in float32, then cast. One blend serves both
     formats (the float case multiplies by 1: its scales input is the (1,) placeholder, never read)."""
     # (m, 1, 1) | (1, 1, 1). The first m scales: the same for int8 (and the float placeholder), and a
-    # shape shape inference can match to any cores when this branch is inferred for an INT4 node
+    # shape that shape inference can match to any cores when this branch is inferred for an INT4 node
     first_m = b.op("Slice", b.op("Reshape", scales, b.ints(-1)), b.ints(0),
                    b.op("Slice", b.op("Shape", cores), b.ints(0), b.ints(1)))
     s = b.op("Reshape", first_m, b.ints(-1, 1, 1))
@@ -126,7 +127,7 @@ def _int8_or_float_body(b: _Body, cores: str, scales: str, like: str, is_int8: s
     return b.op("CastLike", b.op("Mul", b.op("Cast", cores, to=TensorProto.FLOAT), factor), like)
 
 
-def _int4_body(b: _Body, cores: str, scales: str, like: str, is_int8: str) -> str:
+def _int4_body(b: _Body, cores: str, scales: str, like: str) -> str:
     """"int4": bytes (m, B, k/2) → signed nibbles (low nibble = element 2c) in float32 arithmetic
     (opset 17 has no bitwise ops), times scales (m, B, k/G) broadcast over their groups, then cast."""
     f = lambda v: b.op("Constant", value_float=v)  # noqa: E731

@@ -59,9 +59,8 @@ def _nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """−log softmax(logits)[label] per position, float64, computed ROWS positions at a time."""
     out = np.empty(len(labels))
     for i in range(0, len(labels), ROWS):
-        z = logits[i:i + ROWS].astype(np.float64)
-        z -= z.max(-1, keepdims=True)
-        out[i:i + ROWS] = np.log(np.exp(z).sum(-1)) - z[np.arange(len(z)), labels[i:i + ROWS]]
+        lp = _log_softmax(logits[i:i + ROWS])
+        out[i:i + ROWS] = -lp[np.arange(len(lp)), labels[i:i + ROWS]]
     return out
 
 

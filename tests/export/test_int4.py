@@ -45,7 +45,7 @@ def _graph_cores(art) -> tuple[set, set]:
     packed, groups = set(), set()
     for path in art.glob("*.trt.onnx"):
         model = onnx.load(str(path))
-        inits = {i.name: i for i in model.graph.initializer}
+        inits = _initializers(model)
         for node in (n for n in model.graph.node if n.domain == spec.DOMAIN):
             groups.add({a.name: a.i for a in node.attribute}["group_size"])
             for name in node.input:
@@ -87,9 +87,8 @@ def int4_exports(store):
     return get
 
 
-def _errors(art, kind: str, graph: dict, outputs: list) -> dict:
-    """Max |graph − torch| / max |torch| per file of one graph kind, over its reference inputs."""
-    feeds = load_json(str(art / graph["inputs"]))
+def _errors(art, graph: dict, feeds: list, outputs: list) -> dict:
+    """Max |graph − torch| / max |torch| per file of one graph kind, over its reference inputs `feeds`."""
     out = {}
     for f in {graph["file"], graph["ort_file"]}:
         sess = _session(art / f)
@@ -116,10 +115,9 @@ def test_int4_graph_is_the_dequantized_model(int4_exports, arch, phm):
     tol = 2e-3 if phm else 2e-5
     for spec_ in graph_specs(model):
         graph = manifest["graphs"][spec_.kind]
-        feeds = [{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
-                 for feed in load_json(str(art / graph["inputs"]))]
-        outputs = run_torch(spec_, feeds)
-        errors = _errors(art, spec_.kind, graph, outputs)
+        feeds = load_json(str(art / graph["inputs"]))
+        outputs = run_torch(spec_, [{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()} for feed in feeds])
+        errors = _errors(art, graph, feeds, outputs)
         assert max(errors.values()) <= tol, (spec_.kind, errors)
         float_outputs = [RunResults.load(str(art / graph["ref"]))[0][1][i] for i in range(len(feeds))]
         quant_error = max(float(np.abs(np.asarray(q[n]) - np.asarray(f[n])).max() / (np.abs(f[n]).max() or 1))
@@ -229,7 +227,7 @@ def test_smollm2_int4_graph_is_the_dequantized_model(tmp_path):
     assert graph["int4"]["dense_int4"] == 210 and graph["int4"]["float_kept"] == 0  # 7 linears × 30 layers
     model = dequantized_model(smollm2_dir(), art, group=128)
     spec_ = next(s for s in graph_specs(model) if s.kind == "decoder")
-    feeds = [{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}
-             for feed in load_json(str(art / graph["inputs"]))]
-    errors = _errors(art, "decoder", graph, run_torch(spec_, feeds))
+    feeds = load_json(str(art / graph["inputs"]))
+    errors = _errors(art, graph, feeds,
+                     run_torch(spec_, [{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()} for feed in feeds]))
     assert max(errors.values()) <= 1e-4, errors
