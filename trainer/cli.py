@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 from safetensors import SafetensorError
 
 from phm.common.cliutil import FiniteFloatRange, OneLineCommand
-from .distill import DistillConfig
+from .distill import BASE_DTYPES, DistillConfig
+from .parallel import PARALLEL_MODES
 from .inject import ROLES, TOWERS, PHMConfig
 from .pipeline import train
 
@@ -65,6 +67,15 @@ def _csv(choices):
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(0))
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(1), help="Steps between train_log entries.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--base-dtype", type=click.Choice(list(BASE_DTYPES)), default="float32", show_default=True,
+              help="Frozen (teacher) weights' dtype; cores, PHM biases and LoRA stay fp32 masters.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute each transformer layer in the backward "
+              "(activations of one layer instead of all).")
+@click.option("--parallel", type=click.Choice(list(PARALLEL_MODES)), default="ddp", show_default=True,
+              help="Under torchrun: DDP (the model on every device) or FSDP2 (weights, gradients and AdamW "
+              "state sharded over the devices).")
+@click.option("--world-size", type=click.IntRange(1), default=None,
+              help="--plan only: plan for this many data-parallel devices [default: torchrun's, else 1].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT_DIR (same options).")
 @click.option("--plan", is_flag=True, help="Print the run's memory plan (per item and stage, from the config on the "
@@ -75,11 +86,13 @@ def _csv(choices):
 @click.option("-v", "--verbose", is_flag=True, help="Log every step's losses.")
 def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds, bases, n, top_k_b3, towers,
          projections, init, steps, epochs, batch_size, max_length, pack, group_by_length, lr, core_lr, local_epochs,
-         local_batches, hidden_weight, recon_weight, schedule, lora_r, checkpoint_every, log_every, device, seed, resume,
-         plan, device_gib, verbose):
+         local_batches, hidden_weight, recon_weight, schedule, lora_r, checkpoint_every, log_every, device,
+         base_dtype, gradient_checkpointing, parallel, world_size, seed, resume, plan, device_gib, verbose):
     """Replace the MLPs of MODEL_DIR (a HF model dir, or sample:minilm / sample:smollm2) by PHM layers
     and distil them from the original model; write a PHM checkpoint dir to OUT_DIR."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
+    logging.basicConfig(level=logging.WARNING if rank else logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(message)s")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # our own bar is the progress; keep errors one line
@@ -95,13 +108,17 @@ def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds
                             local_batches=local_batches, hidden_weight=hidden_weight, recon_weight=recon_weight,
                             schedule=schedule, lora_r=lora_r,
                             calibrate_init=init == "calibrated", checkpoint_every=checkpoint_every,
-                            log_every=log_every, device=device, seed=seed)
+                            log_every=log_every, device=device, seed=seed, base_dtype=base_dtype,
+                            gradient_checkpointing=gradient_checkpointing, parallel=parallel)
         if plan:
             from .models import resolve_model_dir
             from .plan import plan_training
 
-            click.echo(plan_training(resolve_model_dir(model_dir), phm, cfg, device_gib).table())
+            size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+            click.echo(plan_training(resolve_model_dir(model_dir), phm, cfg, device_gib, world_size=size).table())
             return
+        if world_size is not None:
+            raise ValueError("--world-size applies to --plan; a run's world size is torchrun's --nproc-per-node")
         out = train(model_dir, out_dir, phm, cfg, data=data, data_free_samples=data_free_samples, resume=resume,
                     epochs=epochs, augment_lm=augment_lm, augment_rounds=augment_rounds, device_gib=device_gib)
     except (ValueError, FileExistsError) as e:
@@ -111,7 +128,8 @@ def main(model_dir, out_dir, data, data_free_samples, augment_lm, augment_rounds
         raise click.ClickException(f"I/O error while training into {out_dir}: {e.strerror or e}{where}") from None
     except SafetensorError as e:  # safetensors reports its I/O errors (EFBIG, ENOSPC) as its own type
         raise click.ClickException(f"I/O error while training into {out_dir}: {str(e).splitlines()[0]}") from None
-    click.echo(f"wrote {out}")
+    if rank == 0:
+        click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ The model stays in eval mode throughout (dropout off: the target is the teacher'
 Training state (every `checkpoint_every` steps and at the end) goes to `state_dir` atomically:
 state.safetensors (trainable tensors, AdamW moments, RNG) + state.json (step, configs, log).
 Never pickle.
+
+Scale (docs/trainer.md § Scale): `base_dtype` keeps the frozen weights in bf16/fp16 while cores,
+PHM biases and LoRA stay fp32 masters; `gradient_checkpointing` recomputes each transformer layer in
+the backward (recompute.py); under `torchrun` the run is data-parallel over the processes with DDP
+or FSDP2 (`parallel`, parallel.py), every number the same as one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ from phm.common.fsutil import atomic_dir
 
 from .arch import attention_qkv_modules, find_mlp_blocks
 from .inject import drop_dense, phm_wrappers, teacher_mode
-from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss
+from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss, local_total
 from .local import LOCAL_INPUTS, local_distill
+from .parallel import PARALLEL_MODES, World, full_tensor, like, unshard, world_from_env, wrap
 from .schedule import LambdaSchedule, linear_ramp, lr_factor
 
 __all__ = ["DistillConfig", "NonFiniteError", "distill", "STATE_DIR_NAME"]
@@ -51,8 +57,9 @@ log = logging.getLogger(__name__)
 STATE_FORMAT_VERSION = 1
 STATE_DIR_NAME = "train_state"
 OBJECTIVES = ("auto", "logits", "embedding")
+BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Fields that may differ between a run and its resumption (they do not change the result on CPU).
-_RESUME_FREE = ("device", "amp", "checkpoint_every", "log_every", "progress")
+_RESUME_FREE = ("device", "amp", "checkpoint_every", "log_every", "progress", "gradient_checkpointing", "parallel")
 
 
 @dataclass
@@ -94,6 +101,9 @@ class DistillConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    base_dtype: str = "float32"      # frozen (teacher) weights: float32 | bfloat16 | float16; trainables stay fp32
+    gradient_checkpointing: bool = False  # recompute each transformer layer in the backward (recompute.py)
+    parallel: str = "ddp"            # under torchrun: "ddp" (replicated model) or "fsdp" (FSDP2-sharded)
     checkpoint_every: int = 0        # steps between training-state checkpoints (0: only at the end)
     log_every: int = 10
     progress: bool = True            # tqdm bar
@@ -127,6 +137,10 @@ class DistillConfig:
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.base_dtype not in BASE_DTYPES:
+            raise ValueError(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {self.base_dtype!r}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {self.parallel!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         LambdaSchedule(0, 1, self.fade_fraction, self.ramp_width, self.order)  # validates order
@@ -222,11 +236,14 @@ def _objective(model: nn.Module, config: DistillConfig) -> str:
 
 
 def _save_state(state_dir: Path, step: int, named: list, optimizer, config: DistillConfig, history: list,
-                extra: dict) -> None:
-    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in named}
+                extra: dict, world: World = World()) -> None:
+    """Every rank calls it (FSDP2 shards are gathered into whole tensors); rank 0 writes."""
+    tensors = {f"param/{n}": full_tensor(p.detach()).cpu().contiguous() for n, p in named}
     for n, p in named:
         for key, value in optimizer.state.get(p, {}).items():
-            tensors[f"optim/{n}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+            tensors[f"optim/{n}/{key}"] = full_tensor(torch.as_tensor(value).detach()).cpu().contiguous()
+    if not world.main:
+        return
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
@@ -265,8 +282,10 @@ def _load_state(state_dir: Path, named: list, optimizer) -> None:
             key = f"param/{n}"
             if key not in tensors:
                 raise ValueError(f"training state in {state_dir} has no tensor for {n}: different model or PHM config")
-            p.copy_(tensors[key])
-            state = {k.rpartition("/")[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"optim/{n}/")}
+            p.copy_(like(p, tensors[key]))
+            # AdamW's moments are laid out as their parameter (an FSDP2 shard); its step count is a scalar
+            state = {k.rpartition("/")[2]: like(p, v) if v.dim() else v for k, v in tensors.items()
+                     if k.startswith(f"optim/{n}/")}
             if state:
                 optimizer.state[p] = state
     torch.set_rng_state(tensors["rng/torch"])
@@ -282,8 +301,10 @@ def _to(batch: dict, device) -> dict:
 
 
 def _forward(model, batch, objective, hidden: bool):
-    """(logits or last hidden state, hidden states of every layer or None)."""
-    out = model(**batch, output_hidden_states=True) if hidden else model(**batch)
+    """(logits or last hidden state, hidden states of every layer or None). No KV cache: training
+    reads none, and gradient checkpointing's replay of a layer would append to it a second time."""
+    extra = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
+    out = model(**batch, **extra, output_hidden_states=True) if hidden else model(**batch, **extra)
     main = out.logits if objective == "logits" else out.last_hidden_state
     return main, (out.hidden_states[1:] if hidden else None)
 
@@ -297,34 +318,63 @@ def _teacher_forward(model, batch, objective, hidden: bool):
         return _forward(model, batch, objective, hidden)
 
 
-def _recon_term(wrappers, config, stage_b: bool):
-    """The mean reconstruction error the wrappers recorded in this forward (None: not a stage-A loss term)."""
-    recons = [w.recon for w in wrappers if w.recon is not None]  # (unused towers stay None)
-    return torch.stack(recons).mean() if recons and config.recon_weight > 0 and not stage_b else None
+def _recon_terms(wrappers) -> list:
+    """The (error, reference) sums the wrappers recorded in this forward (unused towers record none)."""
+    return [w.recon_terms for w in wrappers if w.recon_terms is not None]
 
 
-def _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce):
-    """Weighted loss terms; student/teacher are _forward's (main, hidden states) pairs."""
+def _recon_term(terms, config, stage_b: bool, total=local_total):
+    """The mean reconstruction error of `_recon_terms` (None: not a stage-A loss term); each
+    wrapper's error over the whole batch (`total` sums its ‖W x‖² over the processes)."""
+    if not terms or config.recon_weight <= 0 or stage_b:
+        return None
+    return torch.stack([err / total(ref).clamp_min(1e-8) for err, ref in terms]).mean()
+
+
+def _loss(student, teacher, batch, objective, config, kd_w, recon, use_ce, total=local_total):
+    """Weighted loss terms; student/teacher are _forward's (main, hidden states) pairs; `total` sums
+    the normalisers over data-parallel processes (losses.py)."""
     (s_main, s_hid), (t_main, t_hid) = student, teacher
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones(s_main.shape[:2], device=s_main.device)
     parts = {}
     if objective == "logits":
-        parts["kd"] = kd_w * kd_loss(s_main, t_main, config.kd_temperature, mask)
+        parts["kd"] = kd_w * kd_loss(s_main, t_main, config.kd_temperature, mask, total)
         if use_ce:
-            parts["ce"] = config.ce_weight * causal_ce_loss(s_main, batch["input_ids"], mask, config.label_smoothing)
+            parts["ce"] = config.ce_weight * causal_ce_loss(s_main, batch["input_ids"], mask, config.label_smoothing,
+                                                            total)
     else:
         from .models import mean_pool
 
-        parts["kd"] = kd_w * embedding_kd_loss(mean_pool(s_main, mask), mean_pool(t_main, mask))
+        parts["kd"] = kd_w * embedding_kd_loss(mean_pool(s_main, mask), mean_pool(t_main, mask), total)
     if s_hid is not None:
         # mask must match the hidden states' token axis (VLM vision tokens are part of the sequence)
-        layer_losses = [hidden_kd_loss(s, t, mask if s.shape[:2] == mask.shape else None) for s, t in zip(s_hid, t_hid)]
+        layer_losses = [hidden_kd_loss(s, t, mask if s.shape[:2] == mask.shape else None, total)
+                        for s, t in zip(s_hid, t_hid)]
         parts["hidden"] = config.hidden_weight * torch.stack(layer_losses).mean()
     if recon is not None:
         parts["recon"] = config.recon_weight * recon
     return sum(parts.values()), parts
+
+
+class _Student(nn.Module):
+    """The student's (and the teacher's) forward as one module, the unit DDP and FSDP2 wrap. The
+    student's outputs include the reconstruction sums the wrappers record: DDP finds the parameters
+    that get a gradient by walking a forward's outputs, and a wrapper at λ = 0 reaches the loss only
+    through its reconstruction term. The teacher goes through the same module so that FSDP2 gathers
+    the weights it reads."""
+
+    def __init__(self, model: nn.Module, objective: str, hidden: bool):
+        super().__init__()
+        self.model, self.objective, self.hidden = model, objective, hidden
+        self._wrappers = [w for _, w in phm_wrappers(model)]
+
+    def forward(self, batch: dict, teacher: bool = False):
+        if teacher:
+            return *_teacher_forward(self.model, batch, self.objective, self.hidden), []
+        main, hidden = _forward(self.model, batch, self.objective, self.hidden)
+        return main, hidden, _recon_terms(self._wrappers)
 
 
 class NonFiniteError(ValueError):
@@ -336,6 +386,8 @@ class _Run:
     """What every step of one distill run reads and updates."""
 
     model: nn.Module
+    engine: nn.Module                # the student's forward: _Student(model), in DDP or sharded by FSDP2
+    world: World
     config: DistillConfig
     device: torch.device
     objective: str
@@ -356,7 +408,7 @@ class _Run:
 
     def save(self, step: int, stage: str | None = None) -> None:
         _save_state(self.state_dir, step, self.named, self.optimizer, self.config, self.history,
-                    {**self.state_extra, "stage": stage or self.stage})
+                    {**self.state_extra, "stage": stage or self.stage}, self.world)
 
 
 def _saved_state(state_dir: Path | None, resume: bool, config: DistillConfig) -> dict | None:
@@ -369,9 +421,21 @@ def _saved_state(state_dir: Path | None, resume: bool, config: DistillConfig) ->
     return saved
 
 
-def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, state_extra, saved) -> _Run:
-    """Initialise (calibrated cores, local stage) on a fresh run, add LoRA, build the optimizer, and
-    restore the saved state on a resumed one."""
+def _master_dtypes(model: nn.Module, config: DistillConfig) -> None:
+    """Frozen floating-point parameters in `base_dtype`, trainable ones (cores, PHM biases, LoRA) fp32."""
+    base = BASE_DTYPES[config.base_dtype]
+    for p in model.parameters():
+        if p.is_floating_point():
+            want = torch.float32 if p.requires_grad else base
+            if p.dtype != want:
+                p.data = p.data.to(want)
+
+
+def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, state_extra, saved,
+           world: World) -> _Run:
+    """Initialise (calibrated cores, local stage) on a fresh run, add LoRA, set the dtypes, wrap the
+    model for data parallelism, build the optimizer, and restore the saved state on a resumed one.
+    The init runs on every process on the whole batches (identical results, nothing to exchange)."""
     objective = _objective(model, config)
     groups = _block_groups(model)
     schedule = LambdaSchedule(config.stage_a_steps, max(groups.values()) + 1, config.fade_fraction,
@@ -382,18 +446,27 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
 
         count = min(config.calib_batches, len(data))
         calibrate_phm(model, (_to(data.batch(i), device) for i in range(count)), config.calib_ridge,
-                      progress=config.progress, total=count)
+                      progress=config.progress and world.main, total=count)
     if config.local_epochs and saved is None:
         count = min(config.local_batches or len(data), len(data))
         history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,
-                                     config.local_lr, config.seed, config.progress, config.local_inputs))
+                                     config.local_lr, config.seed, config.progress and world.main,
+                                     config.local_inputs))
     model = _add_lora(model, config)
     model.eval()
-    named = _trainable(model)
-    optimizer = torch.optim.AdamW(_param_groups(named, config), weight_decay=config.weight_decay)
+    _trainable(model)  # requires_grad decides the dtypes and what DDP/FSDP2 reduce
+    _master_dtypes(model, config)
+    if config.gradient_checkpointing:
+        from .recompute import checkpoint_layers
+
+        checkpoint_layers(model)
+    engine = wrap(_Student(model, objective, config.hidden_weight > 0), world, config.parallel, device)
+    named = _trainable(model)  # after wrap: FSDP2 replaces every parameter by its shard
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(_param_groups(named, config), weight_decay=config.weight_decay, **fused)
     wrappers = {n.removeprefix("base_model.model."): w for n, w in phm_wrappers(model)}
-    run = _Run(model, config, device, objective, groups, schedule, named, optimizer, wrappers, state_dir,
-               state_extra, history)
+    run = _Run(model, engine, world, config, device, objective, groups, schedule, named, optimizer, wrappers,
+               state_dir, state_extra, history)
     if saved is not None:
         run.start, run.history = saved["step"], saved["history"]
         run.stage_b = run.start >= config.stage_a_steps
@@ -405,13 +478,13 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
 def _step(run: _Run, data, step: int, bar) -> tuple[torch.Tensor, dict, list, float]:
     """One optimizer step (λ of every wrapper, lr, teacher and student forward, loss, update);
     NonFiniteError before the update when the loss or the gradient norm is not finite."""
-    config, model = run.config, run.model
+    config = run.config
     if step >= config.stage_a_steps and not run.stage_b:
         run.stage_b = True
         log.info("step %d: stage B, PHM-only student (λ = 1; dense weights serve only as the teacher)", step)
     lams = [run.schedule.lam(run.groups[name], step) for name in run.wrappers]
     for w, lam in zip(run.wrappers.values(), lams):
-        w.recon = None
+        w.recon_terms = None
         w.lam, w.record_recon = lam, config.recon_weight > 0 and not run.stage_b
     kd_w = config.kd_weight if config.kd_weight_start is None else config.kd_weight_start + (
         config.kd_weight - config.kd_weight_start) * linear_ramp(
@@ -419,19 +492,23 @@ def _step(run: _Run, data, step: int, bar) -> tuple[torch.Tensor, dict, list, fl
     factor = lr_factor(step, config.steps, config.warmup_steps)
     for g in run.optimizer.param_groups:
         g["lr"] = g["base_lr"] * factor
-    batch = _to(data.batch(step), run.device)
-    hidden = config.hidden_weight > 0
+    world = run.world
+    batch = _to(world.shard(data.batch(step)), run.device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and run.device.type == "cuda")
     with amp:
-        teacher = _teacher_forward(model, batch, run.objective, hidden)
-        student = _forward(model, batch, run.objective, hidden)
-        recon = _recon_term(run.wrappers.values(), config, run.stage_b)
+        *teacher, _ = run.engine(batch, teacher=True)
+        *student, terms = run.engine(batch)
+        recon = _recon_term(terms, config, run.stage_b, world.total)
         use_ce = run.objective == "logits" and config.ce_weight > 0
-        loss, parts = _loss(student, teacher, batch, run.objective, config, kd_w, recon, use_ce)
+        loss, parts = _loss(student, teacher, batch, run.objective, config, kd_w, recon, use_ce, world.total)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    # each process's loss is its share of the whole batch's; DDP/FSDP2 average the gradients, so × N
+    (loss * world.size if world.size > 1 else loss).backward()
     # max_norm inf only measures; one finite check of loss and gradient norm before the update
-    norm = torch.nn.utils.clip_grad_norm_([p for _, p in run.named], config.grad_clip or math.inf)
+    norm = full_tensor(torch.nn.utils.clip_grad_norm_([p for _, p in run.named], config.grad_clip or math.inf))
+    if world.size > 1:  # the logged numbers: sums over the processes, i.e. the whole batch's
+        summed = world.total(torch.stack([loss.detach().float()] + [v.detach().float() for v in parts.values()]))
+        loss, parts = summed[0], dict(zip(parts, summed[1:]))
     if not (torch.isfinite(loss) and torch.isfinite(norm)):
         _stop_non_finite(run, step, loss, norm, bar)
     run.optimizer.step()
@@ -468,12 +545,15 @@ def _record(run: _Run, done: int, loss, parts: dict, lams: list, factor: float, 
 
 
 def _finish(run: _Run) -> nn.Module:
-    """The PHM-only model: dense weights dropped, LoRA merged, nothing trainable."""
+    """The PHM-only model: dense weights dropped, LoRA merged, nothing trainable (whole tensors on
+    every process: an FSDP2-sharded model is gathered)."""
     for w in run.wrappers.values():
-        w.record_recon, w.recon = False, None
+        w.record_recon, w.recon_terms = False, None
     if run.state_dir is not None and run.start < run.config.steps:
         run.save(run.config.steps, "done")
     model = run.model
+    if run.world.size > 1 and run.config.parallel == "fsdp":  # FSDP2 sharded the model in place
+        unshard(run.engine)
     drop_dense(model)
     if _is_peft(model):
         model = model.merge_and_unload()
@@ -483,27 +563,33 @@ def _finish(run: _Run) -> nn.Module:
 
 
 def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path | None = None,
-            resume: bool = False, state_extra: dict | None = None) -> tuple[nn.Module, list[dict]]:
+            resume: bool = False, state_extra: dict | None = None,
+            world: World | None = None) -> tuple[nn.Module, list[dict]]:
     """Train the PHM layers of an injected model (inject_phm first) towards its own dense self.
 
     `data`: an object with `batch(step) -> dict of model inputs` and `len()` (TokenBatches,
     ImageTextBatches). Returns (PHM-only model with LoRA merged, log history). With `state_dir`,
     the training state is checkpointed there (with `state_extra` in its JSON); `resume=True`
-    continues from it.
+    continues from it. `world`: the data-parallel processes (default: what torchrun's environment
+    says, else this process alone); every process returns the trained model, rank 0 writes the state.
     """
     if not phm_wrappers(model):
         raise ValueError("model has no PHM layers: call inject_phm(model, config) before distill")
-    device = torch.device(config.device)
+    world = world or world_from_env(config.device)
+    device = world.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
+    if config.batch_size % world.size:
+        raise ValueError(f"batch_size {config.batch_size} (the global batch) is not divisible by the "
+                         f"{world.size} data-parallel processes")
     state_dir = Path(state_dir) if state_dir is not None else None
     saved = _saved_state(state_dir, resume, config)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model.to(device).eval()
-    run = _start(model, data, config, device, state_dir, dict(state_extra or {}), saved)
+    run = _start(model, data, config, device, state_dir, dict(state_extra or {}), saved, world)
     bar = None
-    if config.progress:
+    if config.progress and world.main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=run.start, desc="distill", unit="step", dynamic_ncols=True)

@@ -138,9 +138,13 @@ def phm_targets(model: nn.Module, config: PHMConfig) -> list[PHMTarget]:
 class PHMResidualLinear(nn.Module):
     """y = (1 − λ)·base_layer(x) + λ·phm(x). λ = 0 returns base_layer(x) exactly (teacher).
 
-    With `record_recon = True` each forward also stores `recon`, the normalised reconstruction
-    error ‖phm(x) − W x‖² / ‖W x‖² (dense output detached: it pulls the PHM path towards the dense
-    one, not the other way), computing whichever path λ would have skipped.
+    With `record_recon = True` each forward also stores `recon_terms`, the two sums of the
+    normalised reconstruction error ‖phm(x) − W x‖² / ‖W x‖² (dense output detached: it pulls the
+    PHM path towards the dense one, not the other way; kept apart so that data-parallel processes
+    can divide by the sum over all of them), computing whichever path λ would have skipped.
+
+    The PHM path runs in its cores' dtype: fp32 master cores under a bf16/fp16 frozen base
+    (inject_phm) see their input in fp32 and hand back the base's dtype.
     """
 
     def __init__(self, base_layer: nn.Module, phm: PHMLinear):
@@ -149,19 +153,31 @@ class PHMResidualLinear(nn.Module):
         self.phm = phm
         self.lam = 0.0  # plain float: scheduled per step by the trainer, not a parameter
         self.record_recon = False
-        self.recon: torch.Tensor | None = None
+        self.recon_terms: tuple[torch.Tensor, torch.Tensor] | None = None  # (‖phm(x) − W x‖², ‖W x‖²)
+
+    @property
+    def recon(self) -> torch.Tensor | None:
+        """‖phm(x) − W x‖² / ‖W x‖² of the last recorded forward (None: none recorded)."""
+        if self.recon_terms is None:
+            return None
+        err, ref = self.recon_terms
+        return err / ref.clamp_min(1e-8)
+
+    def _phm(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.phm.cores.dtype
+        return self.phm(x) if x.dtype == dtype else self.phm(x.to(dtype)).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.record_recon:
-            dense, phm = self.base_layer(x), self.phm(x)
+            dense, phm = self.base_layer(x), self._phm(x)
             target = dense.detach().float()
-            self.recon = (phm.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-8)
+            self.recon_terms = ((phm.float() - target).pow(2).sum(), target.pow(2).sum())
             return dense if self.lam <= 0.0 else phm if self.lam >= 1.0 else torch.lerp(dense, phm, self.lam)
         if self.lam <= 0.0:
             return self.base_layer(x)
         if self.lam >= 1.0:
-            return self.phm(x)
-        return torch.lerp(self.base_layer(x), self.phm(x), self.lam)
+            return self._phm(x)
+        return torch.lerp(self.base_layer(x), self._phm(x), self.lam)
 
     def extra_repr(self) -> str:
         return f"lam={self.lam:.3f}"
@@ -179,6 +195,8 @@ def inject_phm(model: nn.Module, config: PHMConfig) -> list[PHMTarget]:
         base = model.get_submodule(t.name)
         weight, _ = _dense_weight(base)
         bias = getattr(base, "bias", None)
+        if weight.dtype in (torch.float16, torch.bfloat16):  # a half-precision frozen base: fp32 master cores
+            weight, bias = weight.float(), None if bias is None else bias.float()
         if config.init == "projection":
             phm = PHMLinear.from_dense(weight.detach(), None if bias is None else bias.detach(),
                                        n=config.n, num_bases=t.num_bases, bases=config.bases)

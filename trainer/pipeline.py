@@ -9,6 +9,10 @@
 
 Nothing in `out/` is ever half-written: the state and the final checkpoint are swapped in
 atomically, so an interrupted run leaves the last complete state, from which --resume continues.
+
+Under `torchrun` (parallel.py) every process loads the model and builds the same batches; rank 0
+alone holds the output dir's lock, checks it, samples/caches texts first (the others then read its
+file) and writes every file.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from phm.common.fsutil import atomic_write_text, check_apart, output_lock, recov
 from .arch import ARCH_TABLE, supported_model_types
 from .checkpoint import PHM_CONFIG_NAME, read_model_config, save_phm_checkpoint
 from .data import ImageTextBatches, TokenBatches, read_samples, sample_teacher_texts
-from .distill import STATE_DIR_NAME, DistillConfig, distill, read_state
+from .distill import BASE_DTYPES, STATE_DIR_NAME, DistillConfig, distill, read_state
 from .inject import PHMConfig, inject_phm
 from .models import load_pretrained, load_tokenizer, resolve_model_dir
+from .parallel import World, world_from_env
 from .textgen import reply_sentences
 
 __all__ = ["AUGMENT_SAMPLES_NAME", "TEACHER_SAMPLES_NAME", "train"]
@@ -57,11 +62,12 @@ def _augment(texts: list[str], out_dir: Path, lm_dir: Path, rounds: int, seed: i
     return texts + replies
 
 
-def _check_plan(model_dir: Path, phm_config: PHMConfig, config: DistillConfig, device_gib: float) -> None:
+def _check_plan(model_dir: Path, phm_config: PHMConfig, config: DistillConfig, device_gib: float,
+                world_size: int = 1) -> None:
     from .plan import plan_training
 
     _check_architecture(model_dir)
-    plan = plan_training(model_dir, phm_config, config, device_gib)
+    plan = plan_training(model_dir, phm_config, config, device_gib, world_size=world_size)
     log.info("memory plan:\n%s", plan.table())
     if plan.verdict == "does-not-fit":
         raise ValueError(f"--device-gib: {plan.refusal()}")
@@ -89,9 +95,11 @@ def _check_architecture(model_dir: Path) -> None:
 
 
 def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, config: DistillConfig,
-                   data_free_samples: int, augment_lm: Path | None = None, augment_rounds: int = 1):
+                   data_free_samples: int, augment_lm: Path | None = None, augment_rounds: int = 1,
+                   world: World = World()):
     """Batches for `data` (path or 'chatterbot'), or teacher-sampled text when data is None; with
-    `augment_lm`, plus that chat LM's replies to the texts."""
+    `augment_lm`, plus that chat LM's replies to the texts. Texts the run makes itself (teacher
+    samples, replies) are made by rank 0, cached in out_dir, and read from there by the others."""
     if data is not None:
         samples = read_samples(data)
         if any(s.image is not None for s in samples):
@@ -108,22 +116,26 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
             return ImageTextBatches(processor, samples, config.batch_size, seed=config.seed)
         texts = [s.text for s in samples]
     else:
-        cache = out_dir / TEACHER_SAMPLES_NAME
-        if cache.is_file():
-            texts = [json.loads(line)["text"] for line in cache.read_text(encoding="utf-8").splitlines() if line]
-        else:
-            log.info("no --data: sampling %d texts from the teacher (data-free KD)", data_free_samples)
-            texts = sample_teacher_texts(model, load_tokenizer(model_dir), data_free_samples,
-                                         max_new_tokens=min(config.max_length, 96), seed=config.seed,
-                                         progress=config.progress)
-            atomic_write_text(cache, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+        texts = world.main_first(lambda: _teacher_texts(model, model_dir, out_dir, config, data_free_samples))
     if augment_lm is not None:
-        texts = _augment(texts, out_dir, augment_lm, augment_rounds, config.seed)
+        texts = world.main_first(lambda: _augment(texts, out_dir, augment_lm, augment_rounds, config.seed))
     tokenizer = load_tokenizer(model_dir)
     if config.pack:
         return TokenBatches.packed(tokenizer, texts, config.batch_size, config.max_length, config.seed)
     return TokenBatches.from_texts(tokenizer, texts, config.batch_size, config.max_length, config.seed,
                                    group_by_length=config.group_by_length)
+
+
+def _teacher_texts(model, model_dir: Path, out_dir: Path, config: DistillConfig, count: int) -> list[str]:
+    """`count` texts sampled from the teacher, cached in out_dir (reused on --resume)."""
+    cache = out_dir / TEACHER_SAMPLES_NAME
+    if cache.is_file():
+        return [json.loads(line)["text"] for line in cache.read_text(encoding="utf-8").splitlines() if line]
+    log.info("no --data: sampling %d texts from the teacher (data-free KD)", count)
+    texts = sample_teacher_texts(model, load_tokenizer(model_dir), count, max_new_tokens=min(config.max_length, 96),
+                                 seed=config.seed, progress=config.progress)
+    atomic_write_text(cache, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return texts
 
 
 def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, config: DistillConfig,
@@ -145,16 +157,18 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
             raise ValueError(f"augment rounds must be ≥ 1, got {augment_rounds}")
     data_path = Path(data) if data is not None and Path(data).exists() else None  # not 'chatterbot'
     check_apart(out_dir, {"model dir": model_dir, "training data": data_path, "--augment-lm dir": augment_lm})
+    world = world_from_env(config.device)
     if device_gib is not None:
-        _check_plan(model_dir, phm_config, config, device_gib)
-    with output_lock(out_dir):  # one writer per run dir, for the whole run
-        _check_out_dir(out_dir, resume)
+        world.main_first(lambda: _check_plan(model_dir, phm_config, config, device_gib, world.size))
+    # one writer per run dir, for the whole run: rank 0 (the others write nothing)
+    with output_lock(out_dir) if world.main else contextlib.nullcontext():
+        world.main_first(lambda: _check_out_dir(out_dir, resume) if world.main else None)
         created = not out_dir.exists()
         try:
             return _train(model_dir, out_dir, phm_config, config, data, data_free_samples, resume, epochs,
-                          augment_lm, augment_rounds)
+                          augment_lm, augment_rounds, world)
         except BaseException:
-            if created:  # a run that failed before its first state checkpoint leaves no empty out dir behind
+            if created and world.main:  # a run that failed before its first state checkpoint leaves no empty out dir
                 with contextlib.suppress(OSError):
                     out_dir.rmdir()
             raise
@@ -162,7 +176,7 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
 
 def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: DistillConfig, data: str | None,
            data_free_samples: int, resume: bool, epochs: float | None, augment_lm: Path | None = None,
-           augment_rounds: int = 1) -> Path:
+           augment_rounds: int = 1, world: World = World()) -> Path:
     augment = _augment_settings(augment_lm, augment_rounds)
     if resume:
         saved = json.loads((out_dir / STATE_DIR_NAME / "state.json").read_text())
@@ -176,9 +190,10 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
             raise ValueError(f"conflicting settings with the run being resumed: --augment-lm {augment} "
                              f"(saved {saved['augment']})")
     _check_architecture(model_dir)  # before loading any weights
-    model = load_pretrained(model_dir)
+    model = load_pretrained(model_dir, dtype=BASE_DTYPES[config.base_dtype])  # frozen weights stored once, as trained
     targets = inject_phm(model, phm_config)  # validates architecture and divisibility before any data work
-    batches = _training_data(model, model_dir, out_dir, data, config, data_free_samples, augment_lm, augment_rounds)
+    batches = _training_data(model, model_dir, out_dir, data, config, data_free_samples, augment_lm, augment_rounds,
+                             world)
     if epochs is not None:
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
@@ -186,7 +201,9 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
     log.info("%d PHM layers, %d steps of batch %d (%d batches per epoch)", len(targets), config.steps,
              config.batch_size, len(batches))
     model, history = distill(model, batches, config, state_dir=out_dir / STATE_DIR_NAME, resume=resume,
-                             state_extra={"phm": phm_config.to_dict(), "augment": augment})
+                             state_extra={"phm": phm_config.to_dict(), "augment": augment}, world=world)
+    if not world.main:
+        return out_dir
     extra = {"distill_config.json": config.to_json() + "\n",
              "train_log.jsonl": "".join(json.dumps(h) + "\n" for h in history)}
     save_phm_checkpoint(model, phm_config, targets, out_dir, source_dir=model_dir, overwrite=True,

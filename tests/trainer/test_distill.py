@@ -157,3 +157,35 @@ def test_distill_config_json_round_trip():
     # a run saved before group_by_length existed batched in plain shuffled order: resumed, it still does
     old = {k: v for k, v in cfg.to_dict().items() if k != "group_by_length"}
     assert DistillConfig.from_dict(old).group_by_length is False and cfg.group_by_length is True
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert", "qwen2_5_vl"])
+def test_gradient_checkpointing_trains_exactly_the_same(arch):
+    """Recomputing every transformer layer in the backward changes memory, not one number."""
+    runs = []
+    for checkpointing in (False, True):
+        model = tiny_model(arch)
+        inject_phm(model, PHMConfig(init="projection"))
+        runs.append(distill(model, _batches(), DistillConfig(steps=4, recon_weight=0.5,
+                                                             gradient_checkpointing=checkpointing, **FAST)))
+    (plain, log_a), (recomputed, log_b) = runs
+    assert [h["loss"] for h in log_a] == [h["loss"] for h in log_b]
+    for (name, a), (_, b) in zip(plain.state_dict().items(), recomputed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_bf16_base_keeps_fp32_masters_and_trains():
+    """base_dtype bfloat16: the frozen weights are held in bf16, the cores train as fp32 masters (and
+    stay fp32 in the result), and the run follows the fp32 one closely (the teacher itself is
+    rounded to bf16)."""
+    logs, models = [], []
+    for dtype in ("float32", "bfloat16"):
+        model = tiny_model("llama")
+        inject_phm(model, PHMConfig(init="projection"))
+        trained, log = distill(model, _batches(), DistillConfig(steps=6, recon_weight=0.5, base_dtype=dtype, **FAST))
+        logs.append([h["loss"] for h in log])
+        models.append(trained)
+    params = dict(models[1].named_parameters())
+    assert {p.dtype for n, p in params.items() if n.endswith(".cores")} == {torch.float32}
+    assert {p.dtype for n, p in params.items() if "self_attn" in n or "norm" in n} == {torch.bfloat16}
+    assert logs[1] == pytest.approx(logs[0], rel=0.05, abs=1e-3)

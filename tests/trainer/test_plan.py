@@ -19,17 +19,22 @@ from tinymodels import save_char_tokenizer, save_tiny_model
 ARCHS = ("llama", "gpt2", "bert", "qwen2_5_vl")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_meta_plan_counts_what_a_real_step_holds(arch, tmp_path):
-    model_dir = save_tiny_model(arch, tmp_path / "m")
-    config = DistillConfig(batch_size=3, max_length=24)
-    plan = plan_training(model_dir, PHMConfig(), config)
+def _real_student(model_dir, config):
+    """What the trainer trains, on real tensors with eager attention: (model, objective, trainable)."""
     model = load(model_dir)
     model.set_attn_implementation("eager")
     inject_phm(model, PHMConfig(init="projection"))
     objective = _objective(model, config)
     model = _add_lora(model, config)
-    named = _trainable(model)
+    return model, objective, _trainable(model)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_meta_plan_counts_what_a_real_step_holds(arch, tmp_path):
+    model_dir = save_tiny_model(arch, tmp_path / "m")
+    config = DistillConfig(batch_size=3, max_length=24)
+    plan = plan_training(model_dir, PHMConfig(), config)
+    model, objective, named = _real_student(model_dir, config)
     _, teacher, saved = step_bytes(model, objective, config, device="cpu")
     assert (plan.items["activations"], plan.items["teacher outputs"]) == (saved, teacher)
     trainable = sum(p.numel() for _, p in named)
@@ -73,6 +78,45 @@ def test_seven_b_shape_is_planned_from_its_config(tmp_path):
     # every PHM linear's input covariance in float64 at once: 28 × (2·3584² + 18944²) · 8 bytes
     assert plan.items["calibration"] == 28 * (2 * 3584 ** 2 + 18944 ** 2) * 8
     assert plan.verdict == "does-not-fit" and plan.peak > 80 * GiB
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_5_vl"])
+def test_checkpointing_plan_counts_what_a_recomputing_step_holds(arch, tmp_path):
+    """With gradient checkpointing the meta count again equals a real step's (layer inputs and what is
+    saved outside the layers), the recompute item is one layer's share, and bf16 halves the weights."""
+    from phm.trainer.recompute import checkpoint_layers
+
+    model_dir = save_tiny_model(arch, tmp_path / "m")
+    config = DistillConfig(batch_size=3, max_length=24)
+    plain = plan_training(model_dir, PHMConfig(), config)
+    ckpt_config = DistillConfig(batch_size=3, max_length=24, gradient_checkpointing=True, base_dtype="bfloat16")
+    ckpt = plan_training(model_dir, PHMConfig(), ckpt_config)
+    model, objective, _ = _real_student(model_dir, config)
+    assert checkpoint_layers(model) == model.config.get_text_config().num_hidden_layers
+    _, _, kept = step_bytes(model, objective, config, device="cpu")
+    assert 0 < ckpt.items["activations"] < plain.items["activations"] and ckpt.items["recompute"] > 0
+    layers = model.config.get_text_config().num_hidden_layers
+    fp32_ckpt = plan_training(model_dir, PHMConfig(), DistillConfig(batch_size=3, max_length=24,
+                                                                    gradient_checkpointing=True))
+    assert fp32_ckpt.items["activations"] == kept
+    assert fp32_ckpt.items["recompute"] == (plain.items["activations"] - kept) // layers
+    assert ckpt.items["weights"] < 0.51 * plain.items["weights"] and ckpt.items["trainable"] == plain.items["trainable"]
+
+
+def test_plan_per_device_of_a_data_parallel_run(tmp_path):
+    model_dir = save_tiny_model("llama", tmp_path / "m")
+    config = dict(batch_size=4, max_length=16, calibrate_init=False)
+    one = plan_training(model_dir, PHMConfig(), DistillConfig(**config))
+    half = plan_training(model_dir, PHMConfig(), DistillConfig(**{**config, "batch_size": 2}))
+    ddp = plan_training(model_dir, PHMConfig(), DistillConfig(**config), world_size=2)
+    fsdp = plan_training(model_dir, PHMConfig(), DistillConfig(**config, parallel="fsdp"), world_size=2)
+    assert ddp.batch == fsdp.batch == (2, 16) and ddp.items["activations"] == half.items["activations"]
+    assert ddp.items["DDP buckets"] == ddp.items["gradients"] == one.items["gradients"] and fsdp.items["DDP buckets"] == 0
+    assert fsdp.items["gradients"] == one.items["gradients"] // 2 and fsdp.items["AdamW"] == one.items["AdamW"] // 2
+    assert fsdp.items["FSDP gather"] > 0 and fsdp.stages["KD step"] < ddp.stages["KD step"]
+    assert "per device of 2, FSDP" in fsdp.table()
+    with pytest.raises(ValueError, match="not divisible by world size 3"):
+        plan_training(model_dir, PHMConfig(), DistillConfig(**config), world_size=3)
 
 
 @pytest.fixture
