@@ -14,6 +14,7 @@ utterance, textgen.py; made once and cached under $PHM_CACHE/text, the generatio
     python benchmarks/bench_trainer_fidelity.py --quick          # a few steps, to check it runs
     python benchmarks/bench_trainer_fidelity.py --models smollm2 --steps 200 --json out.json
     python benchmarks/bench_trainer_fidelity.py --models minilm --threads 2 --augment-rounds 2   # best MiniLM
+    python benchmarks/bench_trainer_fidelity.py --recipe recipes/smollm2-cpu.yaml --threads 2   # a recipe file
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ import json
 import logging
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
 import torch
@@ -145,12 +150,50 @@ def run_model(model_name: str, steps: int, quick: bool, schedules=("abrupt", "pr
             "group_by_length": group_by_length}
 
 
+def run_recipe(recipe: Path, threads: int) -> dict:
+    """Train with the real CLI (`phm-train --recipe FILE`) and evaluate its checkpoint on this benchmark's
+    held-out texts, beside the teacher row: the recipe file against the figures recorded here."""
+    from phm.trainer import load
+    from phm.trainer.recipe import load_recipe
+
+    source = str(load_recipe(recipe).get("model_dir", ""))
+    model_name = next((m for m in SETTINGS if source.endswith(m)), None)
+    if model_name is None:
+        raise click.ClickException(f"{recipe}: model.path {source!r} is none of this benchmark's models "
+                                   f"({', '.join('sample:' + m for m in SETTINGS)})")
+    s = SETTINGS[model_name]
+    teacher, tokenizer = s["load"]()
+    _, held, _ = _texts(model_name, tokenizer, False)
+    eval_batches = list(TokenBatches.from_texts(tokenizer, held, 32, s["max_length"]).all_batches())
+    reference = reference_outputs(teacher, eval_batches, s["objective"])
+    rows = [{"student": "teacher (dense)", "steps": 0, "params": count_params(teacher),
+             **compare(teacher, reference, eval_batches, s["objective"])}]
+    del teacher
+    with tempfile.TemporaryDirectory(prefix="phm-recipe-") as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        t0 = time.perf_counter()
+        done = subprocess.run([str(Path(sys.executable).parent / "phm-train"), "--recipe", str(recipe), "--out",
+                               f"{tmp}/out", "--checkpoint-every", "0"], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if done.returncode:
+            raise click.ClickException(f"phm-train --recipe {recipe} failed: {done.stderr.strip().splitlines()[-1:]}")
+        student = load(f"{tmp}/out")
+        history = [json.loads(line) for line in Path(f"{tmp}/out/train_log.jsonl").read_text().splitlines()]
+        steps = max(h["step"] for h in history if "step" in h)  # (local-stage entries count epochs)
+        rows.append({"student": f"phm-train --recipe {recipe.name} ({steps} steps)", "steps": steps,
+                     "train_wall_s": round(wall, 1), "train_cpu_s": float("nan"), "params": count_params(student),
+                     **compare(student, reference, eval_batches, s["objective"])})
+    return {"model": model_name, "train_texts": None, "heldout_texts": len(held), "rows": rows,
+            "recipe": str(recipe), "train_log": history}
+
+
 def _print(result: dict, console: Console) -> None:
     name = result["model"]
     aug = result.get("augment")
     extra = (f" incl. {aug['sentences']:,} SmolLM2 reply sentences ({aug['rounds']} per utterance, generated in "
              f"{aug['gen_cpu_s']:.0f} CPU s, not counted below)") if aug else ""
-    table = Table(title=f"{name}: PHM B=2 on every MLP linear, n=2 (train: {result['train_texts']:,} texts{extra}; "
+    train = f"{result['train_texts']:,} texts" if result["train_texts"] is not None else result.get("recipe")
+    table = Table(title=f"{name}: PHM B=2 on every MLP linear, n=2 (train: {train}{extra}; "
                         f"held-out: {result['heldout_texts']} texts)")
     for col in ("student", "fidelity to teacher", "params", "train wall / CPU s"):
         table.add_column(col, justify="left" if col == "student" else "right")
@@ -178,9 +221,12 @@ def _print(result: dict, console: Console) -> None:
 @click.option("--group-by-length/--no-group-by-length", default=True, show_default=True,
               help="Batch texts of about one length (the trainer's default); off = the plain shuffled batches "
               "(the shuffled-batch runs in docs/trainer.md).")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Instead of the built-in settings: train with `phm-train --recipe FILE` (wall time includes "
+              "loading and the init stages) and evaluate its checkpoint on the same held-out texts.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON.")
 def main(models, steps, quick, threads, schedules, no_step0, local_epochs, augment_rounds, group_by_length,
-         json_path):
+         recipe, json_path):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(threads)
@@ -190,6 +236,11 @@ def main(models, steps, quick, threads, schedules, no_step0, local_epochs, augme
                "device": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "threads": threads, "torch": torch.__version__, "load_avg_start": os.getloadavg()}
     results = []
+    if recipe is not None:
+        result = run_recipe(recipe, threads)
+        _print(result, console)
+        results.append(result)
+        models = ""
     for name in [m.strip() for m in models.split(",") if m.strip()]:
         if name not in SETTINGS:
             raise click.ClickException(f"unknown model {name!r}; known: {', '.join(SETTINGS)}")

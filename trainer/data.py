@@ -9,7 +9,9 @@ Accepted `--data PATH` forms (same conventions as the exporter's calibration dat
 - a folder: every *.jsonl / *.txt in it, plus every image (png/jpg/jpeg/bmp/webp) paired with a
   same-named .txt caption;
 - `chatterbot`: the English part of the chatterbot-corpus package (BSD-3-Clause), one sample per
-  distinct utterance.
+  distinct utterance;
+- LLaVA conversation records (JSONL lines or a .json list with "conversations"), Hugging Face
+  `datasets` files (.parquet / .arrow, or a folder of them) and Flickr8k folders: sources.py.
 Empty or unreadable data is a ValueError with one clear line.
 
 `TokenBatches.packed` packs texts into full windows of `max_length` tokens (causal LMs; `--pack`).
@@ -28,8 +30,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Sample", "TokenBatches", "chatterbot_texts", "read_samples", "sample_teacher_texts", "split_holdout",
-           "token_windows"]
+from .sources import conversation_record, from_conversations, from_flickr8k, from_hf_files, is_flickr8k, json_records
+
+__all__ = ["Sample", "TokenBatches", "chat_turns", "chatterbot_texts", "read_samples", "sample_key",
+           "sample_teacher_texts", "split_holdout", "token_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class Sample:
     text: str
     image: Path | None = None
     prompt: str | None = None     # user turn for an image sample (default: ImageTextBatches' caption prompt)
+    turns: tuple = ()             # later (role, text) turns of a conversation (sources.py)
 
 
 def _from_jsonl(path: Path) -> list[Sample]:
@@ -52,8 +57,11 @@ def _from_jsonl(path: Path) -> list[Sample]:
             obj = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{lineno}: not valid JSON") from None
+        if conversation_record(obj):
+            out.append(from_conversations(obj, path.parent, f"{path}:{lineno}"))
+            continue
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise ValueError(f"{path}:{lineno}: each line needs a \"text\" string")
+            raise ValueError(f"{path}:{lineno}: each line needs a \"text\" string (or LLaVA \"conversations\")")
         image, prompt = obj.get("image"), obj.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
             raise ValueError(f"{path}:{lineno}: \"prompt\" must be a string")
@@ -70,6 +78,10 @@ def _from_txt(path: Path) -> list[Sample]:
 
 
 def _from_dir(folder: Path, captions_required: bool = True) -> list[Sample]:
+    if is_flickr8k(folder):
+        return from_flickr8k(folder)
+    if any(p.suffix in (".parquet", ".arrow") for p in folder.iterdir()):
+        return from_hf_files(folder)
     out = []
     images = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     for p in sorted(folder.iterdir()):
@@ -103,8 +115,13 @@ def read_samples(path: str | Path, captions_required: bool = True, what: str = "
             samples = _from_jsonl(path)
         elif path.suffix == ".txt":
             samples = _from_txt(path)
+        elif path.suffix == ".json":
+            samples = json_records(path)
+        elif path.suffix in (".parquet", ".arrow"):
+            samples = from_hf_files(path)
         else:
-            raise ValueError(f"{what} {path}: expected a folder, a .jsonl or a .txt file, or 'chatterbot'")
+            raise ValueError(f"{what} {path}: expected a folder, a .jsonl/.json/.txt/.parquet/.arrow file, "
+                             f"or 'chatterbot'")
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not UTF-8 text") from None
     if not samples:
@@ -143,13 +160,26 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def split_holdout(texts: list[str], fraction: float = 0.15, salt: str = "phm") -> tuple[list[str], list[str]]:
-    """(train, held-out) split by a hash of each text: disjoint, stable across runs and machines."""
+def split_holdout(texts: list, fraction: float = 0.15, salt: str = "phm", key=str) -> tuple[list, list]:
+    """(train, held-out) split by a hash of each item's `key` (the text itself by default; a Sample's
+    text and image path): disjoint, stable across runs and machines."""
     train, held = [], []
     for t in texts:
-        h = int.from_bytes(hashlib.sha256((salt + t).encode()).digest()[:8], "big") / 2 ** 64
+        h = int.from_bytes(hashlib.sha256((salt + key(t)).encode()).digest()[:8], "big") / 2 ** 64
         (held if h < fraction else train).append(t)
     return train, held
+
+
+def sample_key(sample: Sample) -> str:
+    """What identifies a sample for the held-out split: its text and its image."""
+    return sample.text if sample.image is None else f"{sample.text}\0{sample.image.name}"
+
+
+def chat_turns(tokenizer, texts: list[str]) -> list[str]:
+    """Each text as one user turn of the tokenizer's chat template (instruct models see their prompts so)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template: the model's tokenizer has no chat template")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False) for t in texts]
 
 
 @torch.no_grad()
@@ -302,15 +332,24 @@ class ImageTextBatches:
         return max(1, len(self.samples) // self.batch_size)
 
     def batch(self, step: int) -> dict:
-        from PIL import Image
-
         epoch, pos = divmod(step, len(self))
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         idx = torch.randperm(len(self.samples), generator=gen)[pos * self.batch_size:(pos + 1) * self.batch_size]
-        chosen = [self.samples[i] for i in idx.tolist()]
+        return self.collate([self.samples[i] for i in idx.tolist()])
+
+    def all_batches(self, batch_size: int | None = None):
+        """Every sample once, in order (evaluation)."""
+        size = batch_size or self.batch_size
+        for first in range(0, len(self.samples), size):
+            yield self.collate(self.samples[first:first + size])
+
+    def collate(self, chosen: list[Sample]) -> dict:
+        from PIL import Image
+
         texts = [self.processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt or self.prompt}]},
-             {"role": "assistant", "content": [{"type": "text", "text": s.text}]}], tokenize=False)
-            for s in chosen]
+             {"role": "assistant", "content": [{"type": "text", "text": s.text}]},
+             *({"role": role, "content": [{"type": "text", "text": text}]} for role, text in s.turns)],
+            tokenize=False) for s in chosen]
         images = [Image.open(s.image).convert("RGB") for s in chosen]
         return dict(self.processor(text=texts, images=images, return_tensors="pt", padding=True))

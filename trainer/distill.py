@@ -47,6 +47,7 @@ from .arch import attention_qkv_modules, find_mlp_blocks
 from .inject import drop_dense, phm_wrappers, teacher_mode
 from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss, local_total
 from .local import LOCAL_INPUTS, local_distill
+from .monitor import Monitor
 from .parallel import PARALLEL_MODES, World, full_tensor, like, unshard, world_from_env, wrap
 from .schedule import LambdaSchedule, linear_ramp, lr_factor
 
@@ -59,7 +60,8 @@ STATE_DIR_NAME = "train_state"
 OBJECTIVES = ("auto", "logits", "embedding")
 BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Fields that may differ between a run and its resumption (they do not change the result on CPU).
-_RESUME_FREE = ("device", "amp", "checkpoint_every", "log_every", "progress", "gradient_checkpointing", "parallel")
+_RESUME_FREE = ("device", "amp", "checkpoint_every", "log_every", "progress", "gradient_checkpointing", "parallel",
+                "tensorboard")
 
 
 @dataclass
@@ -70,6 +72,10 @@ class DistillConfig:
     batch_size: int = 16
     max_length: int = 128            # tokens per text sample (per packed window with pack)
     pack: bool = False               # causal LMs: pack the texts into full max_length windows (TokenBatches.packed)
+    holdout: float = 0.0             # fraction of the data held out by hash (never trained on; evaluated)
+    chat_template: bool = False      # each text as one user turn of the tokenizer's chat template
+    target_size: float | None = None  # budget mode (budget.py): B per block for this fraction of the parameters
+    target_gb: float | None = None   # … or for this many GB of 16-bit weights
     group_by_length: bool = True     # batch texts of about one length: ~4x fewer computed positions on short utterances
     stage_b_fraction: float = 0.2    # last part: PHM-only fine-tune (λ = 1)
     schedule: str = "progressive"    # "progressive" (staggered λ ramps) or "abrupt" (λ = 1 from step 0: ablation)
@@ -104,19 +110,31 @@ class DistillConfig:
     base_dtype: str = "float32"      # frozen (teacher) weights: float32 | bfloat16 | float16; trainables stay fp32
     gradient_checkpointing: bool = False  # recompute each transformer layer in the backward (recompute.py)
     parallel: str = "ddp"            # under torchrun: "ddp" (replicated model) or "fsdp" (FSDP2-sharded)
-    checkpoint_every: int = 0        # steps between training-state checkpoints (0: only at the end)
+    eval_every: int = 0              # evaluate the PHM-only student on the held-out data every N steps (0: off)
+    eval_texts: int = 96             # held-out texts (or image samples) evaluated (0: all)
+    keep_best: bool = True           # with evaluation: the run ends on the best-evaluated weights
+    checkpoint_every: int = 100      # steps between training-state checkpoints (0: only at the end)
     log_every: int = 10
+    tensorboard: bool = True         # TensorBoard scalars of the losses and evaluations (when tensorboard is installed)
     progress: bool = True            # tqdm bar
 
     def __post_init__(self):
         ints = dict(steps=(0, None), batch_size=(1, None), max_length=(2, None), warmup_steps=(0, None),
                     lora_r=(0, None), lora_alpha=(1, None), calib_batches=(1, None),
                     local_epochs=(0, None), local_batches=(0, None), checkpoint_every=(0, None),
-                    log_every=(1, None))
+                    log_every=(1, None), eval_every=(0, None), eval_texts=(0, None))
         for name, (lo, _) in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        if self.target_size is not None and self.target_gb is not None:
+            raise ValueError("target_size and target_gb conflict: give one of them")
+        if self.target_size is not None and not (isinstance(self.target_size, (int, float)) and 0 < self.target_size <= 1):
+            raise ValueError(f"target_size must be in (0, 1], got {self.target_size!r}")
+        if self.target_gb is not None and not (isinstance(self.target_gb, (int, float)) and self.target_gb > 0):
+            raise ValueError(f"target_gb must be > 0, got {self.target_gb!r}")
+        if not 0.0 <= self.holdout <= 0.9:
+            raise ValueError(f"holdout must be in [0, 0.9], got {self.holdout}")
         for name in ("stage_b_fraction", "fade_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -236,9 +254,10 @@ def _objective(model: nn.Module, config: DistillConfig) -> str:
 
 
 def _save_state(state_dir: Path, step: int, named: list, optimizer, config: DistillConfig, history: list,
-                extra: dict, world: World = World()) -> None:
+                extra: dict, world: World = World(), extra_tensors: dict | None = None) -> None:
     """Every rank calls it (FSDP2 shards are gathered into whole tensors); rank 0 writes."""
     tensors = {f"param/{n}": full_tensor(p.detach()).cpu().contiguous() for n, p in named}
+    tensors.update({k: v.contiguous() for k, v in (extra_tensors or {}).items()})
     for n, p in named:
         for key, value in optimizer.state.get(p, {}).items():
             tensors[f"optim/{n}/{key}"] = full_tensor(torch.as_tensor(value).detach()).cpu().contiguous()
@@ -275,7 +294,8 @@ def _check_resumable(saved: dict, config: DistillConfig) -> None:
                          + ", ".join(f"{k}={mine[k]!r} (saved {theirs.get(k)!r})" for k in diff))
 
 
-def _load_state(state_dir: Path, named: list, optimizer) -> None:
+def _load_state(state_dir: Path, named: list, optimizer) -> dict:
+    """Restore the parameters, AdamW and RNG; returns the state's tensors (the monitor reads its own)."""
     tensors = load_file(str(Path(state_dir) / "state.safetensors"))
     with torch.no_grad():
         for n, p in named:
@@ -291,6 +311,7 @@ def _load_state(state_dir: Path, named: list, optimizer) -> None:
     torch.set_rng_state(tensors["rng/torch"])
     if "rng/cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng/cuda"])
+    return tensors
 
 
 # ---------------------------------------------------------------- the verb
@@ -399,6 +420,7 @@ class _Run:
     state_dir: Path | None
     state_extra: dict
     history: list
+    monitor: Monitor
     start: int = 0
     stage_b: bool = False
 
@@ -407,8 +429,9 @@ class _Run:
         return "B" if self.stage_b else "A"
 
     def save(self, step: int, stage: str | None = None) -> None:
+        doc, tensors = self.monitor.state()
         _save_state(self.state_dir, step, self.named, self.optimizer, self.config, self.history,
-                    {**self.state_extra, "stage": stage or self.stage}, self.world)
+                    {**self.state_extra, **doc, "stage": stage or self.stage}, self.world, tensors)
 
 
 def _saved_state(state_dir: Path | None, resume: bool, config: DistillConfig) -> dict | None:
@@ -432,7 +455,7 @@ def _master_dtypes(model: nn.Module, config: DistillConfig) -> None:
 
 
 def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, state_extra, saved,
-           world: World) -> _Run:
+           world: World, monitor_args: tuple) -> _Run:
     """Initialise (calibrated cores, local stage) on a fresh run, add LoRA, set the dtypes, wrap the
     model for data parallelism, build the optimizer, and restore the saved state on a resumed one.
     The init runs on every process on the whole batches (identical results, nothing to exchange)."""
@@ -465,13 +488,18 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(_param_groups(named, config), weight_decay=config.weight_decay, **fused)
     wrappers = {n.removeprefix("base_model.model."): w for n, w in phm_wrappers(model)}
+    eval_data, tensorboard_dir = monitor_args
+    monitor = Monitor(eval_data, objective, config.eval_every, config.keep_best,
+                      tensorboard_dir if config.tensorboard else None, world.main)
     run = _Run(model, engine, world, config, device, objective, groups, schedule, named, optimizer, wrappers,
-               state_dir, state_extra, history)
+               state_dir, state_extra, history, monitor)
     if saved is not None:
         run.start, run.history = saved["step"], saved["history"]
         run.stage_b = run.start >= config.stage_a_steps
-        _load_state(state_dir, named, optimizer)
+        monitor.load(saved, _load_state(state_dir, named, optimizer))
         log.info("resumed from step %d", run.start)
+    elif monitor.every:  # the initialised student, before any step
+        run.history.append(monitor.evaluate(engine, wrappers.values(), named, device, 0))
     return run
 
 
@@ -535,10 +563,13 @@ def _record(run: _Run, done: int, loss, parts: dict, lams: list, factor: float, 
                  **{k: round(v.item(), 6) for k, v in parts.items()}, "lam": round(lam_mean, 4),
                  "lr_factor": round(factor, 4), "elapsed_s": round(time.perf_counter() - t0, 2)}
         run.history.append(entry)
+        run.monitor.scalars(done, entry, "train")
         log.info("step %d/%d %s", done, config.steps, " ".join(f"{k}={v}" for k, v in entry.items() if k != "step"))
     if bar is not None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", lam=f"{lam_mean:.2f}", stage=run.stage)
+    if run.monitor.due(done, config.steps):
+        run.history.append(run.monitor.evaluate(run.engine, run.wrappers.values(), run.named, run.device, done))
     if run.state_dir is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
             and done != config.steps:
         run.save(done)
@@ -551,6 +582,8 @@ def _finish(run: _Run) -> nn.Module:
         w.record_recon, w.recon_terms = False, None
     if run.state_dir is not None and run.start < run.config.steps:
         run.save(run.config.steps, "done")
+    run.monitor.restore_best(run.named)
+    run.monitor.close()
     model = run.model
     if run.world.size > 1 and run.config.parallel == "fsdp":  # FSDP2 sharded the model in place
         unshard(run.engine)
@@ -563,8 +596,9 @@ def _finish(run: _Run) -> nn.Module:
 
 
 def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path | None = None,
-            resume: bool = False, state_extra: dict | None = None,
-            world: World | None = None) -> tuple[nn.Module, list[dict]]:
+            resume: bool = False, state_extra: dict | None = None, world: World | None = None,
+            eval_data: list[dict] | None = None, tensorboard_dir: str | Path | None = None
+            ) -> tuple[nn.Module, list[dict]]:
     """Train the PHM layers of an injected model (inject_phm first) towards its own dense self.
 
     `data`: an object with `batch(step) -> dict of model inputs` and `len()` (TokenBatches,
@@ -572,6 +606,8 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
     the training state is checkpointed there (with `state_extra` in its JSON); `resume=True`
     continues from it. `world`: the data-parallel processes (default: what torchrun's environment
     says, else this process alone); every process returns the trained model, rank 0 writes the state.
+    `eval_data`: held-out batches evaluated every `eval_every` steps (monitor.py; entries with
+    stage "eval" in the history); `tensorboard_dir`: where TensorBoard scalars go.
     """
     if not phm_wrappers(model):
         raise ValueError("model has no PHM layers: call inject_phm(model, config) before distill")
@@ -587,7 +623,8 @@ def distill(model: nn.Module, data, config: DistillConfig, state_dir: str | Path
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model.to(device).eval()
-    run = _start(model, data, config, device, state_dir, dict(state_extra or {}), saved, world)
+    run = _start(model, data, config, device, state_dir, dict(state_extra or {}), saved, world,
+                 (eval_data, Path(tensorboard_dir) if tensorboard_dir is not None else None))
     bar = None
     if config.progress and world.main:
         from tqdm.auto import tqdm

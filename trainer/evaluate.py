@@ -5,6 +5,9 @@ Causal LMs: next-token top-1 agreement with the teacher and perplexity on the he
 
     ref = reference_outputs(teacher, batches, "logits")      # once
     compare(student, ref, batches, "logits")                # {"top1_agreement": …, "ppl": …}
+
+`output_stats` / `metrics` are the same from a forward's output tensor: the trainer's evaluation
+during training (distill.py) runs its forwards through its own (data-parallel) module.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 
 from .models import mean_pool
 
-__all__ = ["compare", "count_params", "reference_outputs"]
+__all__ = ["compare", "count_params", "metrics", "output_stats", "reference_outputs"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -27,10 +30,16 @@ def count_params(model: nn.Module) -> int:
 @torch.no_grad()
 def _stats(model: nn.Module, batch: dict, objective: str):
     out = model(**batch)
+    return output_stats(out.logits if objective == "logits" else out.last_hidden_state, batch, objective)
+
+
+@torch.no_grad()
+def output_stats(main: torch.Tensor, batch: dict, objective: str) -> dict:
+    """What the metrics need of one batch's logits (LM) or last hidden state (encoder)."""
     mask = batch["attention_mask"]
     if objective == "embedding":
-        return {"emb": mean_pool(out.last_hidden_state.float(), mask)}
-    logits = out.logits[:, :-1].float()
+        return {"emb": mean_pool(main.float(), mask)}
+    logits = main[:, :-1].float()
     labels = batch["input_ids"][:, 1:]
     valid = mask[:, 1:].bool()
     nll = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
@@ -47,13 +56,16 @@ def reference_outputs(teacher: nn.Module, batches: list[dict], objective: str) -
 def compare(student: nn.Module, reference: list[dict], batches: list[dict], objective: str) -> dict:
     """Fidelity metrics of `student` against `reference` (teacher outputs on the same batches)."""
     student.eval()
+    return metrics([_stats(student, b, objective) for b in batches], reference, objective)
+
+
+def metrics(student: list[dict], reference: list[dict], objective: str) -> dict:
+    """Fidelity metrics of a student's `output_stats` against the teacher's, batch by batch."""
     if objective == "embedding":
-        cos = torch.cat([F.cosine_similarity(_stats(student, b, objective)["emb"], r["emb"], dim=-1)
-                         for b, r in zip(batches, reference)])
+        cos = torch.cat([F.cosine_similarity(s["emb"], r["emb"], dim=-1) for s, r in zip(student, reference)])
         return {"cosine_mean": cos.mean().item(), "cosine_min": cos.min().item(), "sentences": cos.numel()}
     agree = nll = tokens = teacher_nll = 0
-    for b, r in zip(batches, reference):
-        s = _stats(student, b, objective)
+    for s, r in zip(student, reference):
         agree += int(((s["top1"] == r["top1"]) & r["valid"]).sum())
         nll, teacher_nll, tokens = nll + s["nll"], teacher_nll + r["nll"], tokens + s["tokens"]
     ppl, teacher_ppl = math.exp(nll / tokens), math.exp(teacher_nll / tokens)

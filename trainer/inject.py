@@ -24,7 +24,7 @@ from .arch import find_mlp_blocks
 from .hypercomplex import BASIS_FAMILIES, PHMLinear
 
 __all__ = ["PHMConfig", "PHMResidualLinear", "PHMTarget", "drop_dense", "inject_phm", "phm_targets", "phm_wrappers",
-           "set_lambda", "teacher_mode"]
+           "restore_dense", "set_lambda", "teacher_mode"]
 
 CONFIG_FORMAT_VERSION = 1
 TOWERS = ("language", "vision")
@@ -237,6 +237,14 @@ def teacher_mode(model: nn.Module):
     finally:
         for name, m in wrappers:
             m.lam, m.record_recon = saved[name]
+
+
+def restore_dense(model: nn.Module) -> int:
+    """Undo inject_phm: each wrapper's dense layer back in its place (the PHM layers discarded)."""
+    wrappers = _wrappers(model)
+    for name, m in wrappers:
+        _replace(model, name, m.base_layer)
+    return len(wrappers)
 
 
 def drop_dense(model: nn.Module) -> int:

@@ -121,3 +121,22 @@ def test_image_question_jsonl_trains_on_the_question(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "prompt": 3, "image": "a.png"}) + "\n")
     with pytest.raises(ValueError, match="prompt"):
         read_samples(tmp_path / "bad.jsonl")
+
+
+def test_llava_conversation_turns_all_reach_the_chat(tmp_path):
+    """A LLaVA conversation record (sources.py) trains on the whole chat: question, answer and the
+    later turns, in order, beside the image."""
+    from PIL import Image
+
+    from phm.trainer.data import ImageTextBatches, read_samples
+
+    vision, lm, tok = _tiny_parts()
+    _, processor = assemble_llava(vision, lm, tok, image_size=28)
+    Image.new("RGB", (20, 20), (0, 255, 0)).save(tmp_path / "a.png")
+    turns = [("human", "<image>\nw3 w4"), ("gpt", "w9"), ("human", "w5"), ("gpt", "w6 w7")]
+    record = {"image": "a.png", "conversations": [{"from": f, "value": v} for f, v in turns]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(record) + "\n")
+    ids = ImageTextBatches(processor, read_samples(tmp_path / "chat.jsonl"), batch_size=1).batch(0)["input_ids"][0]
+    ids = ids.tolist()
+    order = [ids.index(tok.convert_tokens_to_ids(w)) for w in ("w3", "w4", "w9", "w5", "w6", "w7")]
+    assert ids.count(256) == 16 and order == sorted(order)
