@@ -27,6 +27,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+
 from phm.common.fsutil import atomic_write_text, check_apart, output_lock, recover_dir
 
 from .arch import ARCH_TABLE, supported_model_types
@@ -234,11 +236,13 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
     batches, evaluated = _training_data(model, model_dir, out_dir, data, config, data_free_samples, augment_lm,
                                         augment_rounds, world)
     choice = None
-    if budget and not resume:
-        choice = choose_bases(model, phm_config, (batches.batch(i) for i in range(min(config.calib_batches,
-                                                                                        len(batches)))),
-                              config.target_size, config.target_gb, config.calib_ridge,
-                              config.progress and world.main, min(config.calib_batches, len(batches)))
+    if budget and not resume:  # measured on the training device (distill moves the model there anyway)
+        device = world.device(config.device)
+        count = min(config.calib_batches, len(batches))
+        calib = ({k: v.to(device) if torch.is_tensor(v) else v for k, v in batches.batch(i).items()}
+                 for i in range(count))
+        choice = choose_bases(model.to(device), phm_config, calib, config.target_size, config.target_gb,
+                              config.calib_ridge, config.progress and world.main, count)
         phm_config = choice.phm_config(phm_config)
     targets = inject_phm(model, phm_config)
     if epochs is not None:

@@ -36,8 +36,9 @@ data-parallel processes (parallel.py): with FSDP2 the weights, trainable paramet
 AdamW state are divided by it in the KD loop (the init stages run before sharding, on the whole
 model), and every process computes batch_size / world_size rows. Text batches (image batches add
 the vision tower's activations). Measured against a real run
-(benchmarks/bench_train_plan.py) it is below the peak RSS by about 15 %: the allocator's own overhead
-and temporaries it does not count, hence the near-limit margin.
+(benchmarks/bench_train_plan.py) it is 15 % above the peak RSS when malloc returns freed tensors to
+the OS (MALLOC_MMAP_THRESHOLD_=65536) and 16 % below it with glibc's defaults, whose heap keeps
+freed blocks resident: hence the near-limit margin.
 """
 
 from __future__ import annotations

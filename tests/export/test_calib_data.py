@@ -29,7 +29,7 @@ def test_jsonl_txt_and_image_folder(tmp_path):
     (lambda p: (p / "x.jsonl").write_text("{bad\n") and p / "x.jsonl", "x.jsonl:1: not valid JSON"),
     (lambda p: (p / "y.jsonl").write_text('{"prompt": 1}\n') and p / "y.jsonl", "needs a \"text\" string"),
     (lambda p: (p / "z.jsonl").write_text('{"text": "t", "image": "no.png"}\n') and p / "z.jsonl", "does not exist"),
-    (lambda p: (p / "w.csv").write_text("a,b") and p / "w.csv", "expected a folder, a .jsonl or a .txt"),
+    (lambda p: (p / "w.csv").write_text("a,b") and p / "w.csv", "expected a folder, a .jsonl/.json/.txt/.parquet/.arrow file"),
 ])
 def test_bad_calibration_data(tmp_path, setup, message):
     with pytest.raises(ValueError, match=message):
