@@ -43,8 +43,9 @@ _NOT_SETTINGS = {"out_dir", "recipe", "print_recipe", "resume", "plan", "device_
               "flags given here override single fields.")
 @click.option("--print-recipe", is_flag=True, help="Print the full effective recipe (YAML) and exit.")
 @click.option("--out", "out_dir", default=None, type=click.Path(), help="Checkpoint dir to write (required unless --plan).")
-@click.option("--data", default=None, help="JSONL/TXT file, image+caption folder, or 'chatterbot'. "
-              "Without it: data-free KD on text sampled from the teacher.")
+@click.option("--data", default=None, help="JSONL (text or LLaVA conversations) / JSON / TXT / parquet / arrow "
+              "file, image+caption or Flickr8k folder, or 'chatterbot'. Without it: data-free KD on text sampled "
+              "from the teacher.")
 @click.option("--data-free-samples", default=256, show_default=True, type=click.IntRange(1), help="Texts to sample.")
 @click.option("--augment-lm", default=None, metavar="LM_DIR",
               help="Add this chat LM's sampled replies to the --data texts as more training text "
