@@ -46,7 +46,7 @@ from phm.common.fsutil import atomic_dir
 from .arch import attention_qkv_modules, find_mlp_blocks
 from .inject import drop_dense, phm_wrappers, teacher_mode
 from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss, local_total
-from .local import LOCAL_INPUTS, local_distill
+from .local import LOCAL_CACHES, LOCAL_INPUTS, local_distill
 from .monitor import Monitor
 from .parallel import PARALLEL_MODES, World, full_tensor, like, unshard, world_from_env, wrap
 from .schedule import LambdaSchedule, linear_ramp, lr_factor
@@ -61,7 +61,7 @@ OBJECTIVES = ("auto", "logits", "embedding")
 BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Fields that may differ between a run and its resumption (they do not change the result on CPU).
 _RESUME_FREE = ("device", "amp", "checkpoint_every", "log_every", "progress", "gradient_checkpointing", "parallel",
-                "tensorboard")
+                "tensorboard", "local_cache")
 
 
 @dataclass
@@ -104,6 +104,7 @@ class DistillConfig:
     local_batches: int = 64          # training batches the local stage caches activations of (0 = all)
     local_lr: float = 3e-3
     local_inputs: str = "student"    # each layer's input in the local stage: "student" (PHM below) | "teacher"
+    local_cache: str = "auto"        # local stage's cached activations: "device" | "host" | "auto" (host if a GPU lacks room)
     seed: int = 0
     device: str = "cpu"
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
@@ -142,6 +143,8 @@ class DistillConfig:
             raise ValueError(f"ramp_width must be in (0, 1], got {self.ramp_width}")
         if self.schedule not in ("progressive", "abrupt"):
             raise ValueError(f"schedule must be 'progressive' or 'abrupt', got {self.schedule!r}")
+        if self.local_cache not in LOCAL_CACHES:
+            raise ValueError(f"local_cache must be one of {', '.join(LOCAL_CACHES)}, got {self.local_cache!r}")
         if self.local_inputs not in LOCAL_INPUTS:
             raise ValueError(f"local_inputs must be 'student' or 'teacher', got {self.local_inputs!r}")
         if self.objective not in OBJECTIVES:
@@ -474,7 +477,7 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
         count = min(config.local_batches or len(data), len(data))
         history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,
                                      config.local_lr, config.seed, config.progress and world.main,
-                                     config.local_inputs))
+                                     config.local_inputs, config.local_cache))
     model = _add_lora(model, config)
     model.eval()
     _trainable(model)  # requires_grad decides the dtypes and what DDP/FSDP2 reduce

@@ -61,8 +61,9 @@ def _first(out):
 
 
 @torch.no_grad()
-def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tuple[tuple, dict]]:
-    """(args, kwargs) the model passes to `layer`, per batch; the forward stops there."""
+def _capture(model: nn.Module, layer: nn.Module, batches: list[dict], keep=lambda t: t) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) the model passes to `layer`, per batch (the hidden states through `keep`: host
+    memory for a host-cached stage); the forward stops there."""
     from transformers.cache_utils import Cache  # here: importing the trainer need not load transformers
 
     seen: list = []
@@ -74,7 +75,7 @@ def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tu
         kwargs = {k: (None if isinstance(v, Cache) else v) for k, v in kwargs.items()}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        seen.append((args, kwargs))
+        seen.append(((keep(args[0]), *args[1:]), kwargs))
         raise _Stop
 
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
@@ -89,6 +90,19 @@ def _capture(model: nn.Module, layer: nn.Module, batches: list[dict]) -> list[tu
     finally:
         handle.remove()
     return seen
+
+
+class _OnDevice:
+    """A list of cached tensors read one at a time on `device` (host-cached local stage)."""
+
+    def __init__(self, items: list, device):
+        self.items, self.device = items, device
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.items[i].to(self.device)
 
 
 def _fit_layer(params: list, run, targets: list, masks: list, epochs: int, lr: float, seed: int, where: str,
@@ -118,18 +132,41 @@ def _fit_layer(params: list, run, targets: list, masks: list, epochs: int, lr: f
         p.requires_grad_(False)
 
 
+LOCAL_CACHES = ("auto", "device", "host")
+
+
+def _cache_on_host(model: nn.Module, stack: str, batches: list[dict], where: str) -> bool:
+    """Whether the local stage keeps a layer stack's cached activations in host memory: asked, or
+    `auto` on a GPU whose free memory is less than twice what the caches need (student inputs,
+    teacher inputs and targets of every batch at the stack's width)."""
+    if where != "auto":
+        return where == "host"
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False
+    first = next(w for name, w in phm_wrappers(model) if name.startswith(stack + "."))
+    width = first.phm.in_features  # the first wrapper of a layer reads its input (gate/up/fc1)
+    tokens = sum(b["input_ids"].numel() for b in batches)  # (image tokens of a vision stack: a lower bound)
+    need = 3 * tokens * width * next(model.parameters()).element_size()
+    return need > torch.cuda.mem_get_info(device)[0] / 2
+
+
 def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float, seed: int = 0,
-                  progress: bool = False, inputs: str = "student") -> list[dict]:
+                  progress: bool = False, inputs: str = "student", cache: str = "auto") -> list[dict]:
     """Fit every PHM layer's cores on cached activations (module docstring); returns per-layer logs.
 
     `batches`: model keyword dicts (on the model's device). λ of every wrapper is 1 afterwards
     (the fitted student); the dense weights are untouched. `inputs`: "student" feeds each layer the
     output of the already fitted PHM layers below it (what the abrupt swap runs), "teacher" the dense
     model's (each layer fitted alone: what a progressive fade starts from, with the layers below
-    still mostly dense).
+    still mostly dense). `cache`: where the cached layer inputs and targets live between uses,
+    "device", "host" (each batch's moved to the device when used: the stage then needs one batch of
+    device memory, not all of them) or "auto" (host when a GPU lacks the room).
     """
     if inputs not in LOCAL_INPUTS:
         raise ValueError(f"local inputs must be one of {LOCAL_INPUTS}, got {inputs!r}")
+    if cache not in LOCAL_CACHES:
+        raise ValueError(f"local cache must be one of {LOCAL_CACHES}, got {cache!r}")
     stacks = phm_layer_stacks(model)
     if not stacks or epochs <= 0:
         return []
@@ -144,13 +181,17 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
         bar = tqdm(total=total, desc="local", unit="step", dynamic_ncols=True)
     logs = []
     for path, indices in stacks:
+        host = _cache_on_host(model, path, batches, cache)
+        if host:
+            log.info("local stage %s: cached activations in host memory, one batch at a time on the device", path)
+        keep = (lambda t: t.cpu()) if host else (lambda t: t)
         layers = model.get_submodule(path)
         first = layers[indices[0]]
         for _, w in wrappers:
             w.lam = 1.0
-        student = _capture(model, first, batches)
+        student = _capture(model, first, batches, keep)
         with teacher_mode(model):
-            teacher = _capture(model, first, batches)
+            teacher = _capture(model, first, batches, keep)
         h_s = [args[0] for args, _ in student]
         h_t = [args[0] for args, _ in teacher]
         rest = [(args[1:], kwargs) for args, kwargs in student]
@@ -163,21 +204,25 @@ def local_distill(model: nn.Module, batches: list[dict], epochs: int, lr: float,
 
             h_in = h_s if inputs == "student" else h_t
 
-            def run(i, _layer=layer, _h=h_in):
+            device = next(layer.parameters()).device
+
+            def run(i, _layer=layer, _h=h_in, _device=device):
                 args, kwargs = rest[i]
-                return _first(_layer(_h[i], *args, **kwargs))
+                return _first(_layer(_h[i].to(_device), *args, **kwargs))
 
             with torch.no_grad(), teacher_mode(model):
-                targets = [_first(layer(h_t[i], *rest[i][0], **rest[i][1])) for i in range(len(batches))]
+                targets = [keep(_first(layer(h_t[i].to(device), *rest[i][0], **rest[i][1])))
+                           for i in range(len(batches))]
             loss_sum = 0.0
             if params:
-                _fit_layer(params, run, targets, masks, epochs, lr, seed * 1000 + index, f"{path}.{index}", bar)
+                _fit_layer(params, run, _OnDevice(targets, device), masks, epochs, lr, seed * 1000 + index,
+                           f"{path}.{index}", bar)
             elif bar is not None:
                 bar.update(epochs * len(batches))
             with torch.no_grad():
-                outs = [run(i) for i in range(len(batches))]
+                outs = [keep(run(i)) for i in range(len(batches))]
                 for i, out in enumerate(outs):
-                    loss_sum += hidden_kd_loss(out, targets[i], masks[i]).item()
+                    loss_sum += hidden_kd_loss(out.to(device), targets[i].to(device), masks[i]).item()
             h_s, h_t = outs, targets
             entry = {"stage": "local", "layer": f"{path}.{index}", "loss": round(loss_sum / len(batches), 6)}
             logs.append(entry)

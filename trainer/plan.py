@@ -28,7 +28,8 @@ test architectures). The rest is what the trainer holds, as it holds it:
                    input's) and twice one layer's saved activations (the backward's working set)
   calibration      --init calibrated: Σ x xᵀ in float64 for every PHM linear's input, all at once
   local stage      --local-epochs: the student's and teacher's layer inputs and the layer targets
-                   of every cached batch (3 × batches × batch × length × hidden, fp32)
+                   of every cached batch (3 × batches × batch × length × hidden, fp32), held on the
+                   device (local_cache "host" moves them to host memory: then one batch's worth)
 
 Stages run one after the other (calibrated init, local stage, KD loop), so the peak is the largest
 stage plus what every stage holds (weights, trainable). The plan is per device for `world_size`
@@ -167,7 +168,7 @@ def _local_bytes(targets, config: DistillConfig, batches: int) -> int:
     widths = {}  # per tower: the width of its layers' inputs (the MLP's gate/up/fc input)
     for t in targets:
         widths[t.tower] = max(widths.get(t.tower, 0), t.in_features if t.role != "down" else 0)
-    count = config.local_batches or batches
+    count = 1 if config.local_cache == "host" else config.local_batches or batches  # host: one batch on the device
     return sum(3 * count * config.batch_size * config.max_length * width * 4 for width in widths.values())
 
 

@@ -14,7 +14,7 @@
                hidden_weight, recon_weight
     optimizer: lr, core_lr, weight_decay, grad_clip
     lora:      r, alpha
-    init:      calib_batches, calib_ridge, local_epochs, local_batches, local_lr, local_inputs
+    init:      calib_batches, calib_ridge, local_epochs, local_batches, local_lr, local_inputs, local_cache
     eval:      every, texts, keep_best
     runtime:   device, amp, base_dtype, gradient_checkpointing, parallel, checkpoint_every, log_every,
                tensorboard, seed
@@ -57,7 +57,7 @@ SECTIONS = {
     "optimizer": {k: k for k in ("lr", "core_lr", "weight_decay", "grad_clip")},
     "lora": {"r": "lora_r", "alpha": "lora_alpha"},
     "init": {k: k for k in ("calib_batches", "calib_ridge", "local_epochs", "local_batches", "local_lr",
-                            "local_inputs")},
+                            "local_inputs", "local_cache")},
     "eval": {"every": "eval_every", "texts": "eval_texts", "keep_best": "keep_best"},
     "runtime": {k: k for k in ("device", "amp", "base_dtype", "gradient_checkpointing", "parallel",
                                "checkpoint_every", "log_every", "tensorboard", "seed")},

@@ -114,3 +114,22 @@ def test_teacher_inputs_fit_each_layer_alone():
         local_distill(tiny_model("llama"), batches, epochs=1, lr=1e-2, inputs="dense")
     with pytest.raises(ValueError, match="local_inputs must be"):
         DistillConfig(local_inputs="dense")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_5_vl"])
+def test_host_cached_local_stage_fits_exactly_as_device_cached(arch):
+    """cache="host": the cached layer inputs and targets live in host memory and each batch's is moved
+    to the device when used (here both are the CPU: the same fit, bit for bit, and the tensors the
+    stage keeps are host tensors)."""
+    results = []
+    for cache in ("device", "host"):
+        model = tiny_model(arch)
+        inject_phm(model, PHMConfig())
+        data = _batches()
+        logs = local_distill(model, [data.batch(i) for i in range(3)], epochs=2, lr=1e-2, cache=cache)
+        results.append((logs, {n: p.clone() for n, p in model.named_parameters() if ".phm." in n}))
+    (logs_d, cores_d), (logs_h, cores_h) = results
+    assert logs_d == logs_h
+    assert all(torch.equal(cores_d[n], cores_h[n]) for n in cores_d)
+    with pytest.raises(ValueError, match="local cache must be one of"):
+        local_distill(tiny_model("llama"), [], 1, 1e-2, cache="disk")

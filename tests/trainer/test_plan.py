@@ -150,3 +150,11 @@ def test_cli_refuses_a_run_that_does_not_fit_before_loading(llama_dir, tmp_path,
 def test_cli_needs_out_unless_plan(llama_dir):
     result = CliRunner().invoke(main, [str(llama_dir)])
     assert result.exit_code != 0 and "--out" in result.output
+
+
+def test_host_cached_local_stage_plans_one_batch(tmp_path):
+    model_dir = save_tiny_model("llama", tmp_path / "m")
+    config = dict(batch_size=4, max_length=32, local_epochs=1, local_batches=8)
+    device = plan_training(model_dir, PHMConfig(), DistillConfig(**config, local_cache="device"))
+    host = plan_training(model_dir, PHMConfig(), DistillConfig(**config, local_cache="host"))
+    assert host.items["local stage"] * 8 == device.items["local stage"] > 0
