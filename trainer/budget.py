@@ -7,9 +7,9 @@ Sensitivity is measured at the model's output: for every MLP block and every B i
 block alone is replaced by its calibrated init (calibrate.py's ridge fit on the input covariance
 of real calibration tokens; one B per block, gate/up/down together, what `layer_num_bases` sets)
 and the model's output is compared with the dense model's on calibration batches: KL per real token
-for LMs, 1 − cosine of the sentence embeddings for encoders. (The layer's own relative output
-error, tr((W − W_B) C (W − W_B)ᵀ) / tr(W C Wᵀ), was measured first and chose worse than uniform B on
-SmolLM2: equal errors in different layers do not cost the output equally.) The choice
+for LMs, 1 − cosine of the sentence embeddings for encoders. (Each layer's own relative output
+error, tr((W − W_B) C (W − W_B)ᵀ) / tr(W C Wᵀ), chooses worse than uniform B on SmolLM2: equal
+errors in different layers do not cost the output equally; docs/trainer.md § Budget mode.) The choice
 starts every block at B = 1 and spends the budget greedily on the upgrade B → B + 1 with the largest
 error drop per added parameter, while it fits; the result is written as `layer_num_bases` (one
 exact block name per block) into the PHM config, so phm_config.json records it. Sizes count every
