@@ -94,6 +94,15 @@ def _texts(model_name: str, tokenizer, quick: bool, augment_rounds: int = 0):
     return train, held, augment
 
 
+def _teacher_row(teacher, tokenizer, held: list[str], s: dict) -> tuple[list, list, list]:
+    """(held-out batches, the teacher's outputs on them, [the teacher's row]) for a model's SETTINGS `s`."""
+    eval_batches = list(TokenBatches.from_texts(tokenizer, held, 32, s["max_length"]).all_batches())
+    reference = reference_outputs(teacher, eval_batches, s["objective"])
+    row = {"student": "teacher (dense)", "steps": 0, "params": count_params(teacher),
+           **compare(teacher, reference, eval_batches, s["objective"])}
+    return eval_batches, reference, [row]
+
+
 def _metric(model_name: str, result: dict) -> str:
     if model_name == "minilm":
         return f"cos {result['cosine_mean']:.4f} (min {result['cosine_min']:.3f})"
@@ -118,12 +127,8 @@ def run_model(model_name: str, steps: int, quick: bool, schedules=("abrupt", "pr
     train, held, augment = _texts(model_name, tokenizer, quick, augment_rounds)
     data = TokenBatches.from_texts(tokenizer, train, s["batch_size"], s["max_length"], seed=0,
                                    group_by_length=group_by_length)
-    eval_batches = list(TokenBatches.from_texts(tokenizer, held, 32, s["max_length"]).all_batches())
     objective = s["objective"]
-    reference = reference_outputs(teacher, eval_batches, objective)
-    dense_params = count_params(teacher)
-    rows = [{"student": "teacher (dense)", "steps": 0, "params": dense_params,
-             **compare(teacher, reference, eval_batches, objective)}]
+    eval_batches, reference, rows = _teacher_row(teacher, tokenizer, held, s)
     del teacher
     calib = s["distill"]["calib_batches"]
     for label, init, cal in () if not step0_rows else (("random cores, step 0", "random", False), ("weight projection, step 0", "projection", False),
@@ -164,10 +169,7 @@ def run_recipe(recipe: Path, threads: int) -> dict:
     s = SETTINGS[model_name]
     teacher, tokenizer = s["load"]()
     _, held, _ = _texts(model_name, tokenizer, False)
-    eval_batches = list(TokenBatches.from_texts(tokenizer, held, 32, s["max_length"]).all_batches())
-    reference = reference_outputs(teacher, eval_batches, s["objective"])
-    rows = [{"student": "teacher (dense)", "steps": 0, "params": count_params(teacher),
-             **compare(teacher, reference, eval_batches, s["objective"])}]
+    eval_batches, reference, rows = _teacher_row(teacher, tokenizer, held, s)
     del teacher
     with tempfile.TemporaryDirectory(prefix="phm-recipe-") as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -179,7 +181,7 @@ def run_recipe(recipe: Path, threads: int) -> dict:
             raise click.ClickException(f"phm-train --recipe {recipe} failed: {done.stderr.strip().splitlines()[-1:]}")
         student = load(f"{tmp}/out")
         history = [json.loads(line) for line in Path(f"{tmp}/out/train_log.jsonl").read_text().splitlines()]
-        steps = max(h["step"] for h in history if "step" in h)  # (local-stage entries count epochs)
+        steps = max(h["step"] for h in history if "step" in h)  # (local-stage entries have no step)
         rows.append({"student": f"phm-train --recipe {recipe.name} ({steps} steps)", "steps": steps,
                      "train_wall_s": round(wall, 1), "train_cpu_s": float("nan"), "params": count_params(student),
                      **compare(student, reference, eval_batches, s["objective"])})

@@ -70,23 +70,23 @@ def _weight(base: nn.Module) -> torch.Tensor:
     return base.weight.t() if type(base).__name__ == "Conv1D" else base.weight
 
 
+def _main_output(model: nn.Module, batch: dict) -> tuple[torch.Tensor, bool]:
+    """(the logits or, for an encoder, the last hidden state of one forward; whether they are logits)."""
+    out = model(**batch)
+    return (out.logits, True) if hasattr(out, "logits") else (out.last_hidden_state, False)
+
+
 def _divergence(model: nn.Module, batch: dict, reference: torch.Tensor) -> float:
-    """How far the model's output on `batch` is from the teacher's: KL per real token (LMs), mean
-    1 − cosine of the sentence embeddings (encoders)."""
+    """How far the model's output on `batch` is from the teacher's `reference`: KL per real token
+    (LMs), mean 1 − cosine of the sentence embeddings (encoders)."""
     from .losses import embedding_kd_loss, kd_loss
     from .models import mean_pool
 
-    out = model(**batch)
-    mask = batch.get("attention_mask")
-    if hasattr(out, "logits"):
-        return float(kd_loss(out.logits, reference, 1.0, mask))
-    mask = mask if mask is not None else torch.ones(out.last_hidden_state.shape[:2])
-    return float(embedding_kd_loss(mean_pool(out.last_hidden_state, mask), mean_pool(reference, mask)))
-
-
-def _main_output(model: nn.Module, batch: dict) -> torch.Tensor:
-    out = model(**batch)
-    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+    (main, lm), mask = _main_output(model, batch), batch.get("attention_mask")
+    if lm:
+        return float(kd_loss(main, reference, 1.0, mask))
+    mask = mask if mask is not None else torch.ones(main.shape[:2])
+    return float(embedding_kd_loss(mean_pool(main, mask), mean_pool(reference, mask)))
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def sensitivity(model: nn.Module, phm: PHMConfig, batches, ridge: float = 1e-2, 
         covs = input_covariances(model, batches, progress, total)
         wrappers = dict(phm_wrappers(model))
         probes = batches[:probe_batches]
-        references = [_main_output(model, b) for b in probes]  # every wrapper at λ = 0: the teacher
+        references = [_main_output(model, b)[0] for b in probes]  # every wrapper at λ = 0: the teacher
         blocks: dict[str, list] = {}
         for t in targets:
             blocks.setdefault(t.block, []).append(t)

@@ -14,7 +14,7 @@ from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 from click.core import ParameterSource
 
 from .distill import BASE_DTYPES, DistillConfig
-from .parallel import PARALLEL_MODES
+from .parallel import PARALLEL_MODES, env_world_size
 from .recipe import INITS, RECIPE_NAME, dump_recipe, load_recipe, settings
 from .inject import ROLES, TOWERS, PHMConfig
 from .pipeline import train
@@ -33,8 +33,6 @@ def _csv(choices):
 _D, _P = DistillConfig(), PHMConfig()
 # CLI parameter → settings key (recipe.py), where the names differ
 _RENAMED = {"bases": "num_bases"}
-# parameters that are not settings of the run
-_NOT_SETTINGS = {"out_dir", "recipe", "print_recipe", "resume", "plan", "device_gib", "world_size", "verbose"}
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -147,7 +145,7 @@ def main(ctx, model_dir, recipe, print_recipe, out_dir, resume, plan, device_gib
             from .models import resolve_model_dir
             from .plan import plan_training
 
-            size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+            size = world_size or env_world_size()
             click.echo(plan_training(resolve_model_dir(run.model_dir), run.phm, run.distill, device_gib,
                                      world_size=size).table())
             return

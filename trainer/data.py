@@ -33,7 +33,7 @@ import torch
 from .sources import conversation_record, from_conversations, from_flickr8k, from_hf_files, is_flickr8k, json_records
 
 __all__ = ["Sample", "TokenBatches", "chat_turns", "chatterbot_texts", "read_samples", "sample_key",
-           "sample_teacher_texts", "split_holdout", "token_windows"]
+           "sample_teacher_texts", "split_holdout", "to_device", "token_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,11 @@ def token_windows(ids: list[int], length: int) -> list[list[int]]:
     2 ids are dropped: they hold no next-token pair. Training packs (TokenBatches.packed) and the
     INT8 report's held-out windows (phm.export.int8) are cut this way."""
     return [ids[i:i + length] for i in range(0, len(ids), length) if len(ids[i:i + length]) >= 2]
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch's tensors on `device` (other values as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _pad_id(tokenizer) -> int:

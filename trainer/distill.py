@@ -44,6 +44,7 @@ from torch import nn
 from phm.common.fsutil import atomic_dir
 
 from .arch import attention_qkv_modules, find_mlp_blocks
+from .data import to_device
 from .inject import drop_dense, phm_wrappers, teacher_mode
 from .losses import causal_ce_loss, embedding_kd_loss, hidden_kd_loss, kd_loss, local_total
 from .local import LOCAL_CACHES, LOCAL_INPUTS, local_distill
@@ -320,10 +321,6 @@ def _load_state(state_dir: Path, named: list, optimizer) -> dict:
 # ---------------------------------------------------------------- the verb
 
 
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def _forward(model, batch, objective, hidden: bool):
     """(logits or last hidden state, hidden states of every layer or None). No KV cache: training
     reads none, and gradient checkpointing's replay of a layer would append to it a second time."""
@@ -471,11 +468,11 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
         from .calibrate import calibrate_phm
 
         count = min(config.calib_batches, len(data))
-        calibrate_phm(model, (_to(data.batch(i), device) for i in range(count)), config.calib_ridge,
+        calibrate_phm(model, (to_device(data.batch(i), device) for i in range(count)), config.calib_ridge,
                       progress=config.progress and world.main, total=count)
     if config.local_epochs and saved is None:
         count = min(config.local_batches or len(data), len(data))
-        history.extend(local_distill(model, [_to(data.batch(i), device) for i in range(count)], config.local_epochs,
+        history.extend(local_distill(model, [to_device(data.batch(i), device) for i in range(count)], config.local_epochs,
                                      config.local_lr, config.seed, config.progress and world.main,
                                      config.local_inputs, config.local_cache))
     model = _add_lora(model, config)
@@ -524,7 +521,7 @@ def _step(run: _Run, data, step: int, bar) -> tuple[torch.Tensor, dict, list, fl
     for g in run.optimizer.param_groups:
         g["lr"] = g["base_lr"] * factor
     world = run.world
-    batch = _to(world.shard(data.batch(step)), run.device)
+    batch = to_device(world.shard(data.batch(step)), run.device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and run.device.type == "cuda")
     with amp:
         *teacher, _ = run.engine(batch, teacher=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .data import to_device
 from .evaluate import metrics, output_stats
 from .parallel import full_tensor, like
 
@@ -46,7 +47,7 @@ class Monitor:
     @torch.no_grad()
     def evaluate(self, engine, wrappers, named: list, device, step: int) -> dict:
         """Metrics of the PHM-only student now; keeps its weights when they are the best so far."""
-        batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in self.batches]
+        batches = [to_device(b, device) for b in self.batches]
         if self.reference is None:
             self.reference = [output_stats(engine(b, teacher=True)[0], b, self.objective) for b in batches]
         for w in wrappers:  # the next training step sets them again

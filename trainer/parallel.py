@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["PARALLEL_MODES", "World", "world_from_env"]
+__all__ = ["PARALLEL_MODES", "World", "env_world_size", "world_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,16 @@ class World:
             dist.broadcast(buf, src=0)
         return bytes(buf.tolist()).decode()
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
+
+def env_world_size() -> int:
+    """The number of processes `torchrun` (or another launcher) says this one is among (1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def world_from_env(device: str = "cpu") -> World:
     """The World `torchrun` describes in the environment, joining its process group (gloo on the
     CPU, NCCL on GPUs) on first use; a single World without WORLD_SIZE > 1."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
+    if env_world_size() <= 1:
         return World()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():

@@ -27,14 +27,12 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
-
 from phm.common.fsutil import atomic_write_text, check_apart, output_lock, recover_dir
 
 from .arch import ARCH_TABLE, supported_model_types
 from .checkpoint import PHM_CONFIG_NAME, read_model_config, save_phm_checkpoint
 from .data import (ImageTextBatches, TokenBatches, chat_turns, read_samples, sample_key, sample_teacher_texts,
-                   split_holdout)
+                   split_holdout, to_device)
 from .distill import BASE_DTYPES, STATE_DIR_NAME, DistillConfig, distill, read_state
 from .budget import choose_bases
 from .inject import PHMConfig, inject_phm, phm_targets
@@ -239,8 +237,7 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
     if budget and not resume:  # measured on the training device (distill moves the model there anyway)
         device = world.device(config.device)
         count = min(config.calib_batches, len(batches))
-        calib = ({k: v.to(device) if torch.is_tensor(v) else v for k, v in batches.batch(i).items()}
-                 for i in range(count))
+        calib = (to_device(batches.batch(i), device) for i in range(count))
         choice = choose_bases(model.to(device), phm_config, calib, config.target_size, config.target_gb,
                               config.calib_ridge, config.progress and world.main, count)
         phm_config = choice.phm_config(phm_config)

@@ -172,10 +172,10 @@ def _local_bytes(targets, config: DistillConfig, batches: int) -> int:
     return sum(3 * count * config.batch_size * config.max_length * width * 4 for width in widths.values())
 
 
-def _layer_bytes(model, layers: int) -> int:
+def _layer_bytes(model) -> int:
     """Parameter bytes of the largest transformer layer (FSDP2's unit)."""
-    sizes = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layer_stacks(model)]
-    return max(sizes, default=0) if layers else 0
+    return max((sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layer_stacks(model)),
+               default=0)
 
 
 def plan_training(model_dir: str | Path, phm: PHMConfig, config: DistillConfig, device_gib: float | None = None,
@@ -213,7 +213,7 @@ def plan_training(model_dir: str | Path, phm: PHMConfig, config: DistillConfig, 
     items = {"weights": frozen_bytes, "trainable": trainable * 4, "gradients": trainable * 4 // shard,
              "AdamW": trainable * 8 // shard,
              "DDP buckets": trainable * 4 if world_size > 1 and not fsdp else 0,
-             "FSDP gather": 2 * _layer_bytes(model, layers) if fsdp else 0,
+             "FSDP gather": 2 * _layer_bytes(model) if fsdp else 0,
              "activations": activations, "recompute": recompute, "teacher outputs": teacher,
              "temporaries": _temporaries(main, recompute or activations, 1 if recompute else layers),
              "calibration": _calibration_bytes(targets) if config.calibrate_init else 0,

@@ -67,7 +67,6 @@ INITS = ("calibrated", "projection", "random")
 RUN_KEYS = {"model_dir": None, "data": None, "data_free_samples": 256, "augment_lm": None, "augment_rounds": 1,
             "epochs": None, "init": "calibrated"}
 _PATHS = ("model_dir", "data", "augment_lm")
-_LIBRARY_ONLY = {"progress"}  # DistillConfig fields no recipe sets (they do not change the result)
 
 
 @dataclass(frozen=True)
