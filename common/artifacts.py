@@ -30,7 +30,8 @@ _IO = [{"name": str, "dtype": str, "shape": list}]
 _GRAPH = {"file": str, "ort_file": str, "trt_file": opt(str), "io": {"inputs": _IO, "outputs": _IO},
           "external_data": opt(str), "profile": opt(dict), "plugins": opt([dict]),
           "min_pixels": opt(positive()), "max_pixels": opt(positive()), "image_size": opt(positive()),
-          "image_tokens": opt(positive())}
+          "image_tokens": opt(positive()),
+          "ort_fusion": opt({"attention": str, "positions": opt(positive())})}
 MANIFEST_SCHEMA = {
     "format_version": int,
     "graphs": {str: _GRAPH},
@@ -40,6 +41,7 @@ MANIFEST_SCHEMA = {
     "plugins": opt([{"name": str, "version": str, "namespace": str}]),
     "engines": opt({str: str}),
     "precision": opt(str),
+    "int4_accuracy": opt(positive()),
     "model_type": opt(str),
 }
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +47,7 @@ from .bind import bind_weights, streamed_weights
 from .config import ExportConfig
 from .graphs import export_graph, graph_specs, text_config
 from .memory_plan import MemoryPlan, ModelFootprint, plan_memory
+from .ort_fuse import attention_spec
 from .ort_graph import ORT_SUFFIX, ort_graph
 from .pixels import patch_range, pixel_range
 from .precision import tensor_types, upcast_softmax
@@ -258,6 +259,7 @@ class _Job:
     quant: object | None             # the QuantStage with --int8 or --int4
     stage: Callable[[str], None]
     data: DataFile | None = None     # the export's one external-data file, once a graph needs it
+    fusions: dict = field(default_factory=dict)  # graph kind -> ort_fuse's record (None: not a decoder)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -366,7 +368,8 @@ def _write_graphs(job: _Job, name: str, graph: gs.Graph,
     _save_onnx(trt_model, tmp / f"{name}.trt.onnx")
     _check(ort_model, tmp / f"{name}.onnx", data is not None)
     job.stage(f"preparing the {name} graph for ONNX Runtime")
-    prepared = ort_graph(ort_model)
+    attention = attention_spec(job.model, job.plan.context) if name == "decoder" else None
+    prepared, job.fusions[name] = ort_graph(ort_model, attention, job.config.int4.accuracy if job.config.int4 else 1)
     ort_file = f"{name}.onnx"
     if prepared is not None:
         ort_file = f"{name}{ORT_SUFFIX}"
@@ -410,6 +413,7 @@ def _export_kind(job: _Job, spec, ref_spec, tmp: Path) -> tuple[dict, list]:
                            for op in ("PHMLinear", "PHMFFN")},
              "plugins": mf.plugin_requirements(trt_model),
              "tolerances": _tolerances(config, outputs, tmp / ort_file, feeds, job.float_np),
+             **({"ort_fusion": job.fusions[name]} if job.fusions.get(name) else {}),
              **({config.precision: quant_summary} if quant_summary is not None else {})}
     if name == "vision" and not spec.axes:  # LLaVA: a runtime lays out the prompt's image tokens by this
         # count, which the ONNX graph leaves symbolic (its features are a Concat over images)
@@ -458,6 +462,7 @@ def build_manifest(job: _Job, tmp: Path, graphs: dict, reports: list, cmds: dict
         "format_version": mf.MANIFEST_VERSION, "model_dir": str(job.model_dir),
         "model_type": job.model.config.model_type, "architecture": type(job.model).__name__,
         "precision": config.precision, "activations": config.activations, "report": report_file,
+        **({"int4_accuracy": config.int4.accuracy} if config.int4 else {}),
         "target": {"name": config.target, "sm": config.sm}, "memory_plan": job.plan.to_dict(),
         "plugins": [dict(zip(("name", "version", "namespace"), t)) for t in plugins],
         "versions": mf.versions(), "graphs": graphs, "phm": phm,

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .skeleton import shape_data, weightless
+from .skeleton import drop_unused, shape_data, weightless
 
 log = logging.getLogger(__name__)
 
@@ -217,18 +217,6 @@ def _same(a, b) -> bool:
         return False
 
 
-def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
-    """Names read inside If/Loop/Scan bodies (they may come from the outer scope)."""
-    names = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                for sub in g.node:
-                    names.update(sub.input)
-                names |= _subgraph_names(g)
-    return names
-
-
 def lean_graph(model: onnx.ModelProto) -> int:
     """Fold `model`'s build-time-known shape arithmetic into constants (in place); returns how many
     nodes are gone (0: unchanged)."""
@@ -251,23 +239,7 @@ def lean_graph(model: onnx.ModelProto) -> int:
         rot = lean.rotate_half(node, producers)
         if rot is not None:
             model.graph.node[i].CopyFrom(rot)
-    # Drop what nothing reads any more, last node first.
-    needed = {o.name for o in model.graph.output} | _subgraph_names(model.graph)
-    needed |= {i for f in model.functions for n in f.node for i in n.input}
-    keep = []
-    for node in reversed(model.graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(node.input)
-    keep.reverse()
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    used = [i for i in [*model.graph.initializer, *lean.new_inits] if i.name in needed]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(used)
-    infos = [v for v in model.graph.value_info if v.name in needed]  # no stale entries for dropped tensors
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(infos)
+    drop_unused(model, lean.new_inits)
     dropped = before - len(model.graph.node)
     log.info("lean: %d of %d nodes folded away", dropped, before)
     return dropped

@@ -9,7 +9,7 @@ from typing import Callable
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["shape_data", "weightless"]
+__all__ = ["drop_unused", "shape_data", "weightless"]
 
 SHAPE_DATA_BYTES = 1 << 16
 
@@ -35,3 +35,36 @@ def weightless(model: onnx.ModelProto, keep: Callable[[onnx.TensorProto], bool] 
                               list(model.graph.output), kept)
     return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                              functions=list(model.functions))
+
+
+def subgraph_names(graph: onnx.GraphProto) -> set[str]:
+    """Names read inside If/Loop/Scan bodies (they may come from the outer scope)."""
+    names = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                for sub in g.node:
+                    names.update(sub.input)
+                names |= subgraph_names(g)
+    return names
+
+
+def drop_unused(model: onnx.ModelProto, new_inits: list | tuple = ()) -> None:
+    """Drop (in place) the nodes nothing reads, last node first, then the initializers (those of the
+    graph and `new_inits`, added here) and value_info entries of tensors nothing reads any more."""
+    needed = {o.name for o in model.graph.output} | subgraph_names(model.graph)
+    needed |= {i for f in model.functions for n in f.node for i in n.input}
+    keep = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    keep.reverse()
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = [i for i in [*model.graph.initializer, *new_inits] if i.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(used)
+    infos = [v for v in model.graph.value_info if v.name in needed]  # no stale entries for dropped tensors
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)

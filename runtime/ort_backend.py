@@ -16,6 +16,14 @@ LLaVA takes `images={"pixel_values": (1, 3, S, S)}` and the text decoder's cumsu
 
 The KV cache stays in OrtValues between steps (`run_with_ort_values`), so decode does not copy
 the cache through numpy; only the last position's logits come back as an array.
+
+A decoder whose attention phm-export fused into GroupQueryAttention (manifest `ort_fusion`,
+export/ort_fuse.py) runs on a shared KV buffer instead: one (batch, kv_heads, capacity, head_dim)
+OrtValue per past/present pair, allocated at prefill on the session's device and bound as both
+input and output (IOBinding), so each step appends its token in place; the decode step's ids and
+logits are bound to buffers allocated once too. That op counts each row's tokens from the mask
+and wants them first, so a left-padded batch's tokens move to the front of their rows at prefill
+and every row then grows by its own length.
 """
 
 from __future__ import annotations
@@ -37,24 +45,37 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _is_quantized(path: Path) -> str | None:
-    """"int8" where the graph holds INT8 DequantizeLinear nodes (an --int8 export: activation Q/DQ),
-    "int4" where its DequantizeLinear nodes are all blocked (an --int4 export) or it holds MatMulNBits
-    and no other DequantizeLinear, else None; reads the graph without its weights."""
+def _graph_facts(path: Path) -> tuple[str | None, int]:
+    """(quantized, kv_capacity) read from the graph without its weights: quantized is "int8" where it
+    holds INT8 DequantizeLinear nodes (an --int8 export: activation Q/DQ), "int4" where its
+    DequantizeLinear nodes are all blocked (an --int4 export) or it holds MatMulNBits and no other
+    DequantizeLinear, else None; kv_capacity is the positions of a GroupQueryAttention's rotary
+    table (0: the traced attention, no shared KV buffer)."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError …: one line
         raise BackendError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    gqa = next((n for n in model.graph.node if n.op_type == "GroupQueryAttention"), None)
+    capacity = dims.get(gqa.input[7], [0])[0] if gqa is not None and len(gqa.input) > 7 else 0
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     if not dq and not any(n.op_type == "MatMulNBits" for n in model.graph.node):
-        return None
-    return "int4" if all(any(a.name == "block_size" for a in n.attribute) for n in dq) else "int8"
+        return None, capacity
+    return ("int4" if all(any(a.name == "block_size" for a in n.attribute) for n in dq) else "int8"), capacity
+
+
+def _to_front(arr: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each row's unmasked positions (axis 1) moved to the front of the row, in order; zeros after."""
+    out = np.zeros_like(arr)
+    for b, keep in enumerate(mask.astype(bool)):
+        out[b, :keep.sum()] = arr[b, keep]
+    return out
 
 
 def _session(ort, path: Path, providers: list[str] | None, threads: int | None, quantized: str | None,
-             prepack: bool = True):
+             prepack: bool = True, int4_accuracy: int = 1):
     """An InferenceSession of the file exactly as exported (phm-export prepared it: ort_graph.py).
     ONNX Runtime maps the external weights file; `prepack` lets it repack every MatMul weight into
     its GEMM layout at session build (a private copy: most of a large model's start time), without
@@ -70,8 +91,8 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
     # says; ORT's default level 4 would quantize the activations to INT8 as well).
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if quantized == "int8"
                                      else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    if quantized == "int4":
-        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    if quantized == "int4":  # the export's choice (manifest int4_accuracy; 4: INT8 activations per block)
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int4_accuracy))
     # The memory pattern is planned per input shape, and every decode step has a new past length:
     # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
     opts.enable_mem_pattern = False
@@ -93,20 +114,26 @@ class OrtBackend:
     def __init__(self, onnx_path: str | Path, providers: list[str] | None = None, threads: int | None = None,
                  vision: VisionSpec | None = None, quantized: str | None = None,
                  embed_path: str | Path | None = None, vision_path: str | Path | None = None,
-                 prepack: bool = True):
+                 prepack: bool = True, kv_capacity: int | None = None, int4_accuracy: int = 1):
         """`onnx_path`: the decoder graph, loaded as it is (from_artifacts picks the file phm-export
         prepared for ONNX Runtime). `vision`: the VLM's image spec; `embed_path`/`vision_path` its
         other graphs (default: embed.onnx / vision.onnx beside the decoder). `quantized`: "int8" or "int4"
-        where the graphs hold Q/DQ nodes, "" where they hold none (None: read from the decoder graph). `prepack`: False keeps the weights
-        memory-mapped as they are (_session)."""
+        where the graphs hold Q/DQ nodes, "" where they hold none; `kv_capacity`: the shared KV
+        buffer's positions for a GroupQueryAttention decoder, 0 for the traced attention (either
+        None: read from the decoder graph). `prepack`: False keeps the weights memory-mapped as they
+        are (_session). `int4_accuracy`: MatMulNBits' accuracy level for the INT4 linears ONNX Runtime
+        fuses (the export's `int4_accuracy`; lowered PHM cores carry theirs in the graph)."""
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise BackendError(f"ONNX model {onnx_path} does not exist")
-        if quantized is None:
-            quantized = _is_quantized(onnx_path)
-        self.session = _session(ort, onnx_path, providers, threads, quantized, prepack)
+        if quantized is None or kv_capacity is None:
+            facts = _graph_facts(onnx_path)
+            quantized = facts[0] if quantized is None else quantized
+            kv_capacity = facts[1] if kv_capacity is None else kv_capacity
+        self.kv_capacity = kv_capacity
+        self.session = _session(ort, onnx_path, providers, threads, quantized, prepack, int4_accuracy)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embeds = "inputs_embeds" in self.inputs
@@ -125,15 +152,17 @@ class OrtBackend:
                 raise BackendError(f"{onnx_path.name} takes inputs_embeds: open VLM artifacts with "
                                    "OrtBackend.from_artifacts")
             self.embed_session = _session(ort, Path(embed_path or onnx_path.with_name("embed.onnx")), providers,
-                                          threads, quantized, prepack)
+                                          threads, quantized, prepack, int4_accuracy)
             self.vision_session = _session(ort, Path(vision_path or onnx_path.with_name("vision.onnx")), providers,
-                                           threads, quantized, prepack)
+                                           threads, quantized, prepack, int4_accuracy)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._ort = ort
         self.peak_device_mb = None if self.device == "cpu" else 0.0
         self.cache = None
         self.rope_delta = None  # VLM: (batch,) M-RoPE position minus text position after an image
+        self.lengths = None     # shared KV buffer: (batch,) tokens each row holds
+        self.decode_io = None   # shared KV buffer: the decode step's ids and logits OrtValues
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
@@ -150,12 +179,15 @@ class OrtBackend:
         if "decoder" not in graphs:
             raise BackendError(f"{artifacts} holds no decoder graph")
         path = {kind: artifacts / g["ort_file"] for kind, g in graphs.items()}
+        fusion = graphs["decoder"].get("ort_fusion") or {}
         return cls(path["decoder"], providers, threads, VisionSpec.from_artifacts(artifacts, manifest),
-                   quantized=manifest.get("precision") if manifest.get("precision") in ("int8", "int4") else "", embed_path=path.get("embed"),
-                   vision_path=path.get("vision"), prepack=prepack)
+                   quantized=manifest.get("precision") if manifest.get("precision") in ("int8", "int4") else "",
+                   embed_path=path.get("embed"), vision_path=path.get("vision"), prepack=prepack,
+                   kv_capacity=fusion.get("positions", 0) if fusion.get("attention") == "GroupQueryAttention" else 0,
+                   int4_accuracy=manifest.get("int4_accuracy", 1))
 
     def reset(self) -> None:
-        self.cache = None
+        self.cache = self.lengths = self.decode_io = None
         if self.peak_device_mb is not None:
             self.peak_device_mb = 0.0
         self.rope_delta = None
@@ -222,10 +254,65 @@ class OrtBackend:
         logits = outs[0].numpy()
         return logits[:, -1].astype(np.float32)
 
+    def _shared_step(self, ids: np.ndarray, mask: np.ndarray, images: dict | None = None) -> np.ndarray:
+        """One step on the shared KV buffers (GroupQueryAttention decoders): rows right-aligned to
+        their own lengths, past and present bound to the same OrtValues."""
+        ort, device = self._ort, "cuda" if self.device == "cuda" else "cpu"
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        batch, seq = ids.shape
+        first = self.cache is None
+        feeds = self._vlm_feeds(ids, mask, images) if self.embeds else {"input_ids": ids}
+        if first:  # prefill: each row's tokens to the front, the buffers allocated (not touched)
+            mask = np.asarray(mask, dtype=np.int64)
+            self.lengths = mask.sum(1)
+            feeds = {k: _to_front(v, mask) for k, v in feeds.items() if k != "position_ids"}
+            self.cache = {}
+            for name in self.past_names:
+                meta = self.inputs[name]
+                shape = (batch, meta.shape[1], self.kv_capacity, meta.shape[3])
+                self.cache[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, _ORT_DTYPES[meta.type], device, 0)
+            last = self.lengths - 1
+        else:
+            feeds.pop("position_ids", None)
+            self.lengths = self.lengths + seq
+            last = np.full(batch, seq - 1)
+        if self.lengths.max() > self.kv_capacity:
+            raise BackendError(f"{int(self.lengths.max())} tokens exceed the KV buffer of {self.kv_capacity} "
+                               "positions (the exported context)")
+        width = int(self.lengths.max())
+        feeds["attention_mask"] = (np.arange(width)[None] < self.lengths[:, None]).astype(np.int64)
+        if "position_ids" in self.inputs:  # the graph computes positions itself; fed for the contract
+            feeds["position_ids"] = np.ascontiguousarray(
+                np.maximum(self.lengths[:, None] - seq + np.arange(seq)[None], 0), dtype=np.int64)
+        io = self.session.io_binding()
+        for name, value in feeds.items():
+            if name == "input_ids" and not first:
+                self.decode_io["ids"].update_inplace(value)
+                io.bind_ortvalue_input(name, self.decode_io["ids"])
+            else:
+                io.bind_cpu_input(name, np.ascontiguousarray(value))
+        if first:  # logits bound first: get_outputs() lists the outputs in binding order
+            io.bind_output("logits", device)
+        else:
+            io.bind_ortvalue_output("logits", self.decode_io["logits"])
+        for past, present in zip(self.past_names, self.present_names):
+            io.bind_ortvalue_input(past, self.cache[past])
+            io.bind_ortvalue_output(present, self.cache[past])
+        self.session.run_with_iobinding(io)
+        logits = io.get_outputs()[0].numpy()
+        if first:  # the decode step's ids and logits, allocated once
+            vocab, dtype = logits.shape[-1], logits.dtype
+            self.decode_io = {"ids": ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, 1), np.int64), device, 0),
+                              "logits": ort.OrtValue.ortvalue_from_shape_and_type((batch, 1, vocab), dtype, device, 0)}
+        if self.peak_device_mb is not None:
+            self.peak_device_mb = max(self.peak_device_mb, device_memory_used_mb() or 0.0)
+        return logits[np.arange(batch), last].astype(np.float32)
+
     def prefill(self, input_ids, attention_mask, images=None):
         if images and not self.embeds:
             raise BackendError("an image was given but this artifact is a text-only model")
-        return self._step(input_ids, attention_mask, images)
+        step = self._shared_step if self.kv_capacity else self._step
+        return step(input_ids, attention_mask, images)
 
     def decode(self, next_ids, attention_mask):
-        return self._step(next_ids, attention_mask)
+        return (self._shared_step if self.kv_capacity else self._step)(next_ids, attention_mask)

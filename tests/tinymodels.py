@@ -19,6 +19,9 @@ __all__ = ["TINY_ARCHS", "save_char_tokenizer", "save_tiny_model", "tiny_config"
 VOCAB = 256
 _TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+# head_dim 16 (wider than hidden / heads, as in Qwen3 and Gemma): what ONNX Runtime's
+# GroupQueryAttention CPU kernel takes (a multiple of 16), so the ONNX Runtime graph's attention is fused.
+_GQA_TEXT = dict(_TEXT, head_dim=16)
 _MROPE = {"rope_type": "default", "type": "mrope", "mrope_section": [2, 1, 1]}
 
 
@@ -29,6 +32,10 @@ def _config(arch: str):
         return tf.LlamaConfig(**_TEXT, tie_word_embeddings=True)
     if arch == "qwen2":
         return tf.Qwen2Config(**_TEXT)
+    if arch == "llama_gqa":
+        return tf.LlamaConfig(**_GQA_TEXT, tie_word_embeddings=True)
+    if arch == "qwen2_gqa":
+        return tf.Qwen2Config(**_GQA_TEXT)
     if arch == "gpt2":
         return tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256,
                              bos_token_id=1, eos_token_id=2)
@@ -71,7 +78,8 @@ TINY_ARCHS = ("llama", "qwen2", "gpt2", "bert", "qwen2_vl", "qwen2_5_vl", "llava
 _CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel",
             "bert": "BertModel", "qwen2_vl": "Qwen2VLForConditionalGeneration",
             "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration",
-            "llava_dinov2": "LlavaForConditionalGeneration"}
+            "llava_dinov2": "LlavaForConditionalGeneration", "llama_gqa": "LlamaForCausalLM",
+            "qwen2_gqa": "Qwen2ForCausalLM"}
 
 
 def tiny_config(arch: str):
