@@ -9,7 +9,7 @@ import click
 
 from phm.common.cliutil import FiniteFloatRange, OneLineCommand
 
-from .config import CALIB_METHODS, INT4_GROUPS, INT4_METHODS, TARGETS, ExportConfig, Int4Config, Int8Config
+from .config import CALIB_METHODS, INT4_ACCURACY, INT4_GROUPS, INT4_METHODS, TARGETS, ExportConfig, Int4Config, Int8Config
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +25,9 @@ from .config import CALIB_METHODS, INT4_GROUPS, INT4_METHODS, TARGETS, ExportCon
 @click.option("--int4-method", type=click.Choice(INT4_METHODS), default=Int4Config.method, show_default=True,
               help="with --int4, awq (activation-aware channel scales from --calib-data) or rtn (round to nearest)")
 @click.option("--int4-lm-head", is_flag=True, help="with --int4, quantize the LM head too")
+@click.option("--int4-accuracy", type=click.Choice([str(a) for a in INT4_ACCURACY]), default=str(Int4Config.accuracy),
+              show_default=True, help="with --int4, ONNX Runtime's MatMulNBits arithmetic: 1 fp32 on the dequantized "
+              "weights (W4A16), 4 INT8 activations per block (faster on CPUs; report.md measures it)")
 @click.option("--calib-data", type=click.Path(), default=None,
               help="calibration data for --int8/--int4: folder, .jsonl or .txt [default: the shipped prompts]")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=Int8Config.calib_method, show_default=True,
@@ -57,7 +60,7 @@ from .config import CALIB_METHODS, INT4_GROUPS, INT4_METHODS, TARGETS, ExportCon
 @click.option("--verify", is_flag=True, help="instead of exporting: check that the artifacts dir MODEL_DIR (e.g. a "
               "copy) holds every file of its manifest.json with its size and sha256")
 @click.option("-v", "--verbose", is_flag=True, help="log every MLP and pass count")
-def main(model_dir, out_dir, fp16, int8, int4, int4_group, int4_method, int4_lm_head, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
+def main(model_dir, out_dir, fp16, int8, int4, int4_group, int4_method, int4_lm_head, int4_accuracy, calib_data, calib_method, report_data, int8_lm_head, int8_weights_only,
          no_rotation, strict, target, context, device_gib, min_pixels, max_pixels, require_engine, overwrite,
          verify, verbose):
     """Export a PHM checkpoint (or a plain Hugging Face model dir) to ONNX + TensorRT artifacts."""
@@ -79,7 +82,8 @@ def main(model_dir, out_dir, fp16, int8, int4, int4_group, int4_method, int4_lm_
                            "--calib-method": ctx.get_parameter_source("calib_method").name != "DEFAULT"},
                 "--int4": {"--int4-lm-head": int4_lm_head,
                            "--int4-group": ctx.get_parameter_source("int4_group").name != "DEFAULT",
-                           "--int4-method": ctx.get_parameter_source("int4_method").name != "DEFAULT"},
+                           "--int4-method": ctx.get_parameter_source("int4_method").name != "DEFAULT",
+                           "--int4-accuracy": ctx.get_parameter_source("int4_accuracy").name != "DEFAULT"},
                 "--int8 or --int4": {"--calib-data": calib_data is not None, "--report-data": report_data is not None}}
         chosen = {"--int8": int8, "--int4": int4, "--int8 or --int4": int8 or int4}
         for mode, flags in only.items():
@@ -90,7 +94,7 @@ def main(model_dir, out_dir, fp16, int8, int4, int4_group, int4_method, int4_lm_
                             lm_head=int8_lm_head, activations=not int8_weights_only,
                             rotate=not no_rotation) if int8 else None
         quant4 = Int4Config(group=int(int4_group), method=int4_method, lm_head=int4_lm_head, calib_data=calib_data,
-                            report_data=report_data) if int4 else None
+                            report_data=report_data, accuracy=int(int4_accuracy)) if int4 else None
         config = ExportConfig(fp16=fp16, int8=quant8, int4=quant4, strict=strict, target=target,
                               device_gib=device_gib, max_sequence=context,
                               opt_sequence=min(ExportConfig.opt_sequence, context),

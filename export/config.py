@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .memory_plan import DEVICES
 
-__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "INT4_GROUPS", "INT4_METHODS", "TARGETS", "ExportConfig",
+__all__ = ["CALIB_METHODS", "EXPORT_CONFIG_VERSION", "INT4_ACCURACY", "INT4_GROUPS", "INT4_METHODS", "TARGETS", "ExportConfig",
            "Int4Config", "Int8Config"]
 
 EXPORT_CONFIG_VERSION = 2  # 2: the INT8 settings are one nested object ("int8")
@@ -22,6 +22,7 @@ TARGETS = {name: device.sm for name, device in DEVICES.items()}
 # quantized linears (quantize.choose_scales; it needs the weights, so it is not an activation calibrator)
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 INT4_GROUPS = (32, 64, 128)        # block sizes along the input dimension (MatMulNBits/TensorRT: powers of two)
+INT4_ACCURACY = (1, 4)   # ONNX Runtime MatMulNBits accuracy levels: fp32, INT8 activations
 INT4_METHODS = ("rtn", "awq")      # round-to-nearest | activation-aware channel scales (awq.py)
 
 
@@ -69,8 +70,13 @@ class Int4Config:
     calib_data: str | None = None    # calibration data for awq and the report; None: the shipped set
     report_tokens: int = 512         # held-out tokens of the accuracy report (report.md)
     report_data: str | None = None   # VLM report: image+prompt pairs for the answer agreement
+    accuracy: int = 1                # ONNX Runtime's MatMulNBits arithmetic: 1 fp32 on the dequantized
+                                     # weights (W4A16, what the graph says), 4 INT8 activations per block
+                                     # (ORT GenAI's CPU default; faster, and the report measures it)
 
     def __post_init__(self):
+        if self.accuracy not in INT4_ACCURACY:
+            raise ValueError(f"int4.accuracy must be one of {', '.join(map(str, INT4_ACCURACY))}, got {self.accuracy!r}")
         if self.group not in INT4_GROUPS:
             raise ValueError(f"int4.group must be one of {', '.join(map(str, INT4_GROUPS))}, got {self.group!r}")
         if not isinstance(self.lm_head, bool):

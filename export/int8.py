@@ -122,6 +122,7 @@ class QuantStage:
         self.model_dir, self.config, self.stage = model_dir, config, on_stage
         self.quant = config.quant                # the Int8Config or Int4Config
         self.label = config.precision.upper()    # "INT8" | "INT4"
+        self.int4_accuracy = config.int4.accuracy if config.int4 else 1  # how the report runs MatMulNBits
         self.samples = load_calibration_data(self.quant.calib_data)  # ValueError on empty/invalid data
         self.processor = None  # the VLM's image processor, loaded once by _answer_samples when answers are asked
         self.answer_samples = self._answer_samples()
@@ -313,7 +314,7 @@ class QuantStage:
         float_np = np.float16 if self.config.fp16 else np.float32
         with self.source.streaming():  # a VLM decoder's feeds are the text's embeddings
             feeds = [self._feed("decoder", first_input, ids, float_np) for ids in windows]
-        sess = ort.InferenceSession(str(art_dir / decoder["ort_file"]), ort_options(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(art_dir / decoder["ort_file"]), ort_options(self.int4_accuracy), providers=["CPUExecutionProvider"])
         int8 = np.concatenate([sess.run([io.LOGITS], feed)[0][0, :-1].astype(np.float32) for feed in feeds])
         del sess
         ref, half, labels = torch_logits["fp32"], torch_logits["fp16"], np.concatenate([ids[0, 1:] for ids in windows])
@@ -388,7 +389,7 @@ class QuantStage:
             model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(ids.shape, dtype=torch.int64))
             .last_hidden_state[0].float().numpy() for ids in sentences]
         outs = self._torch_runs(hidden)
-        sess = ort.InferenceSession(str(art_dir / encoder["ort_file"]), ort_options(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(art_dir / encoder["ort_file"]), ort_options(self.int4_accuracy), providers=["CPUExecutionProvider"])
         outs["int8"] = [sess.run([io.LAST_HIDDEN_STATE], self._feed("encoder", io.INPUT_IDS, ids, np.float32))[0][0]
                         .astype(np.float32) for ids in sentences]
         del sess
@@ -422,7 +423,8 @@ class QuantStage:
             self.stage(f"accuracy report: greedy answers to image prompts {done[0]}/{3 * n} (FP32, FP16, {self.label})")
 
         answers = greedy_answers(self.source, self.model_dir, art_dir, graphs, self.answer_samples,
-                                 self.tokenizer, self.vocab, on_sample=tick, processor=self.processor)
+                                 self.tokenizer, self.vocab, on_sample=tick, processor=self.processor,
+                                 int4_accuracy=self.int4_accuracy)
         precision = {"fp32": "fp32", "fp16": "fp16", "int8": rows[-1].precision}
         by_precision = {precision[k]: answer_agreement(answers["fp32"], v) for k, v in answers.items()}
         rows = [replace(r, metrics=replace(r.metrics, answer_agreement=by_precision[r.precision])) for r in rows]

@@ -26,7 +26,10 @@ the lowered graph shares every weight initializer with the graph it came from: e
 external data, the ONNX Runtime graph and its twins reference one copy of each tensor. INT4 cores
 (weight_format "int4", opset ≥ 18 graphs) become ONNX Runtime's weight-only kernel instead of the
 MatMul: `com.microsoft::MatMulNBits` reads A_cat's (m, B·k) rows in groups along k, which is the
-spec's INT4 layout byte for byte, only with unsigned nibbles (`_matmul_nbits`). INT8 cores are
+spec's INT4 layout byte for byte, only with unsigned nibbles (`_matmul_nbits`). In an fp32 graph
+the exporter wraps quantized cores in an fp16 island (Cast in, Cast out: the plugins take fp16);
+the lowering starts from the island's fp32 input instead and computes the node in fp32
+(`_Lowering.fp32_island`): ONNX Runtime's CPU kernels are slow in fp16 (docs/int4.md). INT8 cores are
 left to the reference functions: MatMulNBits' 8-bit kernel with fp32 arithmetic measured 13×
 slower than an fp32 MatMul here (docs/int4.md § ONNX Runtime speed). The result is
 checked against the reference graph (tests/export/test_lower.py) and by the runtime's
@@ -45,7 +48,7 @@ from onnx import helper, numpy_helper
 from phm.trainer.hypercomplex import mixing_matrix
 from phm.trt_plugins import spec
 
-from .skeleton import shape_data, weightless
+from .skeleton import drop_unused, shape_data, weightless
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,29 @@ class _Lowering:
         self.rank = {v.name: len(v.type.tensor_type.shape.dim) for v in
                      [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
                      if v.type.tensor_type.HasField("shape")}
+        self.elem = {v.name: v.type.tensor_type.elem_type for v in
+                     [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.dropped: set[int] = set()  # ids of the Casts ending fp16 islands the lowering replaced
+        self.readers: dict[str, list] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                self.readers.setdefault(i, []).append(n)
+
+    def fp32_island(self, node: onnx.NodeProto) -> tuple[str, onnx.NodeProto] | None:
+        """(the fp32 tensor an INT4 PHM node's fp16 island starts from, the Cast back to fp32 that
+        ends it) where x = Cast(fp32 → fp16) and the output is read only by that Cast (how an fp32
+        export wraps quantized cores, spec.py), or None.
+        ONNX Runtime's CPU kernels are slow in fp16, and MatMulNBits takes fp32 activations as they
+        are, so the lowered node computes in fp32 from there (closer to the dequantized model)."""
+        cast = self.producer.get(node.input[spec.X])
+        back = self.readers.get(node.output[0], [])
+        if cast is None or cast.op_type != "Cast" or self.elem.get(cast.input[0]) != onnx.TensorProto.FLOAT:
+            return None
+        if len(back) != 1 or back[0].op_type != "Cast" or \
+                next(a.i for a in back[0].attribute if a.name == "to") != onnx.TensorProto.FLOAT:
+            return None
+        return cast.input[0], back[0]
 
     def name(self, base: str) -> str:
         self.count += 1
@@ -158,6 +184,10 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     x, rank = node.input[spec.X], lw.rank.get(node.input[spec.X])
     if not rank:
         return None
+    island = lw.fp32_island(node) if fmt == "int4" else None
+    if island:  # the lowered node reads the fp32 input and writes the island's fp32 output itself
+        x, back = island
+        lw.dropped.add(id(back))
     is_ffn = node.op_type == spec.PHM_FFN.op_type
     firsts = ((spec.GATE_CORES, spec.UP_CORES, spec.DOWN_CORES) if a.get("mlp_type", "swiglu") == "swiglu"
               else (spec.UP_CORES, spec.DOWN_CORES)) if is_ffn else (1,)
@@ -167,7 +197,7 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     # (m, B, k) each (INT4: k/2 bytes per row, two values each); quantized cores take fp16 x (spec.py)
     cores = [(m, b, 2 * k if fmt == "int4" else k) for (m, b, k), _ in weights]
     names = [node.input[f] for f in firsts]
-    dtype = weights[0][1] if fmt == "float" else np.float16
+    dtype = weights[0][1] if fmt == "float" else np.float32 if island else np.float16
     bases = torch.tensor(np.asarray(a["bases"], np.float32)).reshape(num_bases, n, n)
     mix = lw.const(f"{node.name}_mix", mixing_matrix(bases).numpy().astype(dtype))
     has_bias = int(a.get("has_bias", 0))
@@ -190,7 +220,7 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
             return op("MatMul", z, a_cat_t(*which))
         return _matmul_nbits(nodes, lw, node.name, z, [names[i] for i in which],
                              [node.input[firsts[i] + 1] for i in which], [cores[i] for i in which],
-                             int(a["group_size"]), onnx.TensorProto.FLOAT16)
+                             int(a["group_size"]), helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
     def a_cat_t(*which: int) -> str:
         """A_catᵀ (B·k, m) of the cores `which`, side by side: graph ops on the shared initializers."""
@@ -205,7 +235,10 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         """+ bias (n·m,) in the (…, n, m) block layout: a Reshape of the shared initializer."""
         if bias is None:
             return v
-        return op("Add", v, op("Reshape", bias, lw.const(f"{node.name}_bias_shape", np.array([n, -1], np.int64))))
+        b = op("Reshape", bias, lw.const(f"{node.name}_bias_shape", np.array([n, -1], np.int64)))
+        if lw.weight(bias)[1] != dtype:  # fp16 biases of quantized cores, in an fp32 island
+            b = op("Cast", b, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+        return op("Add", v, b)
 
     k_in = cores[0][2]
     if not is_ffn:
@@ -228,7 +261,8 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         down = cores[-1]
         y = add_bias(gemm(mixed(h, down[2]), len(cores) - 1), biases[-1])
         out = op("Reshape", y, lw.shape(rank, n * down[0]))
-    nodes.append(helper.make_node("Identity", [out], [node.output[0]], name=lw.name(f"{node.name}_out")))
+    result = back.output[0] if island else node.output[0]
+    nodes.append(helper.make_node("Identity", [out], [result], name=lw.name(f"{node.name}_out")))
     return nodes
 
 
@@ -253,16 +287,21 @@ def _matmul_nbits(nodes: list, lw: _Lowering, base: str, z: str, weights: list[s
     packed = op("BitwiseXor", raw[0] if len(raw) == 1 else op("Concat", *raw, axis=0), lw.cache["xor88"])
     scale = flat[0] if len(flat) == 1 else op("Concat", *flat, axis=0)
     m_total, (_, b, k) = sum(s[0] for s in shapes), shapes[0]
+    accuracy = {"accuracy_level": lw.accuracy} if lw.accuracy != 1 else {}
     return op("MatMulNBits", z, packed, op("Cast", scale, to=dtype), domain="com.microsoft", K=b * k, N=m_total,
-              bits=4, block_size=group)
+              bits=4, block_size=group, **accuracy)
 
 
-def lower_phm(model: onnx.ModelProto) -> int:
+def lower_phm(model: onnx.ModelProto, int4_accuracy: int = 1) -> int:
     """Rewrite the float-core and INT4 PHM nodes of `model` (in place) into specialised standard ops
-    (INT4: MatMulNBits); returns how many were lowered. Initializers only the replaced nodes read are dropped."""
+    (INT4: MatMulNBits at `int4_accuracy`, ExportConfig.int4.accuracy); returns how many were lowered.
+    Initializers only the replaced nodes read are dropped."""
     lw = _Lowering(model)
+    lw.accuracy = int4_accuracy
     new_nodes, lowered = [], 0
     for node in model.graph.node:
+        if id(node) in lw.dropped:
+            continue
         repl = _lower_node(node, lw) if node.domain == spec.DOMAIN else None
         if repl is None:
             new_nodes.append(node)
@@ -271,11 +310,7 @@ def lower_phm(model: onnx.ModelProto) -> int:
             lowered += 1
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    used = {i for nd in model.graph.node for i in nd.input}
-    used |= {i for f in model.functions for nd in f.node for i in nd.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep + lw.new_inits)
+    drop_unused(model, lw.new_inits)  # (the fp16 islands' input Casts)
     if any(nd.domain == "com.microsoft" for nd in model.graph.node) and \
             not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # MatMulNBits

@@ -193,16 +193,21 @@ def plan_int8(graph: gs.Graph, lm_head: bool = False) -> Int8Plan:
 
 # --- calibration ------------------------------------------------------------------------------
 
-def ort_options():
+def ort_options(int4_accuracy: int = 1):
     """ONNX Runtime session options that execute a Q/DQ graph as written. ORT's extended graph
     optimizations rewrite a weight-only DequantizeLinear → MatMul into a kernel that also quantizes
     the activations dynamically (measured: errors of an outlier channel's size on a 16×8 MatMul),
-    which is neither the ONNX semantics nor what TensorRT builds; basic optimizations keep them."""
+    which is neither the ONNX semantics nor what TensorRT builds; basic optimizations keep them.
+    `int4_accuracy` 4 (an --int4 export with `int4.accuracy` 4) asks for exactly that kernel instead,
+    as phm-run runs it: extended optimizations, MatMulNBits at accuracy level 4."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if int4_accuracy != 1:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int4_accuracy))
     return opts
 
 

@@ -47,7 +47,7 @@ def _prompt_ids(spec: VisionSpec, text: str, tokenizer, vocab: int, grid) -> lis
 
 def greedy_answers(source, model_dir: Path, art_dir: Path, graphs: dict, samples: list, tokenizer,
                    vocab: int, max_new_tokens: int = ANSWER_TOKENS, on_sample=None,
-                   processor=None) -> dict[str, list[list[int]]]:
+                   processor=None, int4_accuracy: int = 1) -> dict[str, list[list[int]]]:
     """{"fp32" | "fp16" | "int8": one greedy answer (token ids, stop token included) per image sample}.
     `source`: the exporter's ModelSource; `graphs`: the manifest's graph entries (the files phm-run
     loads; the vision entry's LLaVA image size and tokens, Qwen pixel range); `processor`: the model dir's image processor if the
@@ -65,7 +65,7 @@ def greedy_answers(source, model_dir: Path, art_dir: Path, graphs: dict, samples
         prompts.append((ids, images))
     backends = {"fp32": lambda: _torch(source.streaming()), "fp16": lambda: _torch(source.streaming(torch.float16)),
                 "int8": lambda: contextlib.nullcontext(OrtBackend(ort["decoder"], vision=spec, embed_path=ort.get("embed"),
-                                                                  vision_path=ort["vision"]))}
+                                                                  vision_path=ort["vision"], int4_accuracy=int4_accuracy))}
     out = {name: [] for name in backends}
     for name, backend in backends.items():
         with backend() as b:

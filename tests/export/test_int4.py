@@ -107,7 +107,8 @@ def _errors(art, graph: dict, feeds: list, outputs: list) -> dict:
 def test_int4_graph_is_the_dequantized_model(int4_exports, arch, phm):
     """Every graph of the export (both files) == a PyTorch model holding the dequantized weights, on the
     export's saved reference inputs: to fp32 rounding for dense models; PHM nodes compute in fp16
-    (spec.py), so to fp16 rounding there. The float model differs by the INT4 error (several times that)."""
+    (spec.py), so to fp16 rounding there (the ONNX Runtime file computes its lowered cores in fp32,
+    lower.py, which stays within that). The float model differs by the INT4 error (several times that)."""
     ckpt, art = int4_exports(arch, phm)
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["precision"] == "int4"
@@ -174,6 +175,8 @@ def test_cli_int4_flags(store, tmp_path):
     assert result.exit_code != 0 and "exclusive" in result.output and not (tmp_path / "a").exists()
     result = runner.invoke(main, [str(ckpt), "--int4-group", "64", "--out", str(tmp_path / "b")])
     assert result.exit_code != 0 and "--int4-group is only used with --int4" in result.output
+    result = runner.invoke(main, [str(ckpt), "--int4-accuracy", "4", "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "--int4-accuracy is only used with --int4" in result.output
     result = runner.invoke(main, [str(ckpt), "--int4", "--int4-group", "48", "--out", str(tmp_path / "c")])
     assert result.exit_code != 0 and not (tmp_path / "c").exists()
     out = tmp_path / "d"
@@ -203,7 +206,7 @@ def test_int4_greedy_tokens_equal_the_dequantized_model(int4_exports, arch):
     """phm-run's ONNX Runtime backend on the --int4 export (MatMulNBits after ONNX Runtime's fusion, accuracy
     level 1) generates the tokens the dequantized PyTorch model generates."""
     from phm.runtime.generate import GenerationConfig, generate
-    from phm.runtime.ort_backend import OrtBackend, _is_quantized
+    from phm.runtime.ort_backend import OrtBackend, _graph_facts
     from phm.runtime.torch_backend import TorchBackend
 
     ckpt, art = int4_exports(arch, False)
@@ -213,12 +216,17 @@ def test_int4_greedy_tokens_equal_the_dequantized_model(int4_exports, arch):
     ref = generate(TorchBackend(dequantized_model(ckpt, art)), ids, cfg).tokens
     assert ours.tolist() == ref.tolist()
     ort_file = json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]["ort_file"]
-    assert _is_quantized(art / ort_file) == "int4"  # the session options that fuse into MatMulNBits
+    assert _graph_facts(art / ort_file)[0] == "int4"  # the session options that fuse into MatMulNBits
 
 
 def test_smollm2_int4_graph_is_the_dequantized_model(tmp_path):
     """The real SmolLM2-135M (30 layers, group 128 and 64 blocks) exported with --int4: its decoder graph
-    equals the PyTorch model holding the dequantized weights on the export's reference inputs."""
+    equals the PyTorch model holding the dequantized weights on the export's reference inputs, and
+    phm-run's backend (fused attention on the shared KV buffer) generates that model's greedy tokens."""
+    from phm.runtime.generate import GenerationConfig, generate
+    from phm.runtime.ort_backend import OrtBackend
+    from phm.runtime.torch_backend import TorchBackend
+
     from phm.export import ExportConfig, export_model
     from phm.trainer.models import smollm2_dir
 
@@ -231,3 +239,45 @@ def test_smollm2_int4_graph_is_the_dequantized_model(tmp_path):
     errors = _errors(art, graph, feeds,
                      run_torch(spec_, [{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()} for feed in feeds]))
     assert max(errors.values()) <= 1e-4, errors
+    assert graph["ort_fusion"]["attention"] == "GroupQueryAttention" and graph["ort_fusion"]["layers"] == 30
+    ids, cfg = np.array([[1, 504, 2365, 3470, 5194, 17719, 690, 260, 23790, 2767, 30]]), GenerationConfig(max_new_tokens=16)
+    want = generate(TorchBackend(model), ids, cfg).tokens
+    np.testing.assert_array_equal(generate(OrtBackend.from_artifacts(art), ids, cfg).tokens, want)
+
+
+def test_int4_accuracy_4_runs_int8_activations_where_asked(store):
+    """--int4-accuracy 4: the manifest says so, the lowered PHM cores' MatMulNBits carry level 4, and
+    phm-run's session computes with INT8 activations (logits move off the level-1 export's, a little)."""
+    import onnx
+
+    from phm.runtime.ort_backend import OrtBackend
+
+    art1 = store.artifacts("llama", True, int4=Int4Config(group=GROUP, method="rtn"))
+    art4 = store.artifacts("llama", True, int4=Int4Config(group=GROUP, method="rtn", accuracy=4))
+    m1, m4 = (json.loads((a / "manifest.json").read_text()) for a in (art1, art4))
+    assert (m1["int4_accuracy"], m4["int4_accuracy"]) == (1, 4)
+    graph = onnx.load(str(art4 / m4["graphs"]["decoder"]["ort_file"]), load_external_data=False).graph
+    levels = [a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"]
+    assert len(levels) == 4 and set(levels) == {4}  # gate|up and down of two PHM FFNs
+    ids = np.array([[5, 17, 33, 9, 101]])
+    logits = [OrtBackend.from_artifacts(a).prefill(ids, np.ones_like(ids)) for a in (art1, art4)]
+    diff = np.abs(logits[0] - logits[1]).max() / np.abs(logits[0]).max()
+    assert 0 < diff < 0.05
+    with pytest.raises(ValueError, match="int4.accuracy must be one of 1, 4"):
+        Int4Config(accuracy=2)
+
+
+def test_ort_file_computes_fp32_islands_in_fp32(int4_exports):
+    """An fp32 export wraps INT4 PHM cores in fp16 islands (the plugins take fp16); the ONNX Runtime
+    file's lowered cores read the island's fp32 input instead: no fp16 Cast is left there, while the
+    TensorRT file keeps its islands."""
+    import onnx
+
+    _, art = int4_exports("llama", True)
+    graph = json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]
+
+    def fp16_casts(name):
+        nodes = onnx.load(str(art / name), load_external_data=False).graph.node
+        return sum(1 for n in nodes if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16
+                                                                    for a in n.attribute))
+    assert fp16_casts(graph["trt_file"]) >= 2 and fp16_casts(graph["ort_file"]) == 0
