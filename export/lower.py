@@ -48,7 +48,7 @@ from onnx import helper, numpy_helper
 from phm.trainer.hypercomplex import mixing_matrix
 from phm.trt_plugins import spec
 
-from .skeleton import drop_unused, shape_data, weightless
+from .skeleton import drop_unused, graph_index, shape_data, weightless
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,8 @@ class _Lowering:
                      if v.type.tensor_type.HasField("shape")}
         self.elem = {v.name: v.type.tensor_type.elem_type for v in
                      [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.producer, self.readers = graph_index(self.graph.node)
         self.dropped: set[int] = set()  # ids of the Casts ending fp16 islands the lowering replaced
-        self.readers: dict[str, list] = {}
-        for n in self.graph.node:
-            for i in n.input:
-                self.readers.setdefault(i, []).append(n)
 
     def fp32_island(self, node: onnx.NodeProto) -> tuple[str, onnx.NodeProto] | None:
         """(the fp32 tensor an INT4 PHM node's fp16 island starts from, the Cast back to fp32 that

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .skeleton import drop_unused
+from .skeleton import drop_unused, graph_index
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,7 @@ class _Graph:
     def __init__(self, model: onnx.ModelProto):
         self.model, self.graph = model, model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output}
-        self.readers: dict[str, list] = {}
-        for n in self.graph.node:
-            for i in n.input:
-                self.readers.setdefault(i, []).append(n)
+        self.producer, self.readers = graph_index(self.graph.node)
         self.outputs = {o.name for o in self.graph.output}
         self.scopes: dict[tuple, list] = {}
         for n in self.graph.node:

@@ -9,7 +9,7 @@ from typing import Callable
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["drop_unused", "shape_data", "weightless"]
+__all__ = ["drop_unused", "graph_index", "shape_data", "weightless"]
 
 SHAPE_DATA_BYTES = 1 << 16
 
@@ -35,6 +35,16 @@ def weightless(model: onnx.ModelProto, keep: Callable[[onnx.TensorProto], bool] 
                               list(model.graph.output), kept)
     return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                              functions=list(model.functions))
+
+
+def graph_index(nodes) -> tuple[dict, dict]:
+    """({tensor: the node producing it}, {tensor: [the nodes reading it]}) of a graph's nodes."""
+    producer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return producer, readers
 
 
 def subgraph_names(graph: onnx.GraphProto) -> set[str]:
