@@ -3,12 +3,15 @@
 A backend owns one model's weights and its KV cache; the generation loop (generate.py) drives it
 through three calls and knows nothing else about it:
 
-    reset()                                   forget the KV cache
+    reset(max_tokens=None)                    forget the KV cache; max_tokens: the longest row the next
+                                              generation reaches (prompt + new tokens), where known
     prefill(input_ids, attention_mask, images=None) -> logits of the last position, (batch, vocab)
     decode(next_ids, attention_mask)          -> logits, (batch, vocab); next_ids (batch, 1)
 
 Token tensors are numpy int64; `attention_mask` always covers past + new tokens (left padding
-for batch > 1). Position ids are derived from the mask here, once, for every backend.
+for batch > 1). Position ids are derived from the mask here, once, for every backend. A backend with a
+preallocated KV cache sizes it to `max_tokens` (the generation loop passes it), not to the exported
+context: the cache's memory and the attention kernel's work follow the request.
 
 A backend on a GPU also keeps `peak_device_mb` (device memory in use, sampled after each step
 with `device_memory_used_mb`); the loop reports it next to the process's peak RSS.
@@ -46,7 +49,7 @@ def read_manifest(artifacts: str | Path, verify: bool = False) -> dict:
 class Backend(Protocol):
     name: str
 
-    def reset(self) -> None: ...
+    def reset(self, max_tokens: int | None = None) -> None: ...
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, images: dict | None = None) -> np.ndarray: ...
 

@@ -84,7 +84,7 @@ def generate(backend: Backend, input_ids: np.ndarray, cfg: GenerationConfig, att
         raise ValueError(f"input_ids must be (batch, seq) with seq ≥ 1, got shape {input_ids.shape}")
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
     rng = np.random.default_rng(cfg.sampling.seed)
-    backend.reset()
+    backend.reset(max_tokens=input_ids.shape[1] + cfg.max_new_tokens)
     t0 = time.perf_counter()
     startup_ms = None if started is None else (t0 - started) * 1e3
     logits = backend.prefill(input_ids, mask, images)

@@ -162,7 +162,9 @@ class OrtBackend:
         self.cache = None
         self.rope_delta = None  # VLM: (batch,) M-RoPE position minus text position after an image
         self.lengths = None     # shared KV buffer: (batch,) tokens each row holds
+        self.reserved = None    # shared KV buffer: positions to allocate (reset's max_tokens; None: kv_capacity)
         self.decode_io = None   # shared KV buffer: the decode step's ids and logits OrtValues
+        self.io = None          # shared KV buffer: the IOBinding the steps of one generation reuse
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, providers: list[str] | None = None,
@@ -186,8 +188,12 @@ class OrtBackend:
                    kv_capacity=fusion.get("positions", 0) if fusion.get("attention") == "GroupQueryAttention" else 0,
                    int4_accuracy=manifest.get("int4_accuracy", 1))
 
-    def reset(self) -> None:
-        self.cache = self.lengths = self.decode_io = None
+    def reset(self, max_tokens: int | None = None) -> None:
+        """Forget the KV cache. `max_tokens`: the longest row the next generation reaches; the shared
+        KV buffers are allocated for that many positions (at most the exported context) instead of
+        the whole context: their memory, and the attention kernel's per-step work, follow the request."""
+        self.cache = self.lengths = self.decode_io = self.io = None
+        self.reserved = max_tokens
         if self.peak_device_mb is not None:
             self.peak_device_mb = 0.0
         self.rope_delta = None
@@ -267,43 +273,51 @@ class OrtBackend:
             self.lengths = mask.sum(1)
             feeds = {k: _to_front(v, mask) for k, v in feeds.items() if k != "position_ids"}
             self.cache = {}
+            positions = min(self.kv_capacity, self.reserved or self.kv_capacity)
             for name in self.past_names:
                 meta = self.inputs[name]
-                shape = (batch, meta.shape[1], self.kv_capacity, meta.shape[3])
+                shape = (batch, meta.shape[1], positions, meta.shape[3])
                 self.cache[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, _ORT_DTYPES[meta.type], device, 0)
             last = self.lengths - 1
         else:
             feeds.pop("position_ids", None)
             self.lengths = self.lengths + seq
             last = np.full(batch, seq - 1)
-        if self.lengths.max() > self.kv_capacity:
-            raise BackendError(f"{int(self.lengths.max())} tokens exceed the KV buffer of {self.kv_capacity} "
-                               "positions (the exported context)")
+        buffer = self.cache[self.past_names[0]].shape()[2]
+        if self.lengths.max() > buffer:
+            raise BackendError(f"{int(self.lengths.max())} tokens exceed the KV buffer of {buffer} positions "
+                               + ("(the exported context)" if buffer == self.kv_capacity else
+                                  f"reserved by reset(max_tokens={self.reserved})"))
         width = int(self.lengths.max())
         feeds["attention_mask"] = (np.arange(width)[None] < self.lengths[:, None]).astype(np.int64)
         if "position_ids" in self.inputs:  # the graph computes positions itself; fed for the contract
             feeds["position_ids"] = np.ascontiguousarray(
                 np.maximum(self.lengths[:, None] - seq + np.arange(seq)[None], 0), dtype=np.int64)
-        io = self.session.io_binding()
-        for name, value in feeds.items():
-            if name == "input_ids" and not first:
-                self.decode_io["ids"].update_inplace(value)
-                io.bind_ortvalue_input(name, self.decode_io["ids"])
-            else:
+        if first:
+            io = self.io = self.session.io_binding()
+            for name, value in feeds.items():
                 io.bind_cpu_input(name, np.ascontiguousarray(value))
-        if first:  # logits bound first: get_outputs() lists the outputs in binding order
-            io.bind_output("logits", device)
-        else:
-            io.bind_ortvalue_output("logits", self.decode_io["logits"])
-        for past, present in zip(self.past_names, self.present_names):
-            io.bind_ortvalue_input(past, self.cache[past])
-            io.bind_ortvalue_output(present, self.cache[past])
-        self.session.run_with_iobinding(io)
-        logits = io.get_outputs()[0].numpy()
-        if first:  # the decode step's ids and logits, allocated once
+            io.bind_output("logits", device)  # first: get_outputs() lists the outputs in binding order
+            for past, present in zip(self.past_names, self.present_names):
+                io.bind_ortvalue_input(past, self.cache[past])
+                io.bind_ortvalue_output(present, self.cache[past])
+            self.session.run_with_iobinding(io)
+            logits = io.get_outputs()[0].numpy()
+            # the decode step's ids and logits, allocated and bound once: a decode step rebinds only
+            # the mask and positions (each bind is a call into ORT: 120 KV bindings cost ~0.5 ms a step)
             vocab, dtype = logits.shape[-1], logits.dtype
             self.decode_io = {"ids": ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, 1), np.int64), device, 0),
                               "logits": ort.OrtValue.ortvalue_from_shape_and_type((batch, 1, vocab), dtype, device, 0)}
+            if not self.embeds:
+                io.bind_ortvalue_input("input_ids", self.decode_io["ids"])
+            io.bind_ortvalue_output("logits", self.decode_io["logits"])
+        else:
+            if not self.embeds:
+                self.decode_io["ids"].update_inplace(feeds.pop("input_ids"))
+            for name, value in feeds.items():
+                self.io.bind_cpu_input(name, np.ascontiguousarray(value))
+            self.session.run_with_iobinding(self.io)
+            logits = self.decode_io["logits"].numpy()
         if self.peak_device_mb is not None:
             self.peak_device_mb = max(self.peak_device_mb, device_memory_used_mb() or 0.0)
         return logits[np.arange(batch), last].astype(np.float32)

@@ -26,7 +26,7 @@ class TorchBackend:
         self.mrope = getattr(model.config, "model_type", None) in MROPE_TYPES
         self.rope_delta = None
 
-    def reset(self) -> None:
+    def reset(self, max_tokens: int | None = None) -> None:  # transformers' cache grows as it goes
         self.cache = None
         self.rope_delta = None
 

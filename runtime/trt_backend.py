@@ -150,7 +150,7 @@ class TrtBackend:
         return {self._trt.float32: self._torch.float32, self._trt.float16: self._torch.float16,
                 self._trt.int64: self._torch.int64, self._trt.int32: self._torch.int32}[self.engine.get_tensor_dtype(name)]
 
-    def reset(self) -> None:
+    def reset(self, max_tokens: int | None = None) -> None:  # the engine's cache grows per step (no preallocation)
         self.cache = None
         if self.peak_device_mb is not None:
             self.peak_device_mb = 0.0

@@ -64,9 +64,10 @@ def _config(arch: str):
                                num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
                                projection_dim=32),
             image_token_id=VOCAB - 1)
-    if arch == "llava_dinov2":  # the samples/vlm layout: DINOv2 tower (CLS + patches), last layer, CLS dropped
+    if arch in ("llava_dinov2", "llava_dinov2_gqa"):  # the samples/vlm layout: DINOv2 tower, last layer, CLS dropped
+        text = _GQA_TEXT if arch == "llava_dinov2_gqa" else _TEXT
         return tf.LlavaConfig(
-            text_config=dict(_TEXT, model_type="llama", tie_word_embeddings=True),
+            text_config=dict(text, model_type="llama", tie_word_embeddings=True),
             vision_config=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                mlp_ratio=2, image_size=28, patch_size=7),
             image_token_id=VOCAB - 1, vision_feature_layer=-1, vision_feature_select_strategy="default",
@@ -78,7 +79,8 @@ TINY_ARCHS = ("llama", "qwen2", "gpt2", "bert", "qwen2_vl", "qwen2_5_vl", "llava
 _CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel",
             "bert": "BertModel", "qwen2_vl": "Qwen2VLForConditionalGeneration",
             "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration",
-            "llava_dinov2": "LlavaForConditionalGeneration", "llama_gqa": "LlamaForCausalLM",
+            "llava_dinov2": "LlavaForConditionalGeneration", "llava_dinov2_gqa": "LlavaForConditionalGeneration",
+            "llama_gqa": "LlamaForCausalLM",
             "qwen2_gqa": "Qwen2ForCausalLM"}
 
 

@@ -106,6 +106,24 @@ def test_decode_appends_in_place_and_allocates_nothing_per_step(store):
     assert backend.lengths.tolist() == [7]
 
 
+def test_generation_sizes_the_buffer_to_the_request(store):
+    """generate() reserves prompt + new tokens (reset(max_tokens)): the buffers take that many
+    positions, not the exported context's 256, and a decode past them is one clear error."""
+    backend = OrtBackend.from_artifacts(store.artifacts("llama_gqa", False))
+    ids = np.array([[5, 17, 33]])
+    tokens = generate(backend, ids, GenerationConfig(max_new_tokens=5)).tokens
+    assert {v.shape()[2] for v in backend.cache.values()} == {8}
+    backend.reset()  # no reservation: the whole exported context
+    backend.prefill(ids, np.ones_like(ids))
+    assert {v.shape()[2] for v in backend.cache.values()} == {256}
+    backend.reset(max_tokens=4)
+    logits = backend.prefill(ids, np.ones_like(ids))
+    assert logits.argmax(-1).tolist() == tokens[:, 0].tolist()
+    backend.decode(logits.argmax(-1)[:, None], np.ones((1, 4), np.int64))
+    with pytest.raises(BackendError, match=r"5 tokens exceed the KV buffer of 4 positions reserved by reset\(max_tokens=4\)"):
+        backend.decode(np.array([[7]]), np.ones((1, 5), np.int64))
+
+
 def test_generation_past_the_buffer_is_one_clear_error(store):
     backend = OrtBackend.from_artifacts(store.artifacts("llama_gqa", False))
     backend.kv_capacity = 4

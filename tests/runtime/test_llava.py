@@ -2,7 +2,8 @@
 torch generate, through the API and phm-run.
 
 Tiny random-weight DINOv2-LLaVA (the samples/vlm layout: DINOv2 tower, CLS dropped, Llama LM),
-dense and with PHM MLPs, shipped the way a real model dir is: DINOv2's own image processor
+dense and with PHM MLPs, and with PHM MLPs and a head_dim the fused attention takes (the decoder
+as GroupQueryAttention on the runtime's shared KV buffer, fed inputs_embeds), shipped the way a real model dir is: DINOv2's own image processor
 (BitImageProcessor with its default resize 256 / crop 224, which the runtime must bypass for the
 28-pixel tower) and a word-level tokenizer whose `<image>` sits at the config's image_token_id.
 """
@@ -37,13 +38,14 @@ STEPS = 10
 IMAGE_TOKENS = 16  # (28 / 7)² DINOv2 patches, CLS dropped
 
 
-@pytest.fixture(scope="module", params=["dense", "phm"])
+@pytest.fixture(scope="module", params=["dense", "phm", "phm-fused"])
 def llava(request, tmp_path_factory):
     from transformers import BitImageProcessor
 
     root = tmp_path_factory.mktemp(f"llava-{request.param}")
-    ckpt = (make_phm_checkpoint(ARCH, root / "ckpt") if request.param == "phm"
-            else save_tiny_model(ARCH, root / "ckpt"))
+    arch = ARCH + "_gqa" if request.param.endswith("fused") else ARCH
+    ckpt = (make_phm_checkpoint(arch, root / "ckpt") if request.param.startswith("phm")
+            else save_tiny_model(arch, root / "ckpt"))
     model = load(ckpt)
     BitImageProcessor().save_pretrained(ckpt)  # DINOv2's processor, default sizes
     word_tokenizer({model.config.image_token_id: "<image>"}).save_pretrained(ckpt)
@@ -89,6 +91,7 @@ def test_spec_and_prompt_layout(llava):
 def test_image_prompt_greedy_equals_torch(llava):
     model, art = llava
     backend = OrtBackend.from_artifacts(art, threads=1)
+    assert bool(backend.kv_capacity) == (model.config.text_config.head_dim == 16)  # the fused decoder
     spec = backend.vision
     ids = spec.image_prompt([5, 6, 7, 8, 9])
     proc = image_processor(art / "hf")
