@@ -5,7 +5,7 @@ student lose less to 4-bit weights than the dense model it came from, and which 
     (without --student it trains the B=2 student of benchmarks/bench_int8.py's recipe first, ~35 min)
 
 1. dense: the bundled SmolLM2-135M-Instruct; PHM: its B=2 student (calibrated init, local stage, KD);
-2. each exported with `phm-export --int4` by every method (rtn, awq; group 128), and with weight-only
+2. each exported with `phm-export --int4` by every method (rtn, awq, gptq; group 128), and with weight-only
    INT8 everywhere (`--int8 --int8-weights-only`, row "int8-wo") as the 8-bit reference; each export
    writes its report (FP32 PyTorch vs the quantized graph in ONNX Runtime, on the held-out split of
    the chatterbot corpus, which neither calibration nor training saw): top-1 agreement with the
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # label → export config (report rows of the quantized graph carry the precision label)
     "int4-rtn": lambda tokens: ExportConfig(int4=Int4Config(method="rtn", report_tokens=tokens)),
     "int4-awq": lambda tokens: ExportConfig(int4=Int4Config(method="awq", report_tokens=tokens)),
+    "int4-gptq": lambda tokens: ExportConfig(int4=Int4Config(method="gptq", report_tokens=tokens)),
     # group 32 everywhere: the PHM student's cores get 32 anyway (k = 288), so this is dense at PHM's granularity
     "int4-awq-g32": lambda tokens: ExportConfig(int4=Int4Config(method="awq", group=32, report_tokens=tokens)),
     "int8-wo": lambda tokens: ExportConfig(int8=Int8Config(activations=False, report_tokens=tokens)),
@@ -160,7 +161,7 @@ def main(work, student, tokens, threads, json_path, minilm, docs_path):
     write_report([res[m]["fp32"] for m in res] + rows, work / "combined",
                  title="INT4 and INT8 weights: dense vs PHM (SmolLM2-135M-Instruct)")
     loss = {m: {v: 1.0 - res[m][v].metrics.top1_agreement for v in VARIANTS} for m in res}
-    best = {m: min(("int4-rtn", "int4-awq"), key=lambda v: loss[m][v]) for m in res}  # at the default group
+    best = {m: min(("int4-rtn", "int4-awq", "int4-gptq"), key=lambda v: loss[m][v]) for m in res}  # default group
     table = _table(res)
     result = {
         **_run_fields(threads),

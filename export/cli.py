@@ -23,7 +23,8 @@ from .config import CALIB_METHODS, INT4_ACCURACY, INT4_GROUPS, INT4_METHODS, TAR
 @click.option("--int4-group", type=click.Choice([str(g) for g in INT4_GROUPS]), default=str(Int4Config.group),
               show_default=True, help="with --int4, the block of input channels sharing a scale")
 @click.option("--int4-method", type=click.Choice(INT4_METHODS), default=Int4Config.method, show_default=True,
-              help="with --int4, awq (activation-aware channel scales from --calib-data) or rtn (round to nearest)")
+              help="with --int4, awq (activation-aware channel scales from --calib-data), gptq (second-order rounding "
+                   "from --calib-data) or rtn (round to nearest)")
 @click.option("--int4-lm-head", is_flag=True, help="with --int4, quantize the LM head too")
 @click.option("--int4-accuracy", type=click.Choice([str(a) for a in INT4_ACCURACY]), default=str(Int4Config.accuracy),
               show_default=True, help="with --int4, ONNX Runtime's MatMulNBits arithmetic: 1 fp32 on the dequantized "

@@ -23,7 +23,7 @@ TARGETS = {name: device.sm for name, device in DEVICES.items()}
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 INT4_GROUPS = (32, 64, 128)        # block sizes along the input dimension (MatMulNBits/TensorRT: powers of two)
 INT4_ACCURACY = (1, 4)   # ONNX Runtime MatMulNBits accuracy levels: fp32, INT8 activations
-INT4_METHODS = ("rtn", "awq")      # round-to-nearest | activation-aware channel scales (awq.py)
+INT4_METHODS = ("rtn", "awq", "gptq")  # round-to-nearest | activation-aware channel scales (awq.py) | GPTQ (gptq.py)
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class Int4Config:
 
     group: int = 128                 # INT4 block along the input dimension (quantize_int4.py)
     lm_head: bool = False            # also INT4 the LM head (off: logits are the most sensitive matmul)
-    method: str = "awq"              # awq (activation-aware scales from the calibration data) | rtn; awq:
-                                     # measured better on SmolLM2, dense and PHM (docs/int4.md)
+    method: str = "awq"              # awq (activation-aware scales from the calibration data) | gptq
+                                     # (second-order rounding from it) | rtn; the default is the one
+                                     # measured best on SmolLM2, dense and PHM (docs/int4.md)
     calib_data: str | None = None    # calibration data for awq and the report; None: the shipped set
     report_tokens: int = 512         # held-out tokens of the accuracy report (report.md)
     report_data: str | None = None   # VLM report: image+prompt pairs for the answer agreement

@@ -47,7 +47,8 @@ from .capture import capture, match_modules, match_phm_modules
 from .graphs import MROPE_TYPES, VLM_TYPES, GraphSpec, cache_geometry, text_config
 from .precision import tensor_types
 from .quantize import MAX_ROWS, Int8Plan, _loaded, choose_scale, input_weights, log_scales, ort_options, plan_int8, quantize_graph
-from .quantize_int4 import down_key, down_scalable, phm_group, phm_input_cores, plan_int4, quantize_graph_int4
+from .quantize_int4 import (block_group, down_key, down_scalable, phm_group, phm_input_cores, phm_input_firsts,
+                            plan_int4, quantize_graph_int4)
 from .reference import attach_functions
 from .rewrite import const_value
 from .report import ReportRow, encoder_metrics, metrics, write_report
@@ -207,12 +208,79 @@ class QuantStage:
         int4 = self.config.int4
         plan = plan_int4(graph, lm_head=int4.lm_head)
         types = tensor_types(attach_functions(gs.export_onnx(graph)))
-        # AWQ needs the graph's inputs from the text prompts: a vision graph keeps round-to-nearest
-        awq = int4.method == "awq" and spec.kind not in ("vision", "embed")
-        smooth, prompts = self._awq(spec, graph, plan) if awq else ({}, 0)
-        summary = quantize_graph_int4(graph, plan, types, int4.group, smooth)
-        summary.update(method="awq" if awq else "rtn", calib_prompts=prompts)
+        # AWQ and GPTQ need the graph's inputs from the text prompts: a vision graph keeps round-to-nearest
+        method = int4.method if spec.kind not in ("vision", "embed") else "rtn"
+        smooth, rounded, prompts = {}, None, 0
+        if method == "awq":
+            smooth, prompts = self._awq(spec, graph, plan)
+        elif method == "gptq":
+            rounded, prompts = self._gptq(spec, graph, plan)
+        summary = quantize_graph_int4(graph, plan, types, int4.group, smooth, rounded)
+        summary.update(method=method, calib_prompts=prompts)
+        if rounded is not None:
+            summary["gptq_rounded"] = len(rounded)
         return summary
+
+    def _gptq(self, spec: GraphSpec, graph: gs.Graph, plan: Int8Plan) -> tuple[object, int]:
+        """GPTQ's codes and scales (gptq.py) of every INT4 linear and every PHM node's cores, from the rows
+        the PyTorch model's modules read on the calibration prompts (capture.py), in a RoundingStore
+        keyed as quantize_graph_int4 reads it; and how many prompts ran."""
+        from .gptq import MAX_ROWS as GPTQ_ROWS, RoundingStore, gptq_dense, gptq_phm
+
+        group = self.config.int4.group
+        plan.calibrated = ("w4",)
+        # PHM inputs: name → (node, [(first, cores)]): x read by gate/up (or the PHMLinear), h by down
+        phm = {}
+        for n in graph.nodes:
+            if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS and phm_group(n, group) is not None:
+                firsts = phm_input_firsts(n)
+                if firsts:
+                    phm[n.inputs[0].name] = (n, list(zip(firsts, phm_input_cores(n))))
+                if n.op == phm_spec.PHM_FFN.op_type:
+                    phm[down_key(n)] = (n, [(phm_spec.DOWN_CORES, const_value(n.inputs[phm_spec.DOWN_CORES]))])
+        dense = {lin.node.inputs[0].name for lin in plan.linears if lin.mode == "w4"}
+        try:
+            targets = match_modules(plan, self.model, self.source)
+            targets.update(match_phm_modules({name: pairs[0][1] for name, (_, pairs) in phm.items()}, self.model,
+                                             self.source))
+        except ValueError as e:
+            raise ValueError(f"{spec.kind} graph: {e}") from None
+        store, errors = RoundingStore(), []
+
+        def done(name: str, rows: np.ndarray) -> None:
+            self.stage(f"GPTQ of the {spec.kind} graph: {len(errors) + 1}/{len(targets)}")
+            if name in phm:
+                node, pairs = phm[name]
+                parts, res = gptq_phm(rows, [np.asarray(_loaded(c), np.float32) for _, c in pairs],
+                                      node.attrs["bases"], phm_group(node, group))
+                for (first, _), (q, scales) in zip(pairs, parts):
+                    store.put((node.name, first), q, scales)
+            elif name in dense:
+                readers = plan.readers(name)
+                w = input_weights(plan, name)
+                g = block_group(w.shape[0], group)
+                if g is None:  # quantize_graph_int4 keeps it float (and says so)
+                    return
+                res = gptq_dense(rows, w, g)
+                start = 0
+                for lin in readers:
+                    width = lin.weight.shape[lin.channel_axis]
+                    store.put(lin.node.name, res.q[:, start:start + width], res.scales[:, start:start + width])
+                    start += width
+            else:
+                return
+            errors.append((res.rtn_error, res.error))
+
+        def progress(done_batches: int, batches: int) -> None:
+            self.stage(f"calibrating {spec.kind} for GPTQ: batch {done_batches}/{batches}")
+
+        with self.source.streaming() as model:
+            prompts = capture(model, targets, self.ids, GPTQ_ROWS, done, lm_head=self.config.int4.lm_head,
+                              progress=progress)
+        if errors:
+            log.info("GPTQ: %d inputs, output error on calibration rows: round-to-nearest %.4f → %.4f (mean)",
+                     len(errors), float(np.mean([e[0] for e in errors])), float(np.mean([e[1] for e in errors])))
+        return store, prompts
 
     def _awq(self, spec: GraphSpec, graph: gs.Graph, plan: Int8Plan) -> tuple[dict, int]:
         """AWQ channel scales (awq.py) of every INT4 linear's input and every PHM node's, from the rows the
@@ -285,7 +353,7 @@ class QuantStage:
         """How the W8A8 inputs were calibrated, in words (stage messages and the report's note)."""
         if self.config.int4:
             return (f"INT4 weight-only, group {self.quant.group}, "
-                    + ("AWQ channel scales" if self.quant.method == "awq" else "round to nearest"))
+                    + {"awq": "AWQ channel scales", "gptq": "GPTQ rounding"}.get(self.quant.method, "round to nearest"))
         if not self.config.int8.activations:
             return "weights only (no activation quantization)"
         parts = [f"calibrator {self.config.int8.calib_method}"]

@@ -22,7 +22,9 @@ from 16 up that does (INT4 kernels and MatMulNBits take powers of two ≥ 16); a
 stays float (warned, counted in `float_kept`).
 
 `method` picks the weights' rounding: "rtn" rounds each block to its absmax scale; "awq" also
-searches, per input tensor, AWQ's activation-aware channel scales (awq.py) from calibration rows.
+searches, per input tensor, AWQ's activation-aware channel scales (awq.py) from calibration rows;
+"gptq" keeps RTN's scales and picks each weight's grid point by GPTQ's error compensation (gptq.py),
+handed over as codes (`rounded`).
 
 graphsurgeon and the opset-17 exporter know neither INT4 tensors nor opset 21, so the graph carries
 each blocked DequantizeLinear in a private domain with its packed bytes as an int8 constant, and
@@ -55,8 +57,8 @@ from .weights import StreamedWeight
 log = logging.getLogger(__name__)
 
 __all__ = ["INT4_OPSET", "PENDING_DOMAIN", "block_group", "dequantize_blocks", "down_key", "down_scalable",
-           "finish_int4", "phm_group",
-           "phm_input_cores", "plan_int4", "quantize_blocks_int4", "quantize_graph_int4"]
+           "finish_int4", "pack_blocks", "phm_group",
+           "phm_input_cores", "phm_input_firsts", "plan_int4", "quantize_blocks_int4", "quantize_graph_int4"]
 
 MIN_GROUP = 16                # smallest block MatMulNBits and the INT4 kernels take (a power of two)
 INT4_OPSET = 21               # blocked INT4 DequantizeLinear
@@ -93,6 +95,15 @@ def _quantize_rows(rows: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray
     return unpack_int4(packed)[:, 0].numpy(), s[:, 0].numpy()
 
 
+def pack_blocks(q: np.ndarray, scales: np.ndarray, axis: int, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Codes q (K, N) in [-7, 7] and their block scales (K/group, N) (gptq.py's layout) → what
+    quantize_blocks_int4 returns for a weight stored with its blocks along `axis` ((K, N): 0; a
+    transposed (N, K): 1)."""
+    q, scales = (np.asarray(q), np.asarray(scales)) if axis == 0 else (np.asarray(q).T, np.asarray(scales).T)
+    packed = pack_int4(torch.from_numpy(np.array(q, np.int8)).reshape(-1)).numpy()  # a writable copy of a mapped file
+    return packed, np.ascontiguousarray(scales).astype(scale_dtype)
+
+
 def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, shape: tuple, axis: int, group: int) -> np.ndarray:
     """The float32 weight a blocked INT4 DequantizeLinear computes (the inverse of quantize_blocks_int4)."""
     q = unpack_int4(torch.from_numpy(np.asarray(packed, np.int8)).reshape(-1)).numpy().reshape(shape)
@@ -123,9 +134,10 @@ class _Counts:
 
 
 def _dense_int4(b: _Builder, lin: DenseLinear, group: int, fp16: bool, counts: _Counts,
-                smooth: np.ndarray | None = None) -> None:
+                smooth: np.ndarray | None = None, rounded=None) -> None:
     """W → blocked INT4 DequantizeLinear (pending domain) into the linear; `smooth` (K,) multiplies the
-    weight's input channels first (AWQ: the graph divides the input by it)."""
+    weight's input channels first (AWQ: the graph divides the input by it); `rounded` (a
+    gptq.RoundingStore holding the linear's node name): its codes and scales instead of rounding W."""
     node, axis = lin.node, 1 - lin.channel_axis       # the block (input-channel) axis of the stored weight
     shape = tuple(lin.weight.shape)
     group_k = block_group(shape[axis], group)
@@ -138,6 +150,12 @@ def _dense_int4(b: _Builder, lin: DenseLinear, group: int, fp16: bool, counts: _
     scale_dtype = np.float16 if fp16 else np.float32
 
     def quantized() -> tuple[np.ndarray, np.ndarray]:
+        if rounded is not None and name in rounded:
+            q, scales = rounded.get(name)
+            if scales.shape[0] != shape[axis] // group_k:
+                raise ValueError(f"{name}: GPTQ rounded it in groups of {shape[axis] // scales.shape[0]}, "
+                                 f"not {group_k}")
+            return pack_blocks(q, scales, axis, scale_dtype)
         w = _loaded(lin.weight)
         if smooth is not None:
             w = w * (smooth[:, None] if axis == 0 else smooth[None, :])
@@ -177,6 +195,11 @@ def phm_input_cores(node: gs.Node) -> list:
     return _cores(node, _input_projections(node))
 
 
+def phm_input_firsts(node: gs.Node) -> list[int]:
+    """The first-input indices of the projections whose cores phm_input_cores returns, in its order."""
+    return [f for f in _input_projections(node) if _cores(node, [f])]
+
+
 def _divided(b: _Builder, x: gs.Tensor, s: np.ndarray, fp16: bool, name: str) -> gs.Variable:
     """x / s (AWQ: the input of the linears whose weights carry s), one Mul in x's dtype."""
     dtype = np.float16 if fp16 else np.float32
@@ -196,12 +219,14 @@ def down_scalable(node: gs.Node) -> bool:
 
 
 def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], group: int = 128,
-                        smooth: dict | None = None) -> dict:
+                        smooth: dict | None = None, rounded=None) -> dict:
     """Apply `plan` (plan_int4) to `graph` in place: blocked INT4 dense weights, INT4 PHM cores.
     `smooth`: {input tensor name: AWQ channel scales} (awq.py): (K,) for dense linears, (k,) for a
     PHM node (tiled over x's n blocks); the graph divides that tensor by them before its readers.
     Under `down_key(node)`, the (f/n,) scales of a swiglu PHMFFN's down input: up's core rows are
     divided by them and down's core columns multiplied, which the node computes exactly.
+    `rounded`: a gptq.RoundingStore of GPTQ's codes and scales, by dense linear node name and by
+    (PHM node name, first core input index); what it holds replaces rounding to nearest.
     Returns counts."""
     b, counts, smooth = _Builder(graph), _Counts(), smooth or {}
     scaled: dict = {}
@@ -216,7 +241,7 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
             if x.name not in scaled:
                 scaled[x.name] = _divided(b, x, s, fp16, f"{lin.node.name}/awq")
             lin.node.inputs[0] = scaled[x.name]
-        _dense_int4(b, lin, group, fp16, counts, s)
+        _dense_int4(b, lin, group, fp16, counts, s, rounded)
     done: dict = {}
     for node in [n for n in graph.nodes if n.domain == spec.DOMAIN and n.op in spec.OPS]:
         g = phm_group(node, group)
@@ -235,7 +260,10 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
         s_down = smooth.get(down_key(node)) if down_scalable(node) else None
         scaled_down += s_down is not None
 
-        def quantizer(cores, first, g=g, s=s, inputs=inputs, s_down=s_down):
+        def quantizer(cores, first, g=g, s=s, inputs=inputs, s_down=s_down, key=(node.name, None)):
+            if rounded is not None and (key[0], first) in rounded:
+                q, scales = rounded.get((key[0], first))
+                return pack_int4(torch.from_numpy(np.array(q, np.int8))).numpy(), np.array(scales, np.float32)
             if s is not None and first in inputs:
                 cores = cores * torch.from_numpy(s)[None, None, :]
             if s_down is not None and first == spec.UP_CORES:    # h = act(gate)·up: up's row c carries 1/s_c
