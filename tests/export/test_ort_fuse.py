@@ -129,3 +129,20 @@ def test_generation_past_the_buffer_is_one_clear_error(store):
     backend.kv_capacity = 4
     with pytest.raises(BackendError, match="5 tokens exceed the KV buffer of 4 positions"):
         backend.prefill(np.array([[5, 17, 33, 9, 2]]), np.ones((1, 5), np.int64))
+
+
+def test_smollm2_fused_greedy_equals_transformers(tmp_path):
+    """The real SmolLM2-135M (30 layers, 9 query / 3 KV heads of 64) exported in fp32: every layer
+    fused, and phm-run's backend generates transformers' greedy tokens on a left-padded batch."""
+    from phm.export import ExportConfig, export_model
+    from phm.trainer.models import smollm2_dir
+
+    art = export_model(smollm2_dir(), ExportConfig(), tmp_path / "art")
+    fusion = json.loads((art / "manifest.json").read_text())["graphs"]["decoder"]["ort_fusion"]
+    assert fusion["attention"] == "GroupQueryAttention" and fusion["layers"] == 30 and fusion["packed_qkv"] == 30
+    ids = np.array([[1, 504, 2365, 3470, 5194, 17719, 690, 260, 23790, 2767, 30],
+                    [0, 0, 0, 0, 1, 504, 2365, 3470, 5194, 17719, 690]])
+    mask = (np.arange(ids.shape[1])[None] >= np.array([[0], [4]])).astype(np.int64)
+    cfg = GenerationConfig(max_new_tokens=16)
+    want = generate(TorchBackend(load(smollm2_dir())), ids, cfg, attention_mask=mask).tokens
+    np.testing.assert_array_equal(generate(OrtBackend.from_artifacts(art), ids, cfg, attention_mask=mask).tokens, want)
