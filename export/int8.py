@@ -115,6 +115,12 @@ def heldout_sentences(tokenizer, vocab: int, tokens: int, window: int = WINDOW) 
     return sentences
 
 
+def _int4_phm_nodes(graph: gs.Graph, group: int) -> list[gs.Node]:
+    """The PHM nodes of `graph` that INT4 quantizes (a group size divides their input dimensions)."""
+    return [n for n in graph.nodes if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS
+            and phm_group(n, group) is not None]
+
+
 class QuantStage:
     """Everything --int8 / --int4 needs that does not change per graph (calibration data, tokenizer)."""
 
@@ -228,55 +234,38 @@ class QuantStage:
         from .gptq import MAX_ROWS as GPTQ_ROWS, RoundingStore, gptq_dense, gptq_phm
 
         group = self.config.int4.group
-        plan.calibrated = ("w4",)
         # PHM inputs: name → (node, [(first, cores)]): x read by gate/up (or the PHMLinear), h by down
         phm = {}
-        for n in graph.nodes:
-            if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS and phm_group(n, group) is not None:
-                firsts = phm_input_firsts(n)
-                if firsts:
-                    phm[n.inputs[0].name] = (n, list(zip(firsts, phm_input_cores(n))))
-                if n.op == phm_spec.PHM_FFN.op_type:
-                    phm[down_key(n)] = (n, [(phm_spec.DOWN_CORES, const_value(n.inputs[phm_spec.DOWN_CORES]))])
-        dense = {lin.node.inputs[0].name for lin in plan.linears if lin.mode == "w4"}
-        try:
-            targets = match_modules(plan, self.model, self.source)
-            targets.update(match_phm_modules({name: pairs[0][1] for name, (_, pairs) in phm.items()}, self.model,
-                                             self.source))
-        except ValueError as e:
-            raise ValueError(f"{spec.kind} graph: {e}") from None
+        for n in _int4_phm_nodes(graph, group):
+            firsts = phm_input_firsts(n)
+            if firsts:
+                phm[n.inputs[0].name] = (n, [(f, const_value(n.inputs[f])) for f in firsts])
+            if n.op == phm_spec.PHM_FFN.op_type:
+                phm[down_key(n)] = (n, [(phm_spec.DOWN_CORES, const_value(n.inputs[phm_spec.DOWN_CORES]))])
         store, errors = RoundingStore(), []
 
         def done(name: str, rows: np.ndarray) -> None:
-            self.stage(f"GPTQ of the {spec.kind} graph: {len(errors) + 1}/{len(targets)}")
             if name in phm:
                 node, pairs = phm[name]
                 parts, res = gptq_phm(rows, [np.asarray(_loaded(c), np.float32) for _, c in pairs],
                                       node.attrs["bases"], phm_group(node, group))
                 for (first, _), (q, scales) in zip(pairs, parts):
                     store.put((node.name, first), q, scales)
-            elif name in dense:
-                readers = plan.readers(name)
+            else:
                 w = input_weights(plan, name)
                 g = block_group(w.shape[0], group)
                 if g is None:  # quantize_graph_int4 keeps it float (and says so)
                     return
                 res = gptq_dense(rows, w, g)
                 start = 0
-                for lin in readers:
+                for lin in plan.readers(name):
                     width = lin.weight.shape[lin.channel_axis]
                     store.put(lin.node.name, res.q[:, start:start + width], res.scales[:, start:start + width])
                     start += width
-            else:
-                return
             errors.append((res.rtn_error, res.error))
 
-        def progress(done_batches: int, batches: int) -> None:
-            self.stage(f"calibrating {spec.kind} for GPTQ: batch {done_batches}/{batches}")
-
-        with self.source.streaming() as model:
-            prompts = capture(model, targets, self.ids, GPTQ_ROWS, done, lm_head=self.config.int4.lm_head,
-                              progress=progress)
+        prompts = self._int4_capture(spec, plan, {name: pairs[0][1] for name, (_, pairs) in phm.items()}, GPTQ_ROWS,
+                                     done, "GPTQ", lm_head=self.config.int4.lm_head)
         if errors:
             log.info("GPTQ: %d inputs, output error on calibration rows: round-to-nearest %.4f → %.4f (mean)",
                      len(errors), float(np.mean([e[0] for e in errors])), float(np.mean([e[1] for e in errors])))
@@ -288,25 +277,16 @@ class QuantStage:
         from .awq import MAX_ROWS as AWQ_ROWS, dense_scale, phm_scale
 
         group = self.config.int4.group
-        plan.calibrated = ("w4",)
         # the PHM inputs to scale: name → (node, the cores that read it); a swiglu PHMFFN's down input too
         phm = {}
-        for n in graph.nodes:
-            if n.domain == phm_spec.DOMAIN and n.op in phm_spec.OPS and phm_group(n, group) is not None:
-                if phm_input_cores(n):
-                    phm[n.inputs[0].name] = (n, phm_input_cores(n))
-                if down_scalable(n):
-                    phm[down_key(n)] = (n, [const_value(n.inputs[phm_spec.DOWN_CORES])])
-        try:
-            targets = match_modules(plan, self.model, self.source)
-            targets.update(match_phm_modules({name: cores[0] for name, (_, cores) in phm.items()}, self.model,
-                                             self.source))
-        except ValueError as e:
-            raise ValueError(f"{spec.kind} graph: {e}") from None
+        for n in _int4_phm_nodes(graph, group):
+            if phm_input_cores(n):
+                phm[n.inputs[0].name] = (n, phm_input_cores(n))
+            if down_scalable(n):
+                phm[down_key(n)] = (n, [const_value(n.inputs[phm_spec.DOWN_CORES])])
         chosen = {}
 
         def done(name: str, rows: np.ndarray) -> None:
-            self.stage(f"AWQ scales of the {spec.kind} graph: {len(chosen) + 1}/{len(targets)}")
             if name in phm:
                 node, cores = phm[name]
                 chosen[name] = phm_scale(rows, [np.asarray(_loaded(c), np.float32) for c in cores],
@@ -314,17 +294,38 @@ class QuantStage:
             else:
                 chosen[name] = dense_scale(rows, input_weights(plan, name), group)
 
-        def progress(done_batches: int, batches: int) -> None:
-            self.stage(f"calibrating {spec.kind} for AWQ: batch {done_batches}/{batches}")
-
-        with self.source.streaming() as model:
-            prompts = capture(model, targets, self.ids, AWQ_ROWS, done, progress=progress)
+        prompts = self._int4_capture(spec, plan, {name: cores[0] for name, (_, cores) in phm.items()}, AWQ_ROWS,
+                                     done, "AWQ scales")
         if chosen:
             log.info("AWQ: %d inputs, α %s, output error on calibration rows: round-to-nearest %.4f → %.4f (mean)",
                      len(chosen), sorted({a.alpha for a in chosen.values()}),
                      float(np.mean([a.rtn_error for a in chosen.values()])),
                      float(np.mean([a.error for a in chosen.values()])))
         return {name: a.s for name, a in chosen.items() if a.alpha > 0}, prompts
+
+    def _int4_capture(self, spec: GraphSpec, plan: Int8Plan, phm_cores: dict, rows: int,
+                      done: Callable[[str, np.ndarray], None], what: str, lm_head: bool = False) -> int:
+        """Hand `done` the rows that every INT4 linear's input, and every PHM input in `phm_cores` (name →
+        the first cores reading it, which find its module), reads on the calibration prompts (capture.py),
+        with a stage message per input; how many prompts ran. AWQ and GPTQ calibrate through it."""
+        plan.calibrated = ("w4",)
+        try:
+            targets = match_modules(plan, self.model, self.source)
+            targets.update(match_phm_modules(phm_cores, self.model, self.source))
+        except ValueError as e:
+            raise ValueError(f"{spec.kind} graph: {e}") from None
+        handed = []
+
+        def each(name: str, x: np.ndarray) -> None:
+            handed.append(name)
+            self.stage(f"{what} of the {spec.kind} graph: {len(handed)}/{len(targets)}")
+            done(name, x)
+
+        def progress(done_batches: int, batches: int) -> None:
+            self.stage(f"calibrating {spec.kind} for {what.split()[0]}: batch {done_batches}/{batches}")
+
+        with self.source.streaming() as model:
+            return capture(model, targets, self.ids, rows, each, lm_head=lm_head, progress=progress)
 
     def _calibrate(self, spec: GraphSpec, plan: Int8Plan) -> tuple[dict, int]:
         """ActScale per W8A8 input of the graph, from the PyTorch model's rows (capture.py); and how

@@ -260,9 +260,9 @@ def quantize_graph_int4(graph: gs.Graph, plan: Int8Plan, types: dict[str, int], 
         s_down = smooth.get(down_key(node)) if down_scalable(node) else None
         scaled_down += s_down is not None
 
-        def quantizer(cores, first, g=g, s=s, inputs=inputs, s_down=s_down, key=(node.name, None)):
-            if rounded is not None and (key[0], first) in rounded:
-                q, scales = rounded.get((key[0], first))
+        def quantizer(cores, first, g=g, s=s, inputs=inputs, s_down=s_down, name=node.name):
+            if rounded is not None and (name, first) in rounded:
+                q, scales = rounded.get((name, first))
                 return pack_int4(torch.from_numpy(np.array(q, np.int8))).numpy(), np.array(scales, np.float32)
             if s is not None and first in inputs:
                 cores = cores * torch.from_numpy(s)[None, None, :]
