@@ -1,11 +1,14 @@
-"""ONNX Runtime's MatMulNBits against an fp32 MatMul, one token (M = 1), on the CPU: what the INT4 and
-INT8 weight-only kernels cost per accuracy level, in the same process.
+"""ONNX Runtime's MatMulNBits and MatMulIntegerToFloat against an fp32 MatMul, one token (M = 1), on the
+CPU: what the INT4 and INT8 weight-only kernels cost per accuracy level, and the exact W8A8 integer
+GEMM phm-export writes for `--int8` (export/lower_int8.py), in the same process.
 
     python benchmarks/bench_matmul_nbits.py [--k 1536] [--n 576] [--threads 1] [--runs 300]
 
 Accuracy level 0/1 is fp32 arithmetic on the dequantized weights (what the quantized graph says);
-4 quantizes the activations to INT8 per block as well (ONNX Runtime GenAI's CPU default). Weights
-are random (speed does not depend on them); block 64. Results: benchmarks/results/matmul_nbits_cpu.json.
+4 quantizes the activations to INT8 per block as well (ONNX Runtime GenAI's CPU default).
+MatMulIntegerToFloat is timed with its QuantizeLinear (static per-tensor scale) in front, with uint8
+activations (zero point 128, what the export writes) and int8 ones. Weights are random (speed does
+not depend on them); block 64. Results: benchmarks/results/matmul_nbits_cpu.json.
 """
 
 from __future__ import annotations
@@ -26,10 +29,25 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 64
 
 
-def _session(k: int, n: int, bits: int, level: int, threads: int, rng) -> ort.InferenceSession:
+def _integer_gemm(k: int, n: int, activations: str, rng) -> tuple[list, list]:
+    """QuantizeLinear(x) → MatMulIntegerToFloat over int8 (K, N) weights with per-column scales."""
+    zp = np.array(128, np.uint8) if activations == "uint8" else np.array(0, np.int8)
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "w"),
+             numpy_helper.from_array(rng.random(n).astype(np.float32) * 0.01, "ws"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "wz"), numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+             numpy_helper.from_array(zp, "xz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["q"]),
+             helper.make_node("MatMulIntegerToFloat", ["q", "w", "xs", "ws", "xz", "wz"], ["y"], domain="com.microsoft")]
+    return nodes, inits
+
+
+def _session(k: int, n: int, bits: int | str, level: int, threads: int, rng) -> ort.InferenceSession:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])
-    if bits == 32:
+    if bits in ("uint8", "int8"):
+        nodes, inits = _integer_gemm(k, n, bits, rng)
+        graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    elif bits == 32:
         w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
         graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
     else:
@@ -57,7 +75,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, args.k)).astype(np.float32)
     rows = []
-    for bits, level in ((32, 0), (8, 0), (8, 1), (8, 4), (4, 0), (4, 1), (4, 4)):
+    for bits, level in ((32, 0), (8, 0), (8, 1), (8, 4), (4, 0), (4, 1), (4, 4), ("uint8", 0), ("int8", 0)):
         sess = _session(args.k, args.n, bits, level, args.threads, rng)
         for _ in range(10):
             sess.run(None, {"x": x})
@@ -65,9 +83,12 @@ def main() -> None:
         for _ in range(args.runs):
             sess.run(None, {"x": x})
         us = (time.perf_counter() - t) / args.runs * 1e6
-        rows.append({"kernel": "MatMul fp32" if bits == 32 else f"MatMulNBits {bits}-bit", "accuracy_level": level,
+        kernel = ("MatMul fp32" if bits == 32 else f"MatMulIntegerToFloat {bits} x int8" if isinstance(bits, str)
+                  else f"MatMulNBits {bits}-bit")
+        rows.append({"kernel": kernel, "accuracy_level": level if not isinstance(bits, str) else None,
                      "us": round(us, 1)})
-        print(f"{rows[-1]['kernel']:20s} level {level}: {us:8.1f} us")
+        level_text = "" if isinstance(bits, str) else f" level {level}"
+        print(f"{kernel + level_text:36s} {us:8.1f} us")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "onnxruntime": ort.__version__,
             "k": args.k, "n": args.n, "m": 1, "block": BLOCK, "threads": args.threads, "runs": args.runs}

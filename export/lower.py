@@ -29,9 +29,11 @@ MatMul: `com.microsoft::MatMulNBits` reads A_cat's (m, B·k) rows in groups alon
 spec's INT4 layout byte for byte, only with unsigned nibbles (`_matmul_nbits`). In an fp32 graph
 the exporter wraps quantized cores in an fp16 island (Cast in, Cast out: the plugins take fp16);
 the lowering starts from the island's fp32 input instead and computes the node in fp32
-(`_Lowering.fp32_island`): ONNX Runtime's CPU kernels are slow in fp16 (docs/int4.md). INT8 cores are
-left to the reference functions: MatMulNBits' 8-bit kernel with fp32 arithmetic measured 13×
-slower than an fp32 MatMul here (docs/int4.md § ONNX Runtime speed). The result is
+(`_Lowering.fp32_island`): ONNX Runtime's CPU kernels are slow in fp16 (docs/int4.md). INT8 cores
+(fp32 island likewise) get A_catᵀ = Transpose(Reshape(DequantizeLinear(q, per-row scales))) into a
+plain MatMul, the exact float cores: MatMulNBits' 8-bit kernel with fp32 arithmetic measured 20×
+slower than an fp32 MatMul here (docs/int4.md § ONNX Runtime speed), and phm-run lets ONNX Runtime
+fold the dequantization once at load (runtime/ort_backend.py). The result is
 checked against the reference graph (tests/export/test_lower.py) and by the runtime's
 token-for-token tests against torch.
 """
@@ -174,13 +176,13 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
     """Standard-op replacement of one PHM node, or None to keep it (quantized cores, unknown rank)."""
     a = _attrs(node)
     fmt = a.get("weight_format", "float")
-    if fmt not in ("float", "int4") or (fmt == "int4" and not _nbits_ok(a, lw.opset)):
+    if fmt not in spec.WEIGHT_FORMATS or (fmt == "int4" and not _nbits_ok(a, lw.opset)):
         return None
     n, num_bases = int(a["n"]), int(a["num_bases"])
     x, rank = node.input[spec.X], lw.rank.get(node.input[spec.X])
     if not rank:
         return None
-    island = lw.fp32_island(node) if fmt == "int4" else None
+    island = lw.fp32_island(node) if fmt != "float" else None
     if island:  # the lowered node reads the fp32 input and writes the island's fp32 output itself
         x, back = island
         lw.dropped.add(id(back))
@@ -212,7 +214,7 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
 
     def gemm(z: str, *which: int) -> str:
         """z @ A_catᵀ of the cores `which`, side by side along the output."""
-        if fmt == "float":
+        if fmt != "int4":
             return op("MatMul", z, a_cat_t(*which))
         return _matmul_nbits(nodes, lw, node.name, z, [names[i] for i in which],
                              [node.input[firsts[i] + 1] for i in which], [cores[i] for i in which],
@@ -223,7 +225,12 @@ def _lower_node(node: onnx.NodeProto, lw: _Lowering) -> list | None:
         parts = []
         for i in which:
             m, b, k = cores[i]
-            flat = op("Reshape", names[i], lw.const(f"{node.name}_acat_shape", np.array([m, b * k], np.int64)))
+            value = names[i]
+            if fmt == "int8":  # q · per-row scale (m,): folded once at load where DQ folding is on (phm-run)
+                value = op("DequantizeLinear", value, node.input[firsts[i] + 1], axis=0)
+                if dtype != np.float32:
+                    value = op("Cast", value, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+            flat = op("Reshape", value, lw.const(f"{node.name}_acat_shape", np.array([m, b * k], np.int64)))
             parts.append(op("Transpose", flat, perm=[1, 0]))
         return parts[0] if len(parts) == 1 else op("Concat", *parts, axis=1)
 
@@ -289,7 +296,7 @@ def _matmul_nbits(nodes: list, lw: _Lowering, base: str, z: str, weights: list[s
 
 
 def lower_phm(model: onnx.ModelProto, int4_accuracy: int = 1) -> int:
-    """Rewrite the float-core and INT4 PHM nodes of `model` (in place) into specialised standard ops
+    """Rewrite the PHM nodes of `model` (float, INT8 and INT4 cores; in place) into specialised standard ops
     (INT4: MatMulNBits at `int4_accuracy`, ExportConfig.int4.accuracy); returns how many were lowered.
     Initializers only the replaced nodes read are dropped."""
     lw = _Lowering(model)

@@ -3,8 +3,8 @@
 The artifacts' `<kind>.onnx` is the portable graph: PHM nodes with their reference functions, what
 polygraphy and any ONNX consumer can read. Run as it is, ONNX Runtime pays for the generic function
 bodies and the traced shape arithmetic on every step, so the exporter also writes `<kind>.ort.onnx`:
-PHM nodes lowered to specialised standard ops (lower.py; INT4 cores to ONNX Runtime's MatMulNBits)
-and the shape arithmetic folded into
+PHM nodes lowered to specialised standard ops (lower.py; INT4 cores to ONNX Runtime's MatMulNBits),
+`--int8`'s W8A8 linears to ONNX Runtime's integer GEMM (lower_int8.py), and the shape arithmetic folded into
 constants (lean.py; not on Q/DQ graphs, where the fold is untested), and a llama-family decoder's
 attention and residual norms as ONNX Runtime's fused ops (ort_fuse.py: GroupQueryAttention with a
 shared KV buffer, SkipSimplifiedLayerNormalization). phm-run loads that file as it is and rewrites
@@ -18,6 +18,7 @@ import onnx
 
 from .lean import lean_graph
 from .lower import lower_phm
+from .lower_int8 import lower_w8a8
 from .ort_fuse import AttentionSpec, fuse_decoder
 
 __all__ = ["ORT_SUFFIX", "ort_graph"]
@@ -34,6 +35,7 @@ def ort_graph(model: onnx.ModelProto, attention: AttentionSpec | str | None = No
     out = onnx.ModelProto()
     out.CopyFrom(model)
     changed = lower_phm(out, int4_accuracy) > 0
+    changed |= lower_w8a8(out) > 0
     if not any(n.op_type == "DequantizeLinear" for n in out.graph.node):
         changed |= lean_graph(out) > 0
     fusion = None if attention is None else fuse_decoder(out, attention)

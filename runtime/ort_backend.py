@@ -84,14 +84,20 @@ def _session(ort, path: Path, providers: list[str] | None, threads: int | None, 
         raise BackendError(f"ONNX model {path} does not exist")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: fp16 graphs make the CPU constant folder warn per node
-    # INT8 (Q/DQ) graphs run with basic optimizations only: ORT's extended ones turn a weight-only
-    # DequantizeLinear -> MatMul into a kernel that also quantizes the activations (phm.export.quantize).
-    # INT4 graphs need the extended ones: they fuse each blocked INT4 DequantizeLinear -> MatMul into
-    # MatMulNBits, at accuracy level 1 (fp32 arithmetic on the dequantized weights, what the graph
-    # says; ORT's default level 4 would quantize the activations to INT8 as well).
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if quantized == "int8"
-                                     else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    if quantized == "int4":  # the export's choice (manifest int4_accuracy; 4: INT8 activations per block)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if quantized == "int8":
+        # The file's W8A8 linears are MatMulIntegerToFloat already (phm-export's lower_int8.py). ORT's
+        # QDQ rewrites would turn each weight-only DequantizeLinear -> MatMul into a kernel that also
+        # quantizes the activations; off, the constant folder dequantizes those weights once at load
+        # instead of every step (fp32 copies in memory: ORT has no exact INT8 weight-only CPU kernel).
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        # x86 without VNNI: ORT's uint8 x int8 GEMM can saturate in int16 pair sums; this asks ORT to
+        # move such weights to uint8 first (a no-op on VNNI/AMX x86 and ARM, where the kernel is exact)
+        opts.add_session_config_entry("session.x64quantprecision", "1")
+    if quantized == "int4":
+        # INT4 needs the QDQ rewrite: each blocked INT4 DequantizeLinear -> MatMul becomes MatMulNBits,
+        # at the export's accuracy level (manifest int4_accuracy): 1 is fp32 arithmetic on the
+        # dequantized weights (what the graph says), 4 quantizes the activations to INT8 per block.
         opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int4_accuracy))
     # The memory pattern is planned per input shape, and every decode step has a new past length:
     # planning it each step is pure overhead (measured ~5-10 % of a SmolLM2 CPU decode step).
