@@ -10,6 +10,7 @@ a tiny Qwen2.5-VL with image batches, as one of N data-parallel processes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class _Stop(SystemExit):
 
 def _cli(stop_at: int, argv: list[str]) -> None:
     from phm.trainer.cli import main
+
+    if os.environ.get("DPWORKER_RANKS"):  # which processes the launcher started: a file per rank
+        Path(os.environ["DPWORKER_RANKS"], f"rank{os.environ.get('RANK')}-of-{os.environ.get('WORLD_SIZE')}").touch()
 
     distill_module = sys.modules["phm.trainer.distill"]  # (the package's `distill` attribute is the verb)
     record = distill_module._record

@@ -26,10 +26,18 @@ TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or sh
 pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun (torch's launcher) is not on PATH")
 
 
-def _launch(nproc: int, *args, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    argv = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", str(WORKER), *map(str, args)] if nproc > 1 \
-        else [sys.executable, str(WORKER), *map(str, args)]
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+
+
+def _launch(nproc: int, *args, check: bool = True, accelerate: bool = False, ranks: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "DPWORKER_RANKS": str(ranks or "")}
+    launcher = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"]
+    if accelerate:  # its multi-process launcher is torch's elastic one; without CUDA the processes use gloo
+        launcher = [ACCELERATE, "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+                    "--mixed_precision=no", "--dynamo_backend=no", "--main_process_port=0"]
+    argv = [*launcher, str(WORKER), *map(str, args)] if nproc > 1 else [sys.executable, str(WORKER), *map(str, args)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     if check and done.returncode:
         raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -46,11 +54,11 @@ def llama(tmp_path_factory):
     return root, model, data
 
 
-def _train(llama, out: str, nproc: int, *extra, stop_at: int = 0, check: bool = True):
+def _train(llama, out: str, nproc: int, *extra, stop_at: int = 0, check: bool = True, **launch):
     root, model, data = llama
     return _launch(nproc, "cli", stop_at, model, "--out", root / out, "--data", data, "--steps", STEPS,
                    "--batch-size", 4, "--max-length", 32, "--init", "projection", "--log-every", 1,
-                   "--checkpoint-every", 5, "--recon-weight", 0.5, *extra, check=check)
+                   "--checkpoint-every", 5, "--recon-weight", 0.5, *extra, check=check, **launch)
 
 
 def _log(out: Path) -> list[dict]:
@@ -84,6 +92,17 @@ def test_two_processes_train_as_one_llama(llama, one_process, mode):
     assert _log(one_process)[0]["loss"] > 0.01  # a run with something to learn, not a flat zero
     _assert_same_run(one_process, llama[0] / f"two-{mode}")
     assert sorted(p.name for p in (llama[0] / f"two-{mode}").iterdir()) == sorted(p.name for p in one_process.iterdir())
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate's launcher is not on PATH")
+def test_accelerate_launch_trains_as_one(llama, one_process):
+    """`accelerate launch --multi_gpu --num_processes 2 phm-train …` sets up the processes as torchrun
+    does (its launcher is torch's): the same run as one process."""
+    ranks = llama[0] / "accelerate-ranks"
+    ranks.mkdir()
+    _train(llama, "two-accelerate", 2, "--parallel", "ddp", accelerate=True, ranks=ranks)
+    assert sorted(p.name for p in ranks.iterdir()) == ["rank0-of-2", "rank1-of-2"]
+    _assert_same_run(one_process, llama[0] / "two-accelerate")
 
 
 def test_two_process_run_resumes_with_one(llama, one_process):
