@@ -32,12 +32,15 @@ import torch
 
 from .sources import conversation_record, from_conversations, from_flickr8k, from_hf_files, is_flickr8k, json_records
 
-__all__ = ["Sample", "TokenBatches", "chat_turns", "chatterbot_texts", "read_samples", "sample_key",
-           "sample_teacher_texts", "split_holdout", "to_device", "token_windows"]
+__all__ = ["ANSWER_MASK", "Sample", "TokenBatches", "chat_turns", "chatterbot_texts", "model_inputs", "read_samples",
+           "sample_key", "sample_teacher_texts", "split_holdout", "to_device", "token_windows"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Held-out image+text batches carry, beside the model's inputs, which tokens belong to the assistant
+# turns (the caption or answer): evaluation scores those, not the prompt and image tokens.
+ANSWER_MASK = "answer_mask"
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,11 @@ def token_windows(ids: list[int], length: int) -> list[list[int]]:
     2 ids are dropped: they hold no next-token pair. Training packs (TokenBatches.packed) and the
     INT8 report's held-out windows (phm.export.int8) are cut this way."""
     return [ids[i:i + length] for i in range(0, len(ids), length) if len(ids[i:i + length]) >= 2]
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch as the model takes it: without the answer mask evaluation reads."""
+    return {k: v for k, v in batch.items() if k != ANSWER_MASK}
 
 
 def to_device(batch: dict, device) -> dict:
@@ -327,11 +335,12 @@ class ImageTextBatches:
     """
 
     def __init__(self, processor, samples: list[Sample], batch_size: int, prompt: str = "Describe the image.",
-                 seed: int = 0):
+                 seed: int = 0, answer_mask: bool = False):
         samples = [s for s in samples if s.image is not None]
         if not samples:
             raise ValueError("no image+caption samples to train on")
         self.processor, self.samples, self.batch_size, self.prompt, self.seed = processor, samples, batch_size, prompt, seed
+        self.answer_mask = answer_mask  # add ANSWER_MASK to every batch (held-out batches)
 
     def __len__(self) -> int:
         return max(1, len(self.samples) // self.batch_size)
@@ -348,13 +357,46 @@ class ImageTextBatches:
         for first in range(0, len(self.samples), size):
             yield self.collate(self.samples[first:first + size])
 
+    def _chat(self, s: Sample) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt or self.prompt}]},
+                {"role": "assistant", "content": [{"type": "text", "text": s.text}]},
+                *({"role": role, "content": [{"type": "text", "text": text}]} for role, text in s.turns)]
+
     def collate(self, chosen: list[Sample]) -> dict:
         from PIL import Image
 
-        texts = [self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt or self.prompt}]},
-             {"role": "assistant", "content": [{"type": "text", "text": s.text}]},
-             *({"role": role, "content": [{"type": "text", "text": text}]} for role, text in s.turns)],
-            tokenize=False) for s in chosen]
+        chats = [self._chat(s) for s in chosen]
+        texts = [self.processor.apply_chat_template(chat, tokenize=False) for chat in chats]
         images = [Image.open(s.image).convert("RGB") for s in chosen]
-        return dict(self.processor(text=texts, images=images, return_tensors="pt", padding=True))
+        batch = dict(self.processor(text=texts, images=images, return_tensors="pt", padding=True))
+        if self.answer_mask:
+            batch[ANSWER_MASK] = self._answer_mask(chats, images, batch)
+        return batch
+
+    def _answer_mask(self, chats: list[list[dict]], images: list, batch: dict) -> torch.Tensor:
+        """(batch, T) bool: the tokens of every assistant turn, end-of-turn token included. Each turn's
+        span is where the chat rendered up to it (generation prompt added) and rendered through it
+        stop, both processed with the image like the whole chat; a token that merges across the
+        boundary counts as the answer's."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = torch.zeros_like(mask, dtype=torch.bool)
+        left = getattr(getattr(self.processor, "tokenizer", None), "padding_side", "right") == "left"
+        for row, (chat, image) in enumerate(zip(chats, images)):
+            length = int(mask[row].sum())
+            offset = ids.shape[1] - length if left else 0
+            full = ids[row, offset:offset + length].tolist()
+
+            def shared(messages: list[dict], prompt: bool) -> int:
+                """How many leading tokens of the whole chat the chat `messages` renders to."""
+                text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+                part = self.processor(text=[text], images=[image])["input_ids"][0]
+                part = part.tolist() if torch.is_tensor(part) else list(part)
+                n = 0
+                while n < min(len(part), len(full)) and part[n] == full[n]:
+                    n += 1
+                return n
+
+            for turn, message in enumerate(chat):
+                if message["role"] == "assistant":
+                    out[row, offset + shared(chat[:turn], True):offset + shared(chat[:turn + 1], False)] = True
+        return out

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import ANSWER_MASK, model_inputs
 from .models import mean_pool
 
 __all__ = ["compare", "count_params", "metrics", "output_stats", "reference_outputs"]
@@ -29,19 +30,22 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def _stats(model: nn.Module, batch: dict, objective: str):
-    out = model(**batch)
+    out = model(**model_inputs(batch))
     return output_stats(out.logits if objective == "logits" else out.last_hidden_state, batch, objective)
 
 
 @torch.no_grad()
 def output_stats(main: torch.Tensor, batch: dict, objective: str) -> dict:
-    """What the metrics need of one batch's logits (LM) or last hidden state (encoder)."""
+    """What the metrics need of one batch's logits (LM) or last hidden state (encoder). An LM batch with
+    an answer mask (held-out image+text batches) is scored on the assistant turns' tokens only."""
     mask = batch["attention_mask"]
     if objective == "embedding":
         return {"emb": mean_pool(main.float(), mask)}
     logits = main[:, :-1].float()
     labels = batch["input_ids"][:, 1:]
     valid = mask[:, 1:].bool()
+    if ANSWER_MASK in batch:
+        valid &= batch[ANSWER_MASK][:, 1:].bool()
     nll = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
     return {"top1": logits.argmax(-1), "nll": (nll * valid).sum().item(), "tokens": int(valid.sum()), "valid": valid}
 

@@ -4,8 +4,8 @@ the best-evaluated weights (what the run ends on), and TensorBoard scalars besid
 The evaluated student is the one the run will save: every wrapper at λ = 1 (PHM only) with the
 current LoRA, against the teacher (λ = 0, LoRA off) on the same held-out batches, through the run's
 own forward module (so FSDP2 gathers what it reads). Metrics are phm.trainer.evaluate's: top-1
-agreement and perplexity for LMs (VLM batches: over every real token of the chat, answer
-included), sentence-embedding cosine for encoders. Every process evaluates every held-out batch
+agreement and perplexity for LMs (VLM batches: over the tokens of the assistant turns, the caption or
+answer, data.ANSWER_MASK), sentence-embedding cosine for encoders. Every process evaluates every held-out batch
 (identical results, nothing to exchange); rank 0 writes.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .data import to_device
+from .data import model_inputs, to_device
 from .evaluate import metrics, output_stats
 from .parallel import full_tensor, like
 
@@ -49,10 +49,10 @@ class Monitor:
         """Metrics of the PHM-only student now; keeps its weights when they are the best so far."""
         batches = [to_device(b, device) for b in self.batches]
         if self.reference is None:
-            self.reference = [output_stats(engine(b, teacher=True)[0], b, self.objective) for b in batches]
+            self.reference = [output_stats(engine(model_inputs(b), teacher=True)[0], b, self.objective) for b in batches]
         for w in wrappers:  # the next training step sets them again
             w.lam, w.record_recon, w.recon_terms = 1.0, False, None
-        student = [output_stats(engine(b)[0], b, self.objective) for b in batches]
+        student = [output_stats(engine(model_inputs(b))[0], b, self.objective) for b in batches]
         result = {k: round(v, 6) if isinstance(v, float) else v
                   for k, v in metrics(student, self.reference, self.objective).items()}
         value = result[self.metric]

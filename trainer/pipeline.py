@@ -155,7 +155,7 @@ def _image_data(model_dir: Path, samples: list, config: DistillConfig, augment_l
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"image data needs a processor in {model_dir}: {str(e).splitlines()[0]}") from None
     train, held = _held_out(config, [s for s in samples if s.image is not None], key=sample_key)
-    evaluated = list(ImageTextBatches(processor, held, config.batch_size).all_batches()) if held else []
+    evaluated = list(ImageTextBatches(processor, held, config.batch_size, answer_mask=True).all_batches()) if held else []
     return ImageTextBatches(processor, train, config.batch_size, seed=config.seed), evaluated
 
 

@@ -140,3 +140,63 @@ def test_llava_conversation_turns_all_reach_the_chat(tmp_path):
     ids = ids.tolist()
     order = [ids.index(tok.convert_tokens_to_ids(w)) for w in ("w3", "w4", "w9", "w5", "w6", "w7")]
     assert ids.count(256) == 16 and order == sorted(order)
+
+
+def test_held_out_image_batches_mark_the_answer_tokens(tmp_path):
+    """ImageTextBatches(answer_mask=True): the mask holds each assistant turn's tokens (answer and
+    end-of-turn) and nothing of the prompts, the image or the padding, for samples of different
+    lengths in one padded batch; output_stats then scores exactly those positions."""
+    from PIL import Image
+
+    from phm.trainer.data import ANSWER_MASK, ImageTextBatches, model_inputs, read_samples
+    from phm.trainer.evaluate import output_stats
+
+    vision, lm, tok = _tiny_parts()
+    _, processor = assemble_llava(vision, lm, tok, image_size=28)
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "a.png")
+    turns = [("human", "<image>\nw3 w4"), ("gpt", "w9"), ("human", "w5"), ("gpt", "w6 w7")]
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"text": "w8", "prompt": "w3 w4 w5 w6 w7", "image": "a.png"}) + "\n"
+        + json.dumps({"image": "a.png", "conversations": [{"from": f, "value": v} for f, v in turns]}) + "\n")
+    samples = read_samples(tmp_path / "d.jsonl")
+    batch = ImageTextBatches(processor, samples, batch_size=2, answer_mask=True).batch(0)
+    plain = ImageTextBatches(processor, samples, batch_size=2).batch(0)
+    assert model_inputs(batch).keys() == plain.keys() and ANSWER_MASK not in plain
+    assert torch.equal(batch["input_ids"], plain["input_ids"])
+    ids, answer = batch["input_ids"], batch[ANSWER_MASK]
+    assert not (answer & ~batch["attention_mask"].bool()).any()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    w = tok.convert_tokens_to_ids
+    marked = sorted((tuple(ids[r][answer[r]].tolist()) for r in range(2)), key=len)
+    assert marked == [(w("w8"), end), (w("w9"), end, w("w6"), w("w7"), end)]
+    logits = torch.zeros(*ids.shape, 300)
+    assert output_stats(logits, batch, "logits")["tokens"] == int(answer[:, 1:].sum()) == 7
+
+
+def test_vlm_run_evaluates_the_answers(tmp_path):
+    """A VLM run with --holdout/--eval-every scores its held-out image questions on the answer tokens:
+    each held-out sample's one-word answer and its end-of-turn token, nothing else."""
+    from PIL import Image
+
+    from phm.trainer.data import read_samples, sample_key, split_holdout
+    from phm.trainer.distill import DistillConfig
+    from phm.trainer.inject import PHMConfig
+    from phm.trainer.pipeline import train
+
+    vision, lm, tok = _tiny_parts()
+    model, processor = assemble_llava(vision, lm, tok, image_size=28)
+    save_vlm(model, processor, tmp_path / "vlm")
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (20, 20), (20 * i, 0, 255 - 20 * i)).save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "prompt": f"w{3 + i % 4} w{10 + i}", "text": f"w{30 + i}"}))
+    (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
+    config = DistillConfig(steps=2, batch_size=2, holdout=0.3, eval_every=1, progress=False, tensorboard=False,
+                           calibrate_init=False, checkpoint_every=0)
+    train(tmp_path / "vlm", tmp_path / "out", PHMConfig(init="projection", towers=("language",)), config,
+          data=str(tmp_path / "d.jsonl"))
+    _, held = split_holdout(read_samples(tmp_path / "d.jsonl"), 0.3, key=sample_key)
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    evals = [h for h in log if h["stage"] == "eval"]
+    assert [h["step"] for h in evals] == [0, 1, 2] and held
+    assert all(h["tokens"] == 2 * len(held) for h in evals)
