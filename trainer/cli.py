@@ -74,6 +74,8 @@ _RENAMED = {"bases": "num_bases"}
 @click.option("--max-length", default=_D.max_length, show_default=True, type=click.IntRange(2))
 @click.option("--pack", is_flag=True, help="Causal LMs: pack the text into full --max-length windows "
               "(trains every position a long prompt reaches; short lines alone never do).")
+@click.option("--stream", is_flag=True, help="Read the --data files (.parquet/.arrow/.jsonl text) as the run goes "
+              "instead of tokenizing them all first (corpora larger than memory; give --steps).")
 @click.option("--group-by-length/--no-group-by-length", default=_D.group_by_length, show_default=True,
               help="Batch texts of about the same length together (far less padding, so faster steps).")
 @click.option("--lr", default=_D.lr, show_default=True, type=FiniteFloatRange(0), help="LoRA / bias learning rate.")

@@ -33,7 +33,8 @@ import torch
 from .sources import conversation_record, from_conversations, from_flickr8k, from_hf_files, is_flickr8k, json_records
 
 __all__ = ["ANSWER_MASK", "Sample", "TokenBatches", "chat_turns", "chatterbot_texts", "model_inputs", "read_samples",
-           "sample_key", "sample_teacher_texts", "split_holdout", "to_device", "token_windows"]
+           "sample_key", "sample_teacher_texts", "split_holdout", "to_device", "token_windows", "is_held_out",
+           "pad_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,25 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def pad_batch(seqs: list[list[int]], pad_id: int) -> dict:
+    """Token sequences right-padded into one batch (input_ids, attention_mask)."""
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+        mask[row, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def is_held_out(key: str, fraction: float, salt: str = "phm") -> bool:
+    """Whether the item identified by `key` falls in the held-out `fraction` (a hash of the key:
+    stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256((salt + key).encode()).digest()[:8], "big") / 2 ** 64 < fraction
 
 
 def split_holdout(texts: list, fraction: float = 0.15, salt: str = "phm", key=str) -> tuple[list, list]:
@@ -178,8 +196,7 @@ def split_holdout(texts: list, fraction: float = 0.15, salt: str = "phm", key=st
     text and image path): disjoint, stable across runs and machines."""
     train, held = [], []
     for t in texts:
-        h = int.from_bytes(hashlib.sha256((salt + key(t)).encode()).digest()[:8], "big") / 2 ** 64
-        (held if h < fraction else train).append(t)
+        (held if is_held_out(key(t), fraction, salt) else train).append(t)
     return train, held
 
 
@@ -313,13 +330,7 @@ class TokenBatches:
         return self.collate([self.sequences[i] for i in idx])
 
     def collate(self, seqs: list[list[int]]) -> dict:
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)] = torch.tensor(s)
-            mask[row, :len(s)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return pad_batch(seqs, self.pad_id)
 
     def all_batches(self, batch_size: int | None = None):
         """Every sequence once, in order (evaluation)."""

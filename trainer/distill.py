@@ -73,6 +73,7 @@ class DistillConfig:
     batch_size: int = 16
     max_length: int = 128            # tokens per text sample (per packed window with pack)
     pack: bool = False               # causal LMs: pack the texts into full max_length windows (TokenBatches.packed)
+    stream: bool = False             # read text files as the run goes instead of tokenizing all up front (stream.py)
     holdout: float = 0.0             # fraction of the data held out by hash (never trained on; evaluated)
     chat_template: bool = False      # each text as one user turn of the tokenizer's chat template
     target_size: float | None = None  # budget mode (budget.py): B per block for this fraction of the parameters

@@ -33,6 +33,7 @@ from .arch import ARCH_TABLE, supported_model_types
 from .checkpoint import PHM_CONFIG_NAME, read_model_config, save_phm_checkpoint
 from .data import (ImageTextBatches, TokenBatches, chat_turns, read_samples, sample_key, sample_teacher_texts,
                    split_holdout, to_device)
+from .stream import StreamingTokenBatches, held_out_texts
 from .distill import BASE_DTYPES, STATE_DIR_NAME, DistillConfig, distill, read_state
 from .budget import choose_bases
 from .inject import PHMConfig, inject_phm, phm_targets
@@ -121,6 +122,8 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
     when data is None; with `augment_lm`, plus that chat LM's replies to the training texts. Texts the
     run makes itself (teacher samples, replies) are made by rank 0, cached in out_dir, and read from
     there by the others."""
+    if config.stream:
+        return _streamed_data(model_dir, data, config, augment_lm)
     if data is not None:
         samples = read_samples(data)
         if any(s.image is not None for s in samples):
@@ -134,12 +137,34 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
     tokenizer = load_tokenizer(model_dir)
     if config.chat_template:
         texts, held = chat_turns(tokenizer, texts), chat_turns(tokenizer, held)
-    evaluated = list(TokenBatches.from_texts(tokenizer, held, config.batch_size, config.max_length).all_batches()) \
-        if held else []
+    evaluated = _text_batches(tokenizer, held, config)
     if config.pack:
         return TokenBatches.packed(tokenizer, texts, config.batch_size, config.max_length, config.seed), evaluated
     return TokenBatches.from_texts(tokenizer, texts, config.batch_size, config.max_length, config.seed,
                                    group_by_length=config.group_by_length), evaluated
+
+
+def _text_batches(tokenizer, held: list[str], config: DistillConfig) -> list[dict]:
+    """The held-out texts as evaluation batches."""
+    return list(TokenBatches.from_texts(tokenizer, held, config.batch_size, config.max_length).all_batches()) \
+        if held else []
+
+
+def _streamed_data(model_dir: Path, data: str | None, config: DistillConfig, augment_lm: Path | None):
+    """(streamed training batches, held-out batches) of a text corpus too large to read up front."""
+    if data is None or str(data) == "chatterbot":
+        raise ValueError("--stream reads data files: give --data FILE or FOLDER (.parquet, .arrow or .jsonl)")
+    if augment_lm is not None:
+        raise ValueError("--augment-lm answers every training text up front; it does not apply with --stream")
+    tokenizer = load_tokenizer(model_dir)
+    held = held_out_texts(data, config.holdout, config.eval_texts) if config.holdout else []
+    if config.chat_template:
+        held = chat_turns(tokenizer, held)
+    batches = StreamingTokenBatches(data, tokenizer, config.batch_size, config.max_length, config.seed,
+                                    config.holdout, config.pack, config.chat_template)
+    log.info("streaming %s: %d rows in %d %s file(s), read as the run goes", data, batches.rows,
+             len(batches.files), batches.kind)
+    return batches, _text_batches(tokenizer, held, config)
 
 
 def _image_data(model_dir: Path, samples: list, config: DistillConfig, augment_lm: Path | None):
@@ -243,6 +268,8 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
         phm_config = choice.phm_config(phm_config)
     targets = inject_phm(model, phm_config)
     if epochs is not None:
+        if config.stream:
+            raise ValueError("--epochs needs the data's length up front; with --stream give --steps")
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
         config = DistillConfig.from_dict({**config.to_dict(), "steps": max(1, round(epochs * len(batches)))})

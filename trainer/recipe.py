@@ -8,7 +8,7 @@
     model:     path, n, num_bases, basis_family, towers, projections, top_k_b3, layer_num_bases,
                target_size, target_gb, init
     data:      path, data_free_samples, augment_lm, augment_rounds, batch_size, max_length, pack,
-               group_by_length, holdout, chat_template
+               stream, group_by_length, holdout, chat_template
     schedule:  steps, epochs, schedule, stage_b_fraction, fade_fraction, ramp_width, order, warmup_steps
     losses:    objective, kd_temperature, kd_weight, kd_weight_start, ce_weight, label_smoothing,
                hidden_weight, recon_weight
@@ -48,7 +48,7 @@ SECTIONS = {
               "target_size": "target_size", "target_gb": "target_gb", "init": "init"},
     "data": {"path": "data", "data_free_samples": "data_free_samples", "augment_lm": "augment_lm",
              "augment_rounds": "augment_rounds", "batch_size": "batch_size", "max_length": "max_length",
-             "pack": "pack", "group_by_length": "group_by_length", "holdout": "holdout",
+             "pack": "pack", "stream": "stream", "group_by_length": "group_by_length", "holdout": "holdout",
              "chat_template": "chat_template"},
     "schedule": {k: k for k in ("steps", "epochs", "schedule", "stage_b_fraction", "fade_fraction", "ramp_width",
                                 "order", "warmup_steps")},
