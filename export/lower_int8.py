@@ -75,10 +75,21 @@ def _weight(dq: onnx.NodeProto | None, inits: dict) -> tuple[str, str, str] | No
     return dq.input[0], dq.input[1], dq.input[2]
 
 
+def _plain_gemm(node: onnx.NodeProto, inits: dict) -> bool:
+    """A Gemm that is x @ W (+ bias (N,)): no transposes, alpha = beta = 1 (GPT-2's Conv1D)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("transA", 0) or attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return False
+    bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return len(node.input) < 3 or not node.input[2] or (bias is not None and len(bias.dims) == 1
+                                                        and bias.data_type == onnx.TensorProto.FLOAT)
+
+
 def lower_w8a8(model: onnx.ModelProto) -> int:
-    """Rewrite (in place) every MatMul of a per-tensor int8 activation Q/DQ and a per-channel int8
-    weight DQ into QuantizeLinear(uint8, zero point 128) → MatMulIntegerToFloat; returns how many.
-    Anything else (weight-only DQ, Gemm, other layouts) is left as it is."""
+    """Rewrite (in place) every MatMul (or plain Gemm: x @ W + bias) of a per-tensor int8 activation
+    Q/DQ and a per-channel int8 weight DQ into QuantizeLinear(uint8, zero point 128) →
+    MatMulIntegerToFloat (the Gemm's bias as its bias input); returns how many. Anything else
+    (weight-only DQ, transposed Gemms, other layouts) is left as it is."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer, _ = graph_index(graph.node)
@@ -87,7 +98,8 @@ def lower_w8a8(model: onnx.ModelProto) -> int:
     quantized: dict[tuple[str, str], str] = {}  # (x, scale) → its uint8 tensor, shared by q/k/v
     nodes, lowered = [], 0
     for node in graph.node:
-        act = _activation(producer.get(node.input[0]), producer, inits) if node.op_type == "MatMul" else None
+        linear = node.op_type == "MatMul" or (node.op_type == "Gemm" and _plain_gemm(node, inits))
+        act = _activation(producer.get(node.input[0]), producer, inits) if linear else None
         weight = _weight(producer.get(node.input[1]), inits) if act else None
         if weight is None:
             nodes.append(node)
@@ -100,7 +112,9 @@ def lower_w8a8(model: onnx.ModelProto) -> int:
             nodes.append(helper.make_node("QuantizeLinear", [x, scale, zp_name], [q], name=q))
             quantized[(x, scale)] = q
         w, w_scale, w_zp = weight
-        nodes.append(helper.make_node("MatMulIntegerToFloat", [quantized[(x, scale)], w, scale, w_scale, zp_name, w_zp],
+        bias = [node.input[2]] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else []
+        nodes.append(helper.make_node("MatMulIntegerToFloat", [quantized[(x, scale)], w, scale, w_scale, zp_name, w_zp,
+                                                               *bias],
                                       list(node.output), name=f"{node.name or node.output[0]}/int8", domain="com.microsoft"))
         lowered += 1
     if not lowered:

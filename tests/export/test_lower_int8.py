@@ -78,3 +78,36 @@ def test_nothing_to_lower_leaves_the_graph():
     before = model.SerializeToString()
     assert lower_w8a8(model) == 0
     assert model.SerializeToString() == before
+
+
+def test_plain_gemm_with_bias_is_lowered_and_transposed_is_not():
+    """GPT-2's Conv1D: Gemm(DQ(Q(x)), DQ(W), bias) becomes MatMulIntegerToFloat with the bias as
+    its bias input; a Gemm with transB (weights stored (N, K)) is left to the Q/DQ graph."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "zp"),
+             numpy_helper.from_array(rng.integers(-127, 128, (K, N)).astype(np.int8), "w"),
+             numpy_helper.from_array(rng.integers(-127, 128, (N, K)).astype(np.int8), "wt"),
+             numpy_helper.from_array((rng.random(N) * 0.01 + 1e-3).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(N, np.int8), "wz"),
+             numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "bias")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1),
+             helper.make_node("DequantizeLinear", ["wt", "ws", "wz"], ["wtd"], axis=0),
+             helper.make_node("Gemm", ["xd", "wd", "bias"], ["y"], alpha=1.0, beta=1.0),
+             helper.make_node("Gemm", ["xd", "wtd", "bias"], ["yt"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, K])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [5, N]) for o in ("y", "yt")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    lowered = onnx.ModelProto()
+    lowered.CopyFrom(model)
+    assert lower_w8a8(lowered) == 1
+    ops = [n.op_type for n in lowered.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Gemm") == 1
+    mitf = next(n for n in lowered.graph.node if n.op_type == "MatMulIntegerToFloat")
+    assert mitf.input[6] == "bias"
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    for got, want in zip(_run(lowered, x), _run(model, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
