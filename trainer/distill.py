@@ -232,6 +232,33 @@ def _is_bare_phm_bias(model, name: str) -> bool:
     return isinstance(model.get_submodule(name.rpartition(".")[0]), PHMLinear)
 
 
+# AdamW moves every core entry by about core_lr per step, whatever the entry's size: a step above
+# this fraction of the cores' RMS is warned about. The defaults take ~1.5 % steps on SmolLM2 (core
+# RMS 0.14); a 0.63 B Qwen2-shaped model's cores (RMS 0.022) take 9 % steps at the same core_lr, and
+# its loss climbs and swings while λ fades in (docs/trainer.md § λ fade).
+CORE_STEP_WARN = 0.05
+
+
+def core_step_ratio(model: nn.Module, core_lr: float) -> tuple[float, float] | None:
+    """(core_lr / the median RMS of the PHM cores, that RMS), or None without cores."""
+    rms = sorted(float(p.detach().float().pow(2).mean().sqrt()) for n, p in model.named_parameters()
+                 if n.endswith(".cores") and p.device.type != "meta")
+    if not rms:
+        return None
+    median = rms[len(rms) // 2]
+    return (core_lr / median if median > 0 else float("inf")), median
+
+
+def _check_core_step(model: nn.Module, config: DistillConfig) -> None:
+    found = core_step_ratio(model, config.core_lr)
+    if found is not None and found[0] > CORE_STEP_WARN:
+        ratio, rms = found
+        log.warning("core_lr %g is %.0f %% of the PHM cores' RMS (%.3g) per AdamW step: on a model with weights "
+                    "this small the cores move far while λ fades in and the loss can climb and swing; "
+                    "--core-lr %.1e keeps the ~1.5 %% steps the defaults take on SmolLM2", config.core_lr,
+                    100 * ratio, rms, 0.015 * rms)
+
+
 def _param_groups(named: list, config: DistillConfig) -> list[dict]:
     cores = [p for n, p in named if n.endswith(".cores")]
     rest = [p for n, p in named if not n.endswith(".cores")]
@@ -480,6 +507,8 @@ def _start(model: nn.Module, data, config: DistillConfig, device, state_dir, sta
     model.eval()
     _trainable(model)  # requires_grad decides the dtypes and what DDP/FSDP2 reduce
     _master_dtypes(model, config)
+    if world.main:
+        _check_core_step(model, config)
     if config.gradient_checkpointing:
         from .recompute import checkpoint_layers
 
