@@ -191,11 +191,13 @@ def test_bf16_base_keeps_fp32_masters_and_trains():
     assert logs[1] == pytest.approx(logs[0], rel=0.05, abs=1e-3)
 
 
-@pytest.mark.parametrize("scale,warned", [(1.0, True), (10.0, False)], ids=["small-weights", "smollm2-scale"])
-def test_core_step_warning_follows_the_cores_scale(caplog, scale, warned):
+@pytest.mark.parametrize("scale,schedule,warned", [(1.0, "progressive", True), (10.0, "progressive", False),
+                                                   (1.0, "abrupt", False)],
+                         ids=["small-weights", "smollm2-scale", "no-fade"])
+def test_core_step_warning_follows_the_cores_scale(caplog, scale, schedule, warned):
     """A core_lr that is a large fraction of the cores' RMS (a tiny model at the 0.02 init scale: the
-    scale of a 0.63 B Qwen2) is warned about, with the --core-lr that keeps ~1.5 % steps; the same
-    model with weights 10x larger (SmolLM2's scale) is not."""
+    scale of a 0.63 B Qwen2) is warned about where λ fades, with the --core-lr that keeps ~1.5 %
+    steps; the same model with weights 10x larger (SmolLM2's scale) is not, nor an abrupt run."""
     from phm.trainer.distill import CORE_STEP_WARN, core_step_ratio
 
     model = tiny_model("llama")
@@ -204,10 +206,10 @@ def test_core_step_warning_follows_the_cores_scale(caplog, scale, warned):
             p.mul_(scale)
     inject_phm(model, PHMConfig(init="projection"))
     ratio, rms = core_step_ratio(model, 2e-3)
-    assert (ratio > CORE_STEP_WARN) == warned and ratio == pytest.approx(2e-3 / rms)
+    assert (ratio > CORE_STEP_WARN) == (scale == 1.0) and ratio == pytest.approx(2e-3 / rms)
     with caplog.at_level("WARNING", logger="phm.trainer.distill"):
         distill(model, _batches(), DistillConfig(steps=1, progress=False, calibrate_init=False, tensorboard=False,
-                                                 checkpoint_every=0))
+                                                 checkpoint_every=0, schedule=schedule))
     warnings = [r.getMessage() for r in caplog.records if "of the PHM cores' RMS" in r.getMessage()]
     assert bool(warnings) == warned
     if warned:
