@@ -123,7 +123,7 @@ def _training_data(model, model_dir: Path, out_dir: Path, data: str | None, conf
     run makes itself (teacher samples, replies) are made by rank 0, cached in out_dir, and read from
     there by the others."""
     if config.stream:
-        return _streamed_data(model_dir, data, config, augment_lm)
+        return _streamed_data(model_dir, data, config)
     if data is not None:
         samples = read_samples(data)
         if any(s.image is not None for s in samples):
@@ -150,12 +150,18 @@ def _text_batches(tokenizer, held: list[str], config: DistillConfig) -> list[dic
         if held else []
 
 
-def _streamed_data(model_dir: Path, data: str | None, config: DistillConfig, augment_lm: Path | None):
-    """(streamed training batches, held-out batches) of a text corpus too large to read up front."""
+def _check_stream(data: str | None, epochs: float | None, augment_lm) -> None:
+    """What --stream cannot do, refused before any work."""
     if data is None or str(data) == "chatterbot":
         raise ValueError("--stream reads data files: give --data FILE or FOLDER (.parquet, .arrow or .jsonl)")
     if augment_lm is not None:
         raise ValueError("--augment-lm answers every training text up front; it does not apply with --stream")
+    if epochs is not None:
+        raise ValueError("--epochs needs the data's length up front; with --stream give --steps")
+
+
+def _streamed_data(model_dir: Path, data: str, config: DistillConfig):
+    """(streamed training batches, held-out batches) of a text corpus too large to read up front."""
     tokenizer = load_tokenizer(model_dir)
     held = held_out_texts(data, config.holdout, config.eval_texts) if config.holdout else []
     if config.chat_template:
@@ -214,6 +220,8 @@ def train(model_dir: str | Path, out_dir: str | Path, phm_config: PHMConfig, con
         augment_lm = resolve_model_dir(augment_lm)  # a missing LM dir is an error before any work
         if augment_rounds < 1:
             raise ValueError(f"augment rounds must be ≥ 1, got {augment_rounds}")
+    if config.stream:
+        _check_stream(data, epochs, augment_lm)
     data_path = Path(data) if data is not None and Path(data).exists() else None  # not 'chatterbot'
     check_apart(out_dir, {"model dir": model_dir, "training data": data_path, "--augment-lm dir": augment_lm})
     world = world_from_env(config.device)
@@ -268,8 +276,6 @@ def _train(model_dir: Path, out_dir: Path, phm_config: PHMConfig, config: Distil
         phm_config = choice.phm_config(phm_config)
     targets = inject_phm(model, phm_config)
     if epochs is not None:
-        if config.stream:
-            raise ValueError("--epochs needs the data's length up front; with --stream give --steps")
         if epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {epochs}")
         config = DistillConfig.from_dict({**config.to_dict(), "steps": max(1, round(epochs * len(batches)))})

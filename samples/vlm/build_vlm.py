@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     ap.add_argument("--phm-schedule", choices=("abrupt", "progressive"), default="abrupt",
                     help="abrupt: what docs/trainer.md recommends with a local stage")
     ap.add_argument("--stages", default="dense,phm,export,int8,int4", help="dense,phm,export,int8,int4")
-    ap.add_argument("--redo", default="", help="export,int8: run these stages again although results.json has "
+    ap.add_argument("--redo", default="", help="export,int8,int4: run these stages again although results.json has "
                                                "their figures (after a change to the exporter); models are kept")
     ap.add_argument("--export-k", type=int, default=8, help="eval questions checked ORT vs torch")
     ap.add_argument("--quant-n", "--int8-n", type=int, default=100,
