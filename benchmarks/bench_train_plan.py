@@ -62,8 +62,8 @@ time.sleep(0.01)
 """
 
 
-def in_use_peak(argv: list) -> tuple[int, float]:
-    """(exit code, peak bytes in use) of IN_USE run with `argv`, in a child process."""
+def in_use_peak(argv: list) -> float:
+    """Peak GiB in use of IN_USE run with `argv`, in a child process (a failed run exits here)."""
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", IN_USE, *map(str, argv)], capture_output=True, text=True,
@@ -71,7 +71,7 @@ def in_use_peak(argv: list) -> tuple[int, float]:
     last = proc.stderr.rstrip().splitlines()[-1:] or [""]
     if proc.returncode or not last[0].isdigit():
         sys.exit(f"a measured process failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return proc.returncode, int(last[0]) / GiB
+    return int(last[0]) / GiB
 
 
 def main() -> None:
@@ -116,10 +116,10 @@ def main() -> None:
                            "measured_gib": round(run_gib - base_gib, 3),
                            "plan_over_measured": round(plan.peak / GiB / (run_gib - base_gib), 3),
                            "run_s": round(wall, 1)}
-    base_gib = in_use_peak([])[1]
+    base_gib = in_use_peak([])
     with tempfile.TemporaryDirectory(prefix="phm-plan-") as tmp:
         run_gib = in_use_peak([args.model, "--out", Path(tmp) / "out", "--data", "chatterbot", "--pack", "--steps",
-                               args.steps, "--checkpoint-every", 0, *settings])[1]
+                               args.steps, "--checkpoint-every", 0, *settings])
     rows["glibc default, bytes in use (mallinfo2)"] = {
         "run_peak_in_use_gib": round(run_gib, 3), "imports_peak_in_use_gib": round(base_gib, 3),
         "measured_gib": round(run_gib - base_gib, 3), "plan_over_measured": round(plan.peak / GiB / (run_gib - base_gib), 3)}
